@@ -1,0 +1,68 @@
+"""semsearch: embed documents and find them again (dense, BM25 and hybrid search).
+
+The public API is what ``__all__`` lists (a test keeps it from drifting). Names resolve
+lazily so ``import semsearch`` and ``semsearch --help`` stay cheap."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Settings": "semsearch.config",
+    "Filter": "semsearch.core.filters",
+    "parse_filter": "semsearch.core.filters",
+    "Chunk": "semsearch.core.types",
+    "Document": "semsearch.core.types",
+    "EmbedderIdentity": "semsearch.core.types",
+    "Hit": "semsearch.core.types",
+    "InputType": "semsearch.core.types",
+    "Mode": "semsearch.core.types",
+    "BackendError": "semsearch.errors",
+    "IdentityMismatchError": "semsearch.errors",
+    "InputError": "semsearch.errors",
+    "NotFoundError": "semsearch.errors",
+    "SemsearchError": "semsearch.errors",
+    "SourceError": "semsearch.errors",
+    "evaluate_collection": "semsearch.services.evaluate",
+    "IndexReport": "semsearch.services.ingest",
+    "delete_documents": "semsearch.services.ingest",
+    "index_documents": "semsearch.services.ingest",
+    "SearchRequest": "semsearch.services.search",
+    "SearchResult": "semsearch.services.search",
+    "search": "semsearch.services.search",
+    "Engine": "semsearch.wiring",
+    "open_engine": "semsearch.wiring",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from semsearch.config import Settings
+    from semsearch.core.filters import Filter, parse_filter
+    from semsearch.core.types import Chunk, Document, EmbedderIdentity, Hit, InputType, Mode
+    from semsearch.errors import (
+        BackendError,
+        IdentityMismatchError,
+        InputError,
+        NotFoundError,
+        SemsearchError,
+        SourceError,
+    )
+    from semsearch.services.evaluate import evaluate_collection
+    from semsearch.services.ingest import IndexReport, delete_documents, index_documents
+    from semsearch.services.search import SearchRequest, SearchResult, search
+    from semsearch.wiring import Engine, open_engine
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'semsearch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,270 @@
+"""The canonical store on SQLite (WAL): collections, documents, metadata, chunks, hashes.
+
+Everything else (vectors, keyword index) is derived from what is here. Chunk labels come from
+an AUTOINCREMENT key so a label is never reused: a stale derived index can hold a dead label
+but never one that now means another chunk. ``generation`` counts committed writes per
+collection; derived indexes record the generation they were saved at, and a mismatch on open
+means "rebuild"."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semsearch.core.filters import Filter
+from semsearch.core.types import Chunk, EmbedderIdentity
+from semsearch.errors import InputError, NotFoundError
+from semsearch.ports import CollectionInfo, DocumentWrite, StoredChunk, WriteResult
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS collections (
+    name TEXT PRIMARY KEY,
+    identity TEXT NOT NULL,
+    chunker TEXT NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS documents (
+    collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
+    id TEXT NOT NULL,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    doc_vector BLOB,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (collection, id)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    label INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection TEXT NOT NULL,
+    chunk_id TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    ordinal INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    "end" INTEGER NOT NULL,
+    title TEXT NOT NULL,
+    UNIQUE (collection, chunk_id),
+    FOREIGN KEY (collection, doc_id) REFERENCES documents(collection, id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (collection, doc_id);
+"""
+
+_BATCH = 900
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class SqliteDocumentStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.execute("PRAGMA busy_timeout=10000")
+        self._conn.executescript(SCHEMA)
+        self._lock = threading.RLock()
+
+    # -- collections -------------------------------------------------------------------
+    def create_collection(self, name: str, identity: EmbedderIdentity,
+                          chunker: Mapping[str, Any]) -> CollectionInfo:
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO collections (name, identity, chunker, generation, created_at) "
+                "VALUES (?, ?, ?, 0, ?)",
+                (name, json.dumps(identity.to_dict()), json.dumps(dict(chunker)), _now()))
+        return self.get_collection(name)
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT name, identity, chunker, generation, created_at FROM collections "
+                "WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                known = [r[0] for r in self._conn.execute(
+                    "SELECT name FROM collections ORDER BY name")]
+                hint = f"; known: {', '.join(known)}" if known else "; none exist yet"
+                raise NotFoundError(f"unknown collection {name!r}{hint}")
+            docs = self._conn.execute("SELECT COUNT(*) FROM documents WHERE collection = ?",
+                                      (name,)).fetchone()[0]
+            chunks = self._conn.execute("SELECT COUNT(*) FROM chunks WHERE collection = ?",
+                                        (name,)).fetchone()[0]
+        return CollectionInfo(name=row[0], identity=EmbedderIdentity.from_dict(
+            json.loads(row[1])), chunker=json.loads(row[2]), documents=int(docs),
+            chunks=int(chunks), generation=int(row[3]), created_at=row[4])
+
+    def list_collections(self) -> list[CollectionInfo]:
+        with self._lock:
+            names = [r[0] for r in self._conn.execute("SELECT name FROM collections ORDER BY name")]
+        return [self.get_collection(n) for n in names]
+
+    def drop_collection(self, name: str) -> None:
+        self.get_collection(name)
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("DELETE FROM chunks WHERE collection = ?", (name,))
+            self._conn.execute("DELETE FROM documents WHERE collection = ?", (name,))
+            self._conn.execute("DELETE FROM collections WHERE name = ?", (name,))
+            self._conn.execute("COMMIT")
+
+    # -- documents ---------------------------------------------------------------------
+    def content_hashes(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        with self._lock:
+            for start in range(0, len(doc_ids), _BATCH):
+                part = list(doc_ids[start:start + _BATCH])
+                marks = ",".join("?" * len(part))
+                for doc_id, h in self._conn.execute(
+                        f"SELECT id, content_hash FROM documents WHERE collection = ? "
+                        f"AND id IN ({marks})", [collection, *part]):
+                    out[doc_id] = h
+        return out
+
+    def write(self, collection: str, writes: Sequence[DocumentWrite],
+              deletes: Sequence[str] = ()) -> WriteResult:
+        """One transaction: replaced documents lose their old chunks, deletes cascade."""
+        added: list[tuple[int, Chunk]] = []
+        removed: list[int] = []
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                gen_row = c.execute("SELECT generation FROM collections WHERE name = ?",
+                                    (collection,)).fetchone()
+                if gen_row is None:
+                    raise NotFoundError(f"unknown collection {collection!r}")
+                for doc_id in [*(w.document.id for w in writes), *deletes]:
+                    removed += [r[0] for r in c.execute(
+                        "SELECT label FROM chunks WHERE collection = ? AND doc_id = ?",
+                        (collection, doc_id))]
+                    c.execute("DELETE FROM chunks WHERE collection = ? AND doc_id = ?",
+                              (collection, doc_id))
+                for doc_id in deletes:
+                    c.execute("DELETE FROM documents WHERE collection = ? AND id = ?",
+                              (collection, doc_id))
+                now = _now()
+                for w in writes:
+                    d = w.document
+                    c.execute(
+                        "INSERT OR REPLACE INTO documents (collection, id, title, text, metadata,"
+                        " content_hash, doc_vector, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                        (collection, d.id, d.title, d.text,
+                         json.dumps(dict(d.metadata), ensure_ascii=False, default=str),
+                         w.content_hash,
+                         np.ascontiguousarray(w.doc_vector, dtype=np.float32).tobytes(), now))
+                    for ch in w.chunks:
+                        cur = c.execute(
+                            'INSERT INTO chunks (collection, chunk_id, doc_id, ordinal, text, '
+                            'start, "end", title) VALUES (?,?,?,?,?,?,?,?)',
+                            (collection, ch.id, ch.doc_id, ch.ordinal, ch.text, ch.start,
+                             ch.end, ch.title))
+                        added.append((int(cur.lastrowid or 0), ch))
+                generation = int(gen_row[0]) + 1
+                c.execute("UPDATE collections SET generation = ? WHERE name = ?",
+                          (generation, collection))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        return WriteResult(added=added, removed=removed, generation=generation)
+
+    def _rows_to_chunks(self, rows: Any) -> dict[int, StoredChunk]:
+        out: dict[int, StoredChunk] = {}
+        for label, chunk_id, doc_id, ordinal, text, start, end, title, meta in rows:
+            out[int(label)] = StoredChunk(
+                label=int(label),
+                chunk=Chunk(id=chunk_id, doc_id=doc_id, ordinal=ordinal, text=text,
+                            start=start, end=end, title=title),
+                metadata=json.loads(meta))
+        return out
+
+    _CHUNK_COLS = ('SELECT c.label, c.chunk_id, c.doc_id, c.ordinal, c.text, c.start, c."end", '
+                   "c.title, d.metadata FROM chunks c JOIN documents d "
+                   "ON d.collection = c.collection AND d.id = c.doc_id ")
+
+    def chunks_by_label(self, collection: str, labels: Sequence[int]) -> dict[int, StoredChunk]:
+        out: dict[int, StoredChunk] = {}
+        with self._lock:
+            for start in range(0, len(labels), _BATCH):
+                part = [int(x) for x in labels[start:start + _BATCH]]
+                marks = ",".join("?" * len(part))
+                out.update(self._rows_to_chunks(self._conn.execute(
+                    self._CHUNK_COLS + f"WHERE c.collection = ? AND c.label IN ({marks})",
+                    [collection, *part])))
+        return out
+
+    def iter_chunks(self, collection: str, batch: int = 1000) -> Iterator[list[StoredChunk]]:
+        last = -1
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    self._CHUNK_COLS + "WHERE c.collection = ? AND c.label > ? "
+                    "ORDER BY c.label LIMIT ?", (collection, last, batch)).fetchall()
+            if not rows:
+                return
+            chunks = list(self._rows_to_chunks(rows).values())
+            last = chunks[-1].label
+            yield chunks
+
+    def labels_matching(self, collection: str, filt: Filter) -> set[int]:
+        where, params = compile_filter(filt)
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT c.label FROM chunks c JOIN documents d ON d.collection = c.collection "
+                f"AND d.id = c.doc_id WHERE c.collection = ? AND {where}",
+                [collection, *params])
+            return {int(r[0]) for r in rows}
+
+    def all_doc_ids(self, collection: str) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._conn.execute(
+                "SELECT id FROM documents WHERE collection = ? ORDER BY id", (collection,))]
+
+    def get_document(self, collection: str, doc_id: str) -> dict[str, Any]:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT id, title, text, metadata, content_hash FROM documents "
+                "WHERE collection = ? AND id = ?", (collection, doc_id)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no document {doc_id!r} in collection {collection!r}")
+        return {"id": row[0], "title": row[1], "text": row[2], "metadata": json.loads(row[3]),
+                "content_hash": row[4]}
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def compile_filter(filt: Filter) -> tuple[str, list[Any]]:
+    """Filter -> SQL over the documents' JSON metadata, same semantics as filters.matches."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for cond in filt.conditions:
+        path = '$."' + cond.field.replace('"', "") + '"'
+        expr = "json_extract(d.metadata, ?)"
+        if cond.op == "eq":
+            if isinstance(cond.value, dict | list):
+                raise InputError(f"filter {cond.field!r}: compare to a scalar, not {cond.value!r}")
+            clauses.append(f"({expr} IS NOT NULL AND {expr} = ?)")
+            params += [path, path, cond.value]
+        elif cond.op == "in":
+            marks = ",".join("?" * len(cond.value))
+            clauses.append(f"{expr} IN ({marks})")
+            params += [path, *cond.value]
+        else:
+            sql_op = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[cond.op]
+            kind = "IN ('integer','real')" if isinstance(cond.value, int | float) \
+                else "= 'text'"
+            clauses.append(f"(json_type(d.metadata, ?) {kind} AND {expr} {sql_op} ?)")
+            params += [path, path, cond.value]
+    return (" AND ".join(clauses) or "1"), params

@@ -1,0 +1,334 @@
+"""A dense index for one collection, kept in memory and persisted in a directory.
+
+The float32 matrix (plus a label array and a label -> row dict) is the authority: exact search
+on it is a single matmul, fast and perfect below a few tens of thousands of rows, and the right
+tool for narrow ``allowed`` filters at any size. Above ``ann_threshold`` an hnswlib graph is
+built from the matrix and maintained incrementally; it is a derived cache, so anything it
+cannot answer (too few filtered hits, a corrupt ``hnsw.bin``) is answered or rebuilt from the
+matrix instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import hnswlib
+import numpy as np
+import numpy.typing as npt
+
+from semsearch.errors import InputError
+from semsearch.ports import Vectors
+
+log = logging.getLogger(__name__)
+Labels = npt.NDArray[np.int64]
+Hits = list[tuple[int, float]]
+
+
+class _Hnsw:
+    """The only code touching untyped hnswlib. Built with ``allow_replace_deleted`` so new
+    labels reuse tombstoned slots and the graph does not grow forever under churn."""
+
+    def __init__(self, index: Any) -> None:
+        self._index = index
+
+    @classmethod
+    def create(cls, dim: int, capacity: int, m: int, ef_construction: int) -> _Hnsw:
+        index = hnswlib.Index(space="ip", dim=dim)
+        index.init_index(max_elements=max(capacity, 1), M=m, ef_construction=ef_construction,
+                         allow_replace_deleted=True)
+        return cls(index)
+
+    @classmethod
+    def load(cls, path: Path, dim: int) -> _Hnsw:
+        index = hnswlib.Index(space="ip", dim=dim)
+        index.load_index(str(path), allow_replace_deleted=True)
+        return cls(index)
+
+    def labels(self) -> set[int]:
+        """Every label in the graph, tombstoned ones included."""
+        return {int(x) for x in self._index.get_ids_list()}
+
+    def add(self, labels: Labels, vectors: Vectors, *, new: bool) -> None:
+        """``new=True`` may reuse a tombstoned slot; that is only safe for labels absent from
+        the graph (else the label would live in two slots), so updates pass ``new=False``."""
+        if len(labels) == 0:
+            return
+        needed = int(self._index.element_count) + len(labels)
+        if needed > int(self._index.get_max_elements()):
+            self._index.resize_index(max(needed, int(self._index.get_max_elements() * 1.5)))
+        self._index.add_items(vectors, labels.astype(np.uint64), replace_deleted=new)
+
+    def mark_deleted(self, label: int) -> None:
+        self._index.mark_deleted(label)
+
+    def unmark_deleted(self, label: int) -> bool:
+        """False when the slot was already recycled for another label."""
+        try:
+            self._index.unmark_deleted(label)
+        except RuntimeError:
+            return False
+        return True
+
+    def query(self, query: Vectors, k: int, ef: int,
+              allowed: Callable[[int], bool] | None) -> Hits | None:
+        """Top k by inner product, or None when hnswlib cannot find k (it raises then)."""
+        self._index.set_ef(max(ef, k))
+        try:
+            ids, dists = self._index.knn_query(query, k=k, num_threads=1, filter=allowed)
+        except RuntimeError:
+            return None
+        return [(int(i), 1.0 - float(d)) for i, d in zip(ids[0], dists[0], strict=True)]
+
+    def save(self, path: Path) -> None:
+        self._index.save_index(str(path))
+
+
+class LocalVectorIndex:
+    """``VectorIndex`` over one collection stored under ``path``.
+
+    ``generation`` is the canonical-store generation the contents reflect as of the last
+    load or ``save``; -1 means unknown (nothing loadable, or ``clear``ed) and tells the caller
+    to rebuild. Thread-safe through one lock: searches are short, writes are batched.
+    """
+
+    def __init__(self, path: Path, dimension: int, ann_threshold: int = 20000,
+                 ef_search: int = 256, m: int = 16, ef_construction: int = 200, *,
+                 filter_exact_below: int = 2000, filter_exact_fraction: float = 0.1) -> None:
+        if dimension <= 0:
+            raise InputError(f"vector dimension must be positive, got {dimension}")
+        self._path = Path(path)
+        self._dim = dimension
+        self.ann_threshold = ann_threshold
+        self.ef_search = ef_search
+        self._m = m
+        self._ef_construction = ef_construction
+        # Below these sizes a filter is answered exactly: gathering the allowed rows is cheap,
+        # and graph search with a selective filter wanders far and may come back short.
+        self.filter_exact_below = filter_exact_below
+        self.filter_exact_fraction = filter_exact_fraction
+        self._lock = threading.RLock()
+        self._reset()
+        self._load()
+
+    def _reset(self) -> None:
+        self._vecs: Vectors = np.empty((0, self._dim), dtype=np.float32)
+        self._labels: Labels = np.empty(0, dtype=np.int64)
+        self._n = 0
+        self._row_of: dict[int, int] = {}
+        self._hnsw: _Hnsw | None = None
+        self._tombstones: set[int] = set()  # removed labels that may still sit in the graph
+        self._generation = -1
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @property
+    def ann_built(self) -> bool:
+        return self._hnsw is not None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _check(self, vectors: Vectors, what: str) -> Vectors:
+        arr = np.ascontiguousarray(vectors, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[1] != self._dim:
+            raise InputError(f"{what}: expected dimension {self._dim}, got shape {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise InputError(f"{what}: vectors contain NaN or infinite values")
+        return arr
+
+    def add(self, labels: Sequence[int], vectors: Vectors) -> None:
+        """Insert or replace (upsert) vectors; within one batch the last duplicate wins."""
+        labs = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if len(labs) == 0 and np.size(vectors) == 0:
+            return
+        vecs = self._check(vectors, "add")
+        if len(labs) != len(vecs):
+            raise InputError(f"add: {len(labs)} labels but {len(vecs)} vectors")
+        if (labs < 0).any():
+            raise InputError("add: labels must be non-negative")
+        _, last = np.unique(labs[::-1], return_index=True)
+        if len(last) != len(labs):
+            keep = np.sort(len(labs) - 1 - last)
+            labs, vecs = labs[keep], vecs[keep]
+        with self._lock:
+            existed = np.fromiter((int(x) in self._row_of for x in labs), bool, len(labs))
+            self._grow(self._n + int((~existed).sum()))
+            for label, vec in zip(labs.tolist(), vecs, strict=True):
+                row = self._row_of.get(label)
+                if row is None:
+                    row = self._row_of[label] = self._n
+                    self._labels[row] = label
+                    self._n += 1
+                self._vecs[row] = vec
+            if self._hnsw is not None:
+                # Tombstoned labels still own a graph slot: revive it and update in place.
+                for i in np.flatnonzero(~existed):
+                    label = int(labs[i])
+                    if label in self._tombstones:
+                        self._tombstones.discard(label)
+                        existed[i] = self._hnsw.unmark_deleted(label)
+                self._hnsw.add(labs[existed], vecs[existed], new=False)
+                self._hnsw.add(labs[~existed], vecs[~existed], new=True)
+
+    def _grow(self, rows: int) -> None:
+        if rows <= len(self._vecs):
+            return
+        cap = max(rows, int(len(self._vecs) * 1.5), 1024)
+        vecs = np.empty((cap, self._dim), dtype=np.float32)
+        vecs[: self._n] = self._vecs[: self._n]
+        labels = np.empty(cap, dtype=np.int64)
+        labels[: self._n] = self._labels[: self._n]
+        self._vecs, self._labels = vecs, labels
+
+    def remove(self, labels: Iterable[int]) -> None:
+        """Hide labels at once: swap-remove from the matrix, tombstone in the graph."""
+        with self._lock:
+            for label in labels:
+                row = self._row_of.pop(int(label), None)
+                if row is None:
+                    continue
+                last = self._n - 1
+                if row != last:
+                    moved = int(self._labels[last])
+                    self._vecs[row] = self._vecs[last]
+                    self._labels[row] = moved
+                    self._row_of[moved] = row
+                self._n = last
+                if self._hnsw is not None:
+                    self._hnsw.mark_deleted(int(label))
+                    self._tombstones.add(int(label))
+
+    def search(self, query: Vectors, k: int,
+               allowed: set[int] | None = None) -> list[tuple[int, float]]:
+        q = np.asarray(query, dtype=np.float32)
+        q = self._check(q.reshape(1, -1) if q.ndim == 1 else q, "search")
+        if len(q) != 1:
+            raise InputError(f"search: expected one query vector, got {len(q)}")
+        with self._lock:
+            if k <= 0 or self._n == 0:
+                return []
+            if allowed is None:
+                if self._n < self.ann_threshold:
+                    return self._exact(q[0], k, None)
+                hits = self._ensure_ann().query(q, min(k, self._n), self.ef_search, None)
+                return hits if hits is not None else self._exact(q[0], k, None)
+            rows = np.fromiter((self._row_of[x] for x in allowed if x in self._row_of),
+                               dtype=np.int64)
+            if len(rows) == 0:
+                return []
+            if (self._n < self.ann_threshold or len(rows) < self.filter_exact_below
+                    or len(rows) < self.filter_exact_fraction * self._n):
+                return self._exact(q[0], k, rows)
+            hits = self._ensure_ann().query(q, min(k, len(rows)), self.ef_search,
+                                            allowed.__contains__)
+            return hits if hits is not None else self._exact(q[0], k, rows)
+
+    def _exact(self, q: Vectors, k: int, rows: Labels | None) -> Hits:
+        mat = self._vecs[: self._n] if rows is None else self._vecs[rows]
+        labels = self._labels[: self._n] if rows is None else self._labels[rows]
+        scores = mat @ q
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(k)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(int(labels[i]), float(scores[i])) for i in top]
+
+    def _ensure_ann(self) -> _Hnsw:
+        if self._hnsw is None:
+            hnsw = _Hnsw.create(self._dim, int(self._n * 1.25) + 16, self._m,
+                                self._ef_construction)
+            hnsw.add(self._labels[: self._n], self._vecs[: self._n], new=False)
+            self._hnsw, self._tombstones = hnsw, set()
+        return self._hnsw
+
+    def save(self, generation: int) -> None:
+        """Persist and stamp ``generation``. Above the threshold the graph is built first so a
+        restart does not pay for it. The old manifest is unlinked before any file is replaced
+        and the new one written last: a crash in between leaves no manifest, so the next load
+        starts empty at -1 (rebuild) instead of mixing files from two saves."""
+        with self._lock:
+            if self._n >= self.ann_threshold and self._n > 0:
+                self._ensure_ann()
+            self._path.mkdir(parents=True, exist_ok=True)
+            staged: list[tuple[Path, Path]] = []
+
+            def stage(name: str, write: Callable[[Path], object]) -> None:
+                tmp = self._path / f".{name}.tmp"
+                write(tmp)
+                with tmp.open("rb+") as fh:
+                    os.fsync(fh.fileno())
+                staged.append((tmp, self._path / name))
+
+            stage("vectors.npy", lambda p: _save_npy(p, self._vecs[: self._n]))
+            stage("labels.npy", lambda p: _save_npy(p, self._labels[: self._n]))
+            hnsw = self._hnsw
+            if hnsw is not None:
+                stage("hnsw.bin", hnsw.save)
+            manifest = {"generation": generation, "dimension": self._dim, "count": self._n,
+                        "ann": hnsw is not None}
+            stage("manifest.json", lambda p: p.write_text(json.dumps(manifest)))
+            (self._path / "manifest.json").unlink(missing_ok=True)
+            if hnsw is None:
+                (self._path / "hnsw.bin").unlink(missing_ok=True)
+            for tmp, final in staged:  # manifest.json is last
+                os.replace(tmp, final)
+            _fsync_dir(self._path)
+            self._generation = generation
+
+    def _load(self) -> None:
+        manifest_path = self._path / "manifest.json"
+        if not manifest_path.exists():
+            return
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            generation, count = int(manifest["generation"]), int(manifest["count"])
+            if int(manifest["dimension"]) != self._dim:
+                raise ValueError(f"dimension {manifest['dimension']} != {self._dim}")
+            vecs = np.load(self._path / "vectors.npy", allow_pickle=False)
+            labels = np.load(self._path / "labels.npy", allow_pickle=False)
+            if (vecs.dtype != np.float32 or vecs.shape != (count, self._dim)
+                    or labels.shape != (count,) or labels.dtype != np.int64):
+                raise ValueError(f"files disagree with manifest count {count}")
+            row_of = {int(x): i for i, x in enumerate(labels.tolist())}
+            if len(row_of) != count:
+                raise ValueError("duplicate labels")
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring vector index at %s (%s); it will be rebuilt", self._path, exc)
+            return
+        self._vecs, self._labels, self._n, self._row_of = vecs, labels, count, row_of
+        self._generation = generation
+        if manifest.get("ann"):
+            try:
+                hnsw = _Hnsw.load(self._path / "hnsw.bin", self._dim)
+                in_graph = hnsw.labels()
+                if not in_graph >= row_of.keys():
+                    raise ValueError("graph is missing labels")
+            except (OSError, RuntimeError, ValueError) as exc:
+                log.warning("dropping hnsw graph at %s (%s); rebuilt on demand", self._path, exc)
+            else:
+                self._hnsw, self._tombstones = hnsw, in_graph - row_of.keys()
+
+    def clear(self) -> None:
+        """Empty the in-memory index (files stay until the next ``save``); generation -> -1."""
+        with self._lock:
+            self._reset()
+
+
+def _save_npy(path: Path, array: npt.NDArray[Any]) -> None:
+    with path.open("wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

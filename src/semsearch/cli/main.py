@@ -1,0 +1,269 @@
+"""The ``semsearch`` command. Each command parses, calls one service, formats the result;
+heavy imports happen inside commands so ``--help`` stays instant."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from semsearch.errors import SemsearchError
+
+MODES = ("hybrid", "dense", "keyword")
+
+
+def _echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False, indent=None))
+
+
+@contextmanager
+def _engine() -> Iterator[Any]:
+    from semsearch.config import Settings
+    from semsearch.wiring import open_engine
+
+    engine = open_engine(Settings())
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+@contextmanager
+def _progress(total: int | None, desc: str, unit: str) -> Iterator[Callable[[int], None]]:
+    from tqdm import tqdm
+
+    disable = os.environ.get("SEMSEARCH_NO_PROGRESS") == "1"
+    with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable,
+              dynamic_ncols=True) as bar:
+        yield bar.update
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="semsearch")
+def cli() -> None:
+    """Embed documents and search them: dense, keyword (BM25) and hybrid.
+
+    Data lives in $SEMSEARCH_HOME (default ./.semsearch); every setting is an environment
+    variable SEMSEARCH_*."""
+
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--collection", "-c", required=True, help="collection to index into")
+@click.option("--batch-size", default=256, show_default=True, help="documents per commit")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object")
+def index(source: Path, collection: str, batch_size: int, as_json: bool) -> None:
+    """Index a BEIR folder, a folder of .txt/.md/.html files, or a .jsonl/.csv file."""
+    from semsearch.adapters.sources.files import count_documents, iter_documents
+    from semsearch.services.ingest import index_documents
+
+    with _engine() as engine, _progress(count_documents(source), "indexing", "doc") as tick:
+        report = index_documents(engine, collection, iter_documents(source),
+                                 batch_size=batch_size, on_progress=tick)
+    if as_json:
+        _echo_json(report.to_dict())
+        return
+    click.echo(f"indexed {report.documents} documents into {collection!r}: "
+               f"{report.new} new, {report.changed} changed, {report.unchanged} unchanged; "
+               f"{report.chunks} chunks written; {report.embedded} texts embedded in "
+               f"{report.model_calls} model calls, {report.cache_hits} cache hits, "
+               f"{report.tokens} tokens; {report.seconds:.1f} s")
+
+
+def _search_request(query: str, mode: str, k: int, filters: tuple[str, ...], fusion: str,
+                    weights: str | None, chunks: bool) -> Any:
+    from semsearch.core.filters import parse_cli_filters
+    from semsearch.core.types import Mode
+    from semsearch.errors import InputError
+    from semsearch.services.search import SearchRequest
+
+    parsed_weights = None
+    if weights:
+        try:
+            parsed_weights = {name: float(w) for name, w in
+                              (part.split("=", 1) for part in weights.split(","))}
+        except ValueError:
+            raise InputError(f"--weights {weights!r}: use dense=0.7,keyword=0.3") from None
+    return SearchRequest(query=query, mode=Mode(mode), k=k, filter=parse_cli_filters(
+        list(filters)), fusion=fusion, weights=parsed_weights, group=not chunks)
+
+
+@cli.command()
+@click.argument("query")
+@click.option("--collection", "-c", required=True)
+@click.option("--mode", "-m", type=click.Choice(MODES), default="hybrid", show_default=True)
+@click.option("--k", "-k", default=10, show_default=True, help="results to return")
+@click.option("--filter", "-f", "filters", multiple=True,
+              help='metadata filter: key=value or JSON like \'{"year": {"gte": 2010}}\'')
+@click.option("--fusion", type=click.Choice(["rrf", "minmax", "zscore"]), default="rrf",
+              show_default=True, help="hybrid fusion method")
+@click.option("--weights", help="hybrid weights, e.g. dense=0.6,keyword=0.4")
+@click.option("--chunks", is_flag=True, help="return chunks, not one hit per document")
+@click.option("--json", "as_json", is_flag=True)
+def search(query: str, collection: str, mode: str, k: int, filters: tuple[str, ...],
+           fusion: str, weights: str | None, chunks: bool, as_json: bool) -> None:
+    """Search a collection."""
+    from semsearch.services import search as svc
+
+    req = _search_request(query, mode, k, filters, fusion, weights, chunks)
+    with _engine() as engine:
+        result = svc.search(engine, collection, req)
+    if as_json:
+        _echo_json({"hits": [h.to_dict() for h in result.hits],
+                    "timings_ms": {k: round(v * 1000, 3) for k, v in result.timings.items()}})
+        return
+    _print_hits(result.hits)
+
+
+def _print_hits(hits: list[Any]) -> None:
+    if not hits:
+        click.echo("no results")
+    for i, h in enumerate(hits, start=1):
+        parts = ", ".join(f"{name} #{c.rank} {c.score:.3f}" for name, c in h.components.items())
+        snippet = " ".join(h.text.split())
+        click.echo(f"{i:>2}. {h.doc_id}  {h.score:.4f}  ({parts})")
+        if h.title:
+            click.echo(f"    {h.title}")
+        click.echo(f"    {snippet[:160]}{'...' if len(snippet) > 160 else ''}")
+
+
+@cli.command()
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--query", "as_query", is_flag=True, help="embed as queries, not passages")
+def embed(texts: tuple[str, ...], as_query: bool) -> None:
+    """Print the embedding of each text as JSON."""
+    from semsearch.core.types import InputType
+    from semsearch.services.search import embed_texts
+
+    with _engine() as engine:
+        vectors = embed_texts(engine, list(texts),
+                              InputType.QUERY if as_query else InputType.PASSAGE)
+        identity = engine.embedder.embedder.identity
+    if len(vectors) == 1:
+        _echo_json(vectors[0])
+    else:
+        _echo_json({"model": identity.to_dict(), "vectors": vectors})
+
+
+@cli.command(name="eval")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--collection", "-c", required=True)
+@click.option("--modes", default="keyword,dense,hybrid", show_default=True)
+@click.option("--split", default="test", show_default=True)
+@click.option("--fusion", type=click.Choice(["rrf", "minmax", "zscore"]), default="rrf")
+@click.option("--json", "as_json", is_flag=True)
+def eval_(dataset: Path, collection: str, modes: str, split: str, fusion: str,
+          as_json: bool) -> None:
+    """Measure nDCG@10, MRR@10, Recall@100 and MAP@100 on a BEIR dataset."""
+    from semsearch.adapters.sources import beir
+    from semsearch.core.types import Mode
+    from semsearch.errors import InputError
+    from semsearch.services.evaluate import evaluate_collection
+
+    try:
+        mode_list = [Mode(m.strip()) for m in modes.split(",") if m.strip()]
+    except ValueError:
+        raise InputError(f"--modes {modes!r}: use a comma list of {', '.join(MODES)}") from None
+    n = len(beir.load_queries(dataset, split)) * len(mode_list)
+    with _engine() as engine, _progress(n, "evaluating", "query") as tick:
+        reports = evaluate_collection(engine, collection, dataset, mode_list, split=split,
+                                      fusion=fusion, on_progress=tick)
+    if as_json:
+        _echo_json({r.mode: {k: round(v, 4) for k, v in r.metrics.items()} for r in reports})
+        return
+    click.echo(f"{'mode':<8} {'nDCG@10':>8} {'MRR@10':>8} {'R@100':>8} {'MAP@100':>8} "
+               f"{'p50 ms':>8} {'p99 ms':>8}")
+    for r in reports:
+        m = r.metrics
+        click.echo(f"{r.mode:<8} {m['ndcg@10']:>8.4f} {m['mrr@10']:>8.4f} "
+                   f"{m['recall@100']:>8.4f} {m['map@100']:>8.4f} "
+                   f"{r.latency_ms['p50']:>8.2f} {r.latency_ms['p99']:>8.2f}")
+    click.echo(f"{reports[0].queries if reports else 0} queries, split {split!r}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def collections(as_json: bool) -> None:
+    """List collections with their model, counts and size on disk."""
+    from semsearch.services.collections import describe_collections
+
+    with _engine() as engine:
+        rows = describe_collections(engine)
+    if as_json:
+        _echo_json({"collections": rows})
+        return
+    if not rows:
+        click.echo("no collections yet; try: semsearch quickstart")
+    for r in rows:
+        click.echo(f"{r['name']}: {r['documents']} documents, {r['chunks']} chunks, "
+                   f"{r['identity']['model']} ({r['identity']['revision']}), "
+                   f"{r['identity']['dimension']}-d {r['identity']['metric']}, "
+                   f"{r['bytes_on_disk'] / 1e6:.1f} MB on disk")
+
+
+@cli.command()
+@click.argument("name")
+def drop(name: str) -> None:
+    """Delete a collection and its indexes."""
+    from semsearch.services.collections import drop_collection
+
+    with _engine() as engine:
+        drop_collection(engine, name)
+    click.echo(f"dropped {name!r}")
+
+
+@cli.command()
+@click.argument("doc_ids", nargs=-1, required=True)
+@click.option("--collection", "-c", required=True)
+def delete(doc_ids: tuple[str, ...], collection: str) -> None:
+    """Delete documents by id."""
+    from semsearch.services.ingest import delete_documents
+
+    with _engine() as engine:
+        n = delete_documents(engine, collection, list(doc_ids))
+    click.echo(f"deleted {n} of {len(doc_ids)} documents from {collection!r}")
+
+
+@cli.command()
+def quickstart() -> None:
+    """Index the bundled sample corpus and run an example query in each mode."""
+    from semsearch.services.quickstart import QUERY, run_quickstart
+
+    with _engine() as engine:
+        click.echo("indexing the sample corpus that ships with semsearch ...")
+        with _progress(None, "indexing", "doc") as tick:
+            report, results = run_quickstart(engine, on_progress=tick)
+        home = engine.settings.home.resolve()
+    click.echo(f"{report.documents} documents, {report.chunks} chunks, {report.embedded} "
+               f"embedded, {report.cache_hits} cache hits, {report.seconds:.1f} s\n")
+    for mode, hits in results.items():
+        click.echo(f"== {mode}: {QUERY!r}")
+        _print_hits(hits[:3])
+        click.echo("")
+    click.echo(f"Data is in {home} (set SEMSEARCH_HOME to move it). Search your own files:\n"
+               "  semsearch index ./my-docs --collection mine\n"
+               "  semsearch search \"your question\" --collection mine --mode hybrid\n"
+               "  semsearch eval <BEIR folder> --collection <name>   # measure quality")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except SemsearchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except OSError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

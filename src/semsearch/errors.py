@@ -1,0 +1,40 @@
+"""Every error semsearch raises on purpose.
+
+The hierarchy lets callers catch one family while the CLI and API turn any of them into a
+one-line message (and, later, a stable error code) without a stack trace::
+
+    SemsearchError
+    ├── InputError            bad user input: empty text, malformed corpus line, bad filter
+    │   └── SourceError       a corpus or source that cannot be read
+    ├── NotFoundError         unknown collection, document or model
+    ├── IdentityMismatchError collection built with another embedder (model, dimension, ...)
+    └── BackendError          a backend failed (model file, database, index)
+"""
+
+from __future__ import annotations
+
+
+class SemsearchError(Exception):
+    """Base class; ``code`` is a stable machine-readable name for the failure."""
+
+    code = "semsearch_error"
+
+
+class InputError(SemsearchError, ValueError):
+    code = "invalid_input"
+
+
+class SourceError(InputError):
+    code = "invalid_source"
+
+
+class NotFoundError(SemsearchError, LookupError):
+    code = "not_found"
+
+
+class IdentityMismatchError(SemsearchError):
+    code = "identity_mismatch"
+
+
+class BackendError(SemsearchError, RuntimeError):
+    code = "backend_error"

@@ -1,0 +1,159 @@
+"""The seams between the core and its backends.
+
+Every backend (embedder, cache, canonical store, vector index, keyword index) implements one
+of these small Protocols; ``wiring`` is the only module that knows the concrete classes, so a
+PostgreSQL store, a Redis cache or an HTTP embedder slots in without touching the services.
+Vector and keyword indexes address chunks by an integer *label* the canonical store assigns,
+so derived indexes can always be rebuilt from it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from semsearch.core.filters import Filter
+from semsearch.core.types import Chunk, Document, EmbedderIdentity, InputType
+
+Vectors = npt.NDArray[np.float32]
+
+
+class Tokenizer(Protocol):
+    """What the chunker needs from a model's tokenizer: character spans of its tokens."""
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+class Embedder(Protocol):
+    """Embeds a batch. Implementations batch and pool internally; callers pass any size."""
+
+    @property
+    def identity(self) -> EmbedderIdentity: ...
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    def embed(self, texts: Sequence[str], input_type: InputType) -> Vectors: ...
+
+
+class EmbeddingCache(Protocol):
+    """Vectors by opaque key (see ``core.cache_keys``). One round trip per call."""
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Vectors]: ...
+
+    def put_many(self, items: Mapping[str, Vectors]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    identity: EmbedderIdentity
+    chunker: Mapping[str, Any]
+    documents: int
+    chunks: int
+    generation: int
+    created_at: str
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    label: int
+    chunk: Chunk
+    metadata: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class DocumentWrite:
+    """One document with its chunks and their vectors, written atomically."""
+
+    document: Document
+    content_hash: str
+    chunks: Sequence[Chunk]
+    doc_vector: Vectors
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """Labels the store assigned to new chunks and freed from replaced/deleted ones."""
+
+    added: Sequence[tuple[int, Chunk]]
+    removed: Sequence[int]
+    generation: int
+
+
+class DocumentStore(Protocol):
+    """The canonical store: documents, metadata, chunks, hashes, collection identity."""
+
+    def create_collection(self, name: str, identity: EmbedderIdentity,
+                          chunker: Mapping[str, Any]) -> CollectionInfo: ...
+
+    def get_collection(self, name: str) -> CollectionInfo: ...
+
+    def list_collections(self) -> list[CollectionInfo]: ...
+
+    def drop_collection(self, name: str) -> None: ...
+
+    def content_hashes(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]: ...
+
+    def write(self, collection: str, writes: Sequence[DocumentWrite],
+              deletes: Sequence[str] = ()) -> WriteResult: ...
+
+    def chunks_by_label(self, collection: str, labels: Sequence[int]) -> dict[int, StoredChunk]: ...
+
+    def iter_chunks(self, collection: str, batch: int = 1000) -> Iterator[list[StoredChunk]]: ...
+
+    def labels_matching(self, collection: str, filt: Filter) -> set[int]: ...
+
+    def all_doc_ids(self, collection: str) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+class VectorIndex(Protocol):
+    """Derived dense index over chunk vectors of one collection. Inner product on unit
+    vectors (cosine). ``generation`` ties the saved files to a canonical-store state."""
+
+    @property
+    def generation(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def add(self, labels: Sequence[int], vectors: Vectors) -> None: ...
+
+    def remove(self, labels: Iterable[int]) -> None: ...
+
+    def search(self, query: Vectors, k: int,
+               allowed: set[int] | None = None) -> list[tuple[int, float]]: ...
+
+    def save(self, generation: int) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+class KeywordIndex(Protocol):
+    """Derived BM25 index over chunk texts of one collection."""
+
+    @property
+    def generation(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def add(self, items: Sequence[tuple[int, str]]) -> None: ...
+
+    def remove(self, labels: Iterable[int]) -> None: ...
+
+    def search(self, query: str, k: int,
+               allowed: set[int] | None = None) -> list[tuple[int, float]]: ...
+
+    def save(self, generation: int) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,158 @@
+"""Indexing: documents -> chunks -> vectors (through the cache) -> store -> derived indexes.
+
+Work is done in batches of documents; each batch is one store transaction, so an error in
+the corpus stops the run with everything before it committed and nothing half-written.
+Unchanged documents (same content hash) are skipped without touching the model or cache."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from semsearch.core.chunking import ChunkerConfig, chunk_document
+from semsearch.core.types import Document, InputType
+from semsearch.errors import InputError
+from semsearch.ports import CollectionInfo, DocumentWrite
+from semsearch.services.embedding import EmbedStats
+from semsearch.services.indexes import doc_vector, split_vectors
+from semsearch.wiring import Engine
+
+
+@dataclass
+class IndexReport:
+    collection: str
+    documents: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    chunks: int = 0
+    embedded: int = 0
+    cache_hits: int = 0
+    model_calls: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Batch:
+    docs: list[Document] = field(default_factory=list)
+
+
+def ensure_collection(engine: Engine, name: str) -> CollectionInfo:
+    """Open the collection, creating it stamped with the configured embedder and chunker."""
+    from semsearch.errors import NotFoundError
+
+    _validate_name(name)
+    try:
+        info = engine.store.get_collection(name)
+    except NotFoundError:
+        s = engine.settings
+        cfg = ChunkerConfig(max_tokens=s.chunk_max_tokens, overlap_tokens=s.chunk_overlap_tokens,
+                            strategy=s.chunk_strategy)
+        return engine.store.create_collection(name, engine.embedder.embedder.identity,
+                                              cfg.to_dict())
+    engine.check_identity(info)
+    return info
+
+
+def _validate_name(name: str) -> None:
+    ok = name and len(name) <= 64 and all(c.isalnum() or c in "-_." for c in name)
+    if not ok or name.startswith("."):
+        raise InputError(f"collection name {name!r} must be 1-64 letters, digits, '-', '_' "
+                         "or '.', not starting with '.'")
+
+
+def _batches(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    batch: dict[str, Document] = {}
+    for doc in docs:
+        batch[doc.id] = doc  # a repeated id within a batch: the last one wins
+        if len(batch) >= size:
+            yield list(batch.values())
+            batch = {}
+    if batch:
+        yield list(batch.values())
+
+
+def validate_document(doc: Document, max_chars: int) -> None:
+    if not isinstance(doc.id, str) or not doc.id.strip():
+        raise InputError("a document has an empty id")
+    if not doc.text.strip() and not doc.title.strip():
+        raise InputError(f"document {doc.id!r} has no text and no title")
+    if len(doc.text) > max_chars:
+        raise InputError(f"document {doc.id!r} has {len(doc.text):,} characters; the limit is "
+                         f"{max_chars:,} (SEMSEARCH_MAX_TEXT_CHARS)")
+
+
+def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *,
+                    batch_size: int = 256,
+                    on_progress: Callable[[int], None] | None = None) -> IndexReport:
+    started = time.perf_counter()
+    info = ensure_collection(engine, collection)
+    cfg = ChunkerConfig.from_dict(dict(info.chunker))
+    idx = engine.fresh_indexes(collection)
+    tokenizer = engine.embedder.embedder.tokenizer
+    report = IndexReport(collection=collection)
+    stats = EmbedStats()
+    model = engine.embedder.embedder
+    calls_before = int(getattr(model, "model_calls", 0))
+    generation = info.generation
+    try:
+        for batch in _batches(docs, batch_size):
+            for doc in batch:
+                validate_document(doc, engine.settings.max_text_chars)
+            report.documents += len(batch)
+            hashes = {d.id: d.content_hash() for d in batch}
+            stored = engine.store.content_hashes(collection, list(hashes))
+            todo = [d for d in batch if stored.get(d.id) != hashes[d.id]]
+            report.unchanged += len(batch) - len(todo)
+            report.changed += sum(1 for d in todo if d.id in stored)
+            report.new += sum(1 for d in todo if d.id not in stored)
+            if todo:
+                chunk_lists = [chunk_document(d, tokenizer, cfg) for d in todo]
+                texts = [c.embed_text for cl in chunk_lists for c in cl]
+                vectors = engine.embedder.embed(texts, InputType.PASSAGE, stats)
+                per_doc = split_vectors(vectors, [len(cl) for cl in chunk_lists])
+                writes = [DocumentWrite(d, hashes[d.id], cl, doc_vector(v))
+                          for d, cl, v in zip(todo, chunk_lists, per_doc, strict=True)]
+                result = engine.store.write(collection, writes)
+                try:
+                    idx.apply(result, vectors)
+                except BaseException:
+                    # Half-applied: drop it; the next open sees the generation gap and rebuilds.
+                    engine.forget_indexes(collection)
+                    raise
+                generation = result.generation
+                report.chunks += len(texts)
+            if on_progress is not None:
+                on_progress(len(batch))
+    finally:
+        # Save what was committed, even when the corpus failed part-way.
+        if engine.has_indexes(collection) and not idx.is_fresh(generation):
+            idx.save(generation)
+        report.embedded = stats.embedded
+        report.cache_hits = stats.cache_hits
+        report.tokens = stats.tokens
+        report.embed_seconds = round(stats.seconds, 3)
+        report.model_calls = int(getattr(model, "model_calls", 0)) - calls_before
+        report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def delete_documents(engine: Engine, collection: str, doc_ids: list[str]) -> int:
+    engine.store.get_collection(collection)
+    idx = engine.fresh_indexes(collection)
+    present = set(engine.store.content_hashes(collection, doc_ids))
+    if not present:
+        return 0
+    result = engine.store.write(collection, [], deletes=sorted(present))
+    import numpy as np
+
+    idx.apply(result, np.zeros((0, 0), dtype=np.float32))
+    idx.save(result.generation)
+    return len(present)
