@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,14 +21,16 @@ PATHS = pytest.mark.parametrize("mode", [EXACT, ANN], ids=["exact", "ann"])
 
 def unit(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
     v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    out: np.ndarray = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
 
 
 def clustered(n: int, dim: int, centers: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     c = rng.standard_normal((centers, dim)).astype(np.float32)
     v = c[rng.integers(0, centers, n)] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    out: np.ndarray = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
 
 
 def brute(vecs: dict[int, np.ndarray], q: np.ndarray, k: int,
@@ -37,7 +40,7 @@ def brute(vecs: dict[int, np.ndarray], q: np.ndarray, k: int,
     return [labels[i] for i in np.argsort(-scores, kind="stable")[:k]]
 
 
-def filled(tmp_path: Path, n: int, mode: dict[str, int], **kw: int) -> tuple[
+def filled(tmp_path: Path, n: int, mode: dict[str, int], **kw: Any) -> tuple[
         LocalVectorIndex, dict[int, np.ndarray]]:
     idx = LocalVectorIndex(tmp_path / "vec", DIM, **mode, **kw)
     v = unit(n)
@@ -120,7 +123,7 @@ def test_ann_churn_never_duplicates_or_resurrects(tmp_path: Path) -> None:
 ], ids=["exact", "ann-broad", "ann-small", "ann-selective", "ann-low-ef"])
 def test_filter_returns_k_when_k_allowed_exist(tmp_path: Path, mode: dict[str, int], size: int,
                                                kw: dict[str, float]) -> None:
-    idx, model = filled(tmp_path, 6000, mode, **kw)  # type: ignore[arg-type]
+    idx, model = filled(tmp_path, 6000, mode, **kw)
     rng = np.random.default_rng(4)
     allowed = {int(x) for x in rng.choice(list(model), size, replace=False)} | {-5, 10**7}
     for q in unit(10, seed=6):
@@ -130,7 +133,7 @@ def test_filter_returns_k_when_k_allowed_exist(tmp_path: Path, mode: dict[str, i
         assert {lab for lab, _ in hits} <= allowed
         if size <= 60:
             assert [lab for lab, _ in hits] == brute(model, q, k, allowed)
-    assert idx.ann_built == (mode is ANN and size == 3000 or "filter_exact_below" in kw)
+    assert idx.ann_built == ((mode is ANN and size == 3000) or "filter_exact_below" in kw)
     assert idx.search(unit(1)[0], 5, set()) == []
     assert idx.search(unit(1)[0], 5, {-1}) == []
 

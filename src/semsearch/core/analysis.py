@@ -11,7 +11,7 @@ from typing import Any
 
 # The NLTK English list (itself close to the classic SMART/Lucene-contrib sets), reduced to
 # the forms our tokenizer can produce: "don't" tokenizes to "don" + "t", both listed.
-ENGLISH_STOP_WORDS: frozenset[str] = frozenset("""
+_ENGLISH = """
 a about above after again against ain all am an and any are aren as at be because been before
 being below between both but by can couldn d did didn do does doesn doing don down during each
 few for from further had hadn has hasn have haven having he her here hers herself him himself
@@ -20,13 +20,16 @@ needn no nor not now o of off on once only or other our ours ourselves out over 
 shan she should shouldn so some such t than that the their theirs them themselves then there
 these they this those through to too under until up ve very was wasn we were weren what when
 where which while who whom why will with won wouldn y you your yours yourself yourselves
-""".split())
+"""
 
 # Lucene's EnglishAnalyzer default (33 words): a lighter alternative for callers who want it.
-LUCENE_STOP_WORDS: frozenset[str] = frozenset("""
+_LUCENE = """
 a an and are as at be but by for if in into is it no not of on or such that the their then
 there these they this to was will with
-""".split())
+"""
+
+ENGLISH_STOP_WORDS: frozenset[str] = frozenset(_ENGLISH.split())
+LUCENE_STOP_WORDS: frozenset[str] = frozenset(_LUCENE.split())
 
 _WORD = re.compile(r"[^\W_]+")
 

@@ -1,18 +1,12 @@
-"""Token-aware chunking of documents into spans that fit the embedding model's window.
+"""Token-aware chunking: spans of a document that fit the embedding model's window.
 
-The document is tokenized once with the model's own tokenizer; sentences and paragraphs are
-measured by counting token spans, so chunking is linear in the document length. Every chunk's
-``embed_text`` (title + "\\n" + text) is re-counted with the tokenizer before it is emitted, so
-the budget holds even where span counting and re-tokenization disagree (e.g. mid-word cuts).
-
-Strategies (``ChunkerConfig.strategy``):
-
-* ``sentence``  - pack whole sentences up to the budget; overlap is carried only between chunks
-  of the same paragraph.
-* ``paragraph`` - pack whole paragraphs (split on blank lines); a paragraph over the budget is
-  packed by sentences. Overlap as for ``sentence``.
-* ``window``    - sliding window of sentences: like ``sentence`` but the overlap is carried
-  across paragraph breaks too, so every chunk boundary keeps context.
+The text is tokenized once with the model's own tokenizer and sentences are measured by counting
+token spans (exact for cuts at whitespace), so chunking is linear in the document length; chunks
+holding a mid-sentence cut are re-counted with the tokenizer. Strategies: ``sentence`` packs
+whole sentences; ``paragraph`` packs whole paragraphs (blank-line separated), falling back to
+sentences for a paragraph over budget; ``window`` is a sliding window of sentences. Overlap
+(trailing whole sentences of the previous chunk) is carried across paragraph breaks only by
+``window``; the other strategies start a new paragraph without overlap.
 """
 
 from __future__ import annotations
@@ -60,14 +54,10 @@ class ChunkerConfig:
         if self.max_tokens < 16:
             raise InputError(f"chunker max_tokens must be >= 16, got {self.max_tokens}")
         if not 0 <= self.overlap_tokens < self.max_tokens:
-            raise InputError(
-                f"chunker overlap_tokens must be >= 0 and < max_tokens ({self.max_tokens}), "
-                f"got {self.overlap_tokens}"
-            )
+            raise InputError(f"chunker overlap_tokens must be in [0, max_tokens="
+                             f"{self.max_tokens}), got {self.overlap_tokens}")
         if self.strategy not in STRATEGIES:
-            raise InputError(
-                f"unknown chunker strategy {self.strategy!r}; expected one of {STRATEGIES}"
-            )
+            raise InputError(f"unknown chunker strategy {self.strategy!r}, not in {STRATEGIES}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_tokens": self.max_tokens, "overlap_tokens": self.overlap_tokens,
@@ -98,13 +88,9 @@ def _strip(text: str, start: int, end: int) -> tuple[int, int]:
 
 def split_paragraphs(text: str) -> list[tuple[int, int]]:
     """Character spans of the paragraphs (separated by blank lines), whitespace-stripped."""
-    out, pos = [], 0
-    for m in [*_PARAGRAPH_RE.finditer(text), None]:
-        s, e = _strip(text, pos, m.start() if m else len(text))
-        if s < e:
-            out.append((s, e))
-        pos = m.end() if m else pos
-    return out
+    cuts = [0, *(x for m in _PARAGRAPH_RE.finditer(text) for x in m.span()), len(text)]
+    spans = (_strip(text, cuts[i], cuts[i + 1]) for i in range(0, len(cuts), 2))
+    return [(s, e) for s, e in spans if s < e]
 
 
 def split_sentences(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
@@ -143,7 +129,7 @@ def _is_boundary(text: str, punct_at: int, punct: str, space: str, nxt: int) -> 
     word = text[i:punct_at + 1].lstrip(_OPENERS).lower()
     if word in _NEEDS_DIGIT:
         return not c.isdigit()
-    return word not in _ABBREVIATIONS
+    return True
 
 
 def _choose_cut(text: str, spans: list[tuple[int, int]], lo: int, hi: int) -> int:
@@ -188,8 +174,7 @@ def _pack(items: list[list[_Unit]], budget: int, overlap: int,
         for group in groups:
             size = sum(u.tokens for u in group)
             if cur and total + size <= budget:
-                cur += group
-                total += size
+                cur, total = cur + group, total + size
                 continue
             carry: list[_Unit] = []
             if cur:
@@ -207,14 +192,10 @@ def _pack(items: list[list[_Unit]], budget: int, overlap: int,
 
 def _carry(cur: list[_Unit], overlap: int) -> list[_Unit]:
     """Trailing whole sentences (a strict suffix) totalling at most ``overlap`` tokens."""
-    out: list[_Unit] = []
-    total = 0
-    for u in reversed(cur[1:]):
-        if not u.whole or total + u.tokens > overlap:
-            break
-        out.append(u)
-        total += u.tokens
-    return out[::-1]
+    k, total = len(cur), 0
+    while k > 1 and cur[k - 1].whole and total + cur[k - 1].tokens <= overlap:
+        k, total = k - 1, total + cur[k - 1].tokens
+    return cur[k:]
 
 
 def _truncate(text: str, tokenizer: Tokenizer, limit: int, suffix: str = "") -> str:
@@ -242,18 +223,27 @@ def chunk_document(doc: Document, tokenizer: Tokenizer, config: ChunkerConfig) -
         only = _truncate(title, tokenizer, limit)
         return [Chunk(id=_chunk_id(doc.id, only, {}), doc_id=doc.id, ordinal=0, text=only,
                       start=0, end=0, title="")]
-    if title:
-        title = _truncate(title, tokenizer, limit // 2, "\n")
     prefix = f"{title}\n" if title else ""
-    budget = max(1, limit - (tokenizer.count_tokens(prefix) if title else 0))
+    off = len(prefix)
+    raw = tokenizer.token_spans(prefix + text)  # the one tokenizer call for most documents
+    first = bisect_left(raw, (off, -1))
+    starts = [s - off for s, _ in raw[first:]]
+    if first > limit // 2:
+        title = _truncate(title, tokenizer, limit // 2, "\n")
+        prefix = f"{title}\n"
+        first = tokenizer.count_tokens(prefix)
+    budget = max(1, limit - first)
+    spans: list[tuple[int, int]] = []  # text token spans, built only if a fragment is needed
 
     def fits(s: int, e: int) -> bool:
         return tokenizer.count_tokens(prefix + text[s:e]) <= limit
 
-    spans = tokenizer.token_spans(text)
-    starts = [s for s, _ in spans]
-    n_tokens = bisect_left(starts, e0) - bisect_left(starts, s0)
-    if n_tokens <= budget and fits(s0, e0):
+    def fragments(s: int, e: int, para: int) -> list[_Unit]:
+        if not spans:
+            spans.extend((a - off, b - off) for a, b in raw[len(raw) - len(starts):])
+        return _fragments(text, spans, starts, s, e, para, budget, fits)
+
+    if bisect_left(starts, e0) - bisect_left(starts, s0) <= budget:
         ranges = [(s0, e0)]
     else:
         paragraphs: list[list[_Unit]] = []
@@ -261,37 +251,28 @@ def chunk_document(doc: Document, tokenizer: Tokenizer, config: ChunkerConfig) -
             units: list[_Unit] = []
             for s, e in split_sentences(text, ps, pe):
                 n = bisect_left(starts, e) - bisect_left(starts, s)
-                if n <= budget:
-                    units.append(_Unit(s, e, n, p, True))
-                else:
-                    units += _fragments(text, spans, starts, s, e, p, budget, fits)
+                units += [_Unit(s, e, n, p, True)] if n <= budget else fragments(s, e, p)
             paragraphs.append(units)
-        if config.strategy == "paragraph":
-            items = paragraphs
-        else:
-            items = [[u] for units in paragraphs for u in units]
+        items = paragraphs if config.strategy == "paragraph" else [
+            [u] for units in paragraphs for u in units]
         packed = _pack(items, budget, config.overlap_tokens, config.strategy == "window")
-        ranges = []
-        for units in packed:
-            ranges += _verified(units, text, spans, starts, budget, fits)
+        ranges = [r for units in packed for r in _verified(units, fits, fragments)]
     seen: dict[str, int] = {}
     return [Chunk(id=_chunk_id(doc.id, text[s:e], seen), doc_id=doc.id, ordinal=i,
                   text=text[s:e], start=s, end=e, title=title)
             for i, (s, e) in enumerate(ranges)]
 
 
-def _verified(units: list[_Unit], text: str, spans: list[tuple[int, int]], starts: list[int],
-              budget: int, fits: Callable[[int, int], bool]) -> list[tuple[int, int]]:
-    """Character ranges for a packed chunk, re-split if the tokenizer's own count is over."""
-    if fits(units[0].start, units[-1].end):
+def _verified(units: list[_Unit], fits: Callable[[int, int], bool],
+              fragments: Callable[[int, int, int], list[_Unit]]) -> list[tuple[int, int]]:
+    """Character ranges for a packed chunk. Whole sentences are cut at whitespace, where span
+    counts are exact; chunks holding a mid-sentence fragment are re-counted and re-split."""
+    if all(u.whole for u in units) or fits(units[0].start, units[-1].end):
         return [(units[0].start, units[-1].end)]
     if len(units) > 1:
         mid = len(units) // 2
-        return (_verified(units[:mid], text, spans, starts, budget, fits)
-                + _verified(units[mid:], text, spans, starts, budget, fits))
-    u = units[0]
-    return [(f.start, f.end) for f in
-            _fragments(text, spans, starts, u.start, u.end, u.para, budget, fits)]
+        return _verified(units[:mid], fits, fragments) + _verified(units[mid:], fits, fragments)
+    return [(f.start, f.end) for f in fragments(units[0].start, units[0].end, units[0].para)]
 
 
 def _chunk_id(doc_id: str, text: str, seen: dict[str, int]) -> str:

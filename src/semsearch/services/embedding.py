@@ -45,7 +45,7 @@ class CachedEmbedder:
         found = {k: v for k, v in found.items() if v.shape == (identity.dimension,)}
         missing = list(dict.fromkeys(k for k in keys if k not in found))
         if missing:
-            first_text = {}
+            first_text: dict[str, str] = {}
             for k, t in zip(keys, texts, strict=True):
                 first_text.setdefault(k, t)
             todo = [first_text[k] for k in missing]
@@ -61,7 +61,8 @@ class CachedEmbedder:
             if stats is not None:
                 stats.seconds += time.perf_counter() - started
                 stats.embedded += len(todo)
-                stats.tokens += sum(self.embedder.tokenizer.count_tokens(t) + 2 for t in todo)
+                stats.tokens += sum(min(self.embedder.tokenizer.count_tokens(t) + 2,
+                                       identity.max_tokens) for t in todo)
         if stats is not None:
             stats.texts += len(texts)
             stats.cache_hits += len(texts) - len(missing)

@@ -77,7 +77,8 @@ def doc_vector(chunk_vectors: Vectors) -> Vectors:
     """Mean of the chunk vectors, renormalized: the document-level vector."""
     mean = chunk_vectors.mean(axis=0)
     norm = float(np.linalg.norm(mean))
-    return (mean / norm if norm > 0 else mean).astype(np.float32)
+    out: Vectors = (mean / norm if norm > 0 else mean).astype(np.float32)
+    return out
 
 
 def split_vectors(vectors: Vectors, counts: Sequence[int]) -> list[Vectors]:

@@ -16,6 +16,7 @@ from semsearch.core.filters import Filter
 from semsearch.core.fusion import FUSIONS, fuse
 from semsearch.core.types import ComponentScore, Hit, InputType, Mode
 from semsearch.errors import InputError
+from semsearch.ports import StoredChunk
 from semsearch.services.indexes import CollectionIndexes
 from semsearch.wiring import Engine
 
@@ -119,15 +120,13 @@ def search(engine: Engine, collection: str, req: SearchRequest) -> SearchResult:
     return SearchResult(hits[: req.k], timings)
 
 
-def _fuse(lists: dict[str, Ranked], chunks: Mapping[int, object], req: SearchRequest,
+def _fuse(lists: dict[str, Ranked], stored: Mapping[int, StoredChunk], req: SearchRequest,
           rrf_k: int) -> list[Hit]:
-    from semsearch.ports import StoredChunk
-
-    stored: Mapping[int, StoredChunk] = chunks  # type: ignore[assignment]
+    keyed: dict[str, list[tuple[str, float]]]
     if req.group:
         doc_of = {label: sc.chunk.doc_id for label, sc in stored.items()}
         best_label: dict[tuple[str, str], int] = {}
-        keyed: dict[str, list[tuple[str, float]]] = {}
+        keyed = {}
         for name, ranked in lists.items():
             grouped = _group(ranked, doc_of)
             keyed[name] = [(doc, score) for doc, score, _ in grouped]
@@ -135,10 +134,11 @@ def _fuse(lists: dict[str, Ranked], chunks: Mapping[int, object], req: SearchReq
                 best_label[(name, doc)] = label
     else:
         keyed = {name: [(str(label), s) for label, s in ranked] for name, ranked in lists.items()}
+    fused: list[tuple[str, float, dict[str, ComponentScore]]]
     if len(keyed) == 1:
-        ((name, ranked),) = keyed.items()
-        fused = [(key, score, {name: ComponentScore(r, score)})
-                 for r, (key, score) in enumerate(ranked, start=1)]
+        ((only, single),) = keyed.items()
+        fused = [(key, score, {only: ComponentScore(r, score)})
+                 for r, (key, score) in enumerate(single, start=1)]
     else:
         fused = [(str(f.key), f.score, dict(f.components))
                  for f in fuse(keyed, req.fusion, rrf_k=rrf_k, weights=req.weights)]

@@ -11,6 +11,7 @@ always holds a state matching its recorded generation."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,9 +21,9 @@ from pathlib import Path
 from semsearch.core.analysis import Analyzer
 from semsearch.errors import BackendError
 
-# Up to this many allowed labels go inline as ``rowid IN (?, ...)``: FTS5 then looks rows up
-# by rowid. Larger sets go through a temp table joined against the full MATCH scan.
-_INLINE_ALLOWED = 200
+# Allowed-label sets up to this size are bound as SQL parameters (under SQLite's historical
+# 999-variable limit); larger ones travel as one JSON array through json_each().
+_INLINE_ALLOWED = 900
 
 
 def match_expression(terms: Iterable[str]) -> str:
@@ -114,19 +115,19 @@ class Fts5KeywordIndex:
             return []
         sql = "SELECT rowid, bm25(terms) AS s FROM terms WHERE terms MATCH ?"
         params: list[object] = [expr]
+        # "+rowid" keeps the filter away from FTS5's xBestIndex: pushed down, FTS5 re-runs the
+        # whole query once per allowed rowid (~100x slower); here SQLite scans the matches and
+        # probes an ephemeral index of the allowed labels before bm25() and LIMIT apply.
+        if allowed is not None and len(allowed) <= _INLINE_ALLOWED:
+            sql += f" AND +rowid IN ({','.join('?' * len(allowed))})"
+            params += [int(x) for x in allowed]
+        elif allowed is not None:
+            sql += " AND +rowid IN (SELECT value FROM json_each(?))"
+            params.append(json.dumps([int(x) for x in allowed]))
         with self._lock:
             try:
-                if allowed is not None and len(allowed) <= _INLINE_ALLOWED:
-                    sql += f" AND rowid IN ({','.join('?' * len(allowed))})"
-                    params += sorted(allowed)
-                elif allowed is not None:
-                    self._db.execute("CREATE TEMP TABLE IF NOT EXISTS allowed "
-                                     "(label INTEGER PRIMARY KEY)")
-                    self._db.execute("DELETE FROM temp.allowed")
-                    self._db.executemany("INSERT INTO temp.allowed VALUES (?)",
-                                         [(int(x),) for x in allowed])
-                    sql += " AND rowid IN (SELECT label FROM temp.allowed)"
-                rows = self._db.execute(sql + " ORDER BY s LIMIT ?", (*params, k)).fetchall()
+                sql += " ORDER BY s, rowid LIMIT ?"
+                rows = self._db.execute(sql, (*params, k)).fetchall()
             except sqlite3.Error as e:
                 raise BackendError(f"keyword search failed: {e}") from e
         return [(int(label), -float(score)) for label, score in rows]

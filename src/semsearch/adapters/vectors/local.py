@@ -35,42 +35,34 @@ class _Hnsw:
     labels reuse tombstoned slots and the graph does not grow forever under churn."""
 
     def __init__(self, index: Any) -> None:
-        self._index = index
+        self.index = index  # untyped; used directly only for calls that return nothing
 
     @classmethod
-    def create(cls, dim: int, capacity: int, m: int, ef_construction: int) -> _Hnsw:
+    def open(cls, dim: int, capacity: int = 1, m: int = 16, ef_construction: int = 200,
+             path: Path | None = None) -> _Hnsw:
+        """A new empty graph, or (given ``path``) one saved earlier."""
         index = hnswlib.Index(space="ip", dim=dim)
-        index.init_index(max_elements=max(capacity, 1), M=m, ef_construction=ef_construction,
-                         allow_replace_deleted=True)
+        if path is not None:
+            index.load_index(str(path), allow_replace_deleted=True)
+        else:
+            index.init_index(max_elements=max(capacity, 1), M=m,
+                             ef_construction=ef_construction, allow_replace_deleted=True)
         return cls(index)
-
-    @classmethod
-    def load(cls, path: Path, dim: int) -> _Hnsw:
-        index = hnswlib.Index(space="ip", dim=dim)
-        index.load_index(str(path), allow_replace_deleted=True)
-        return cls(index)
-
-    def labels(self) -> set[int]:
-        """Every label in the graph, tombstoned ones included."""
-        return {int(x) for x in self._index.get_ids_list()}
 
     def add(self, labels: Labels, vectors: Vectors, *, new: bool) -> None:
         """``new=True`` may reuse a tombstoned slot; that is only safe for labels absent from
         the graph (else the label would live in two slots), so updates pass ``new=False``."""
         if len(labels) == 0:
             return
-        needed = int(self._index.element_count) + len(labels)
-        if needed > int(self._index.get_max_elements()):
-            self._index.resize_index(max(needed, int(self._index.get_max_elements() * 1.5)))
-        self._index.add_items(vectors, labels.astype(np.uint64), replace_deleted=new)
-
-    def mark_deleted(self, label: int) -> None:
-        self._index.mark_deleted(label)
+        needed = int(self.index.element_count) + len(labels)
+        if needed > int(self.index.get_max_elements()):
+            self.index.resize_index(max(needed, int(self.index.get_max_elements() * 1.5)))
+        self.index.add_items(vectors, labels.astype(np.uint64), replace_deleted=new)
 
     def unmark_deleted(self, label: int) -> bool:
         """False when the slot was already recycled for another label."""
         try:
-            self._index.unmark_deleted(label)
+            self.index.unmark_deleted(label)
         except RuntimeError:
             return False
         return True
@@ -78,15 +70,12 @@ class _Hnsw:
     def query(self, query: Vectors, k: int, ef: int,
               allowed: Callable[[int], bool] | None) -> Hits | None:
         """Top k by inner product, or None when hnswlib cannot find k (it raises then)."""
-        self._index.set_ef(max(ef, k))
+        self.index.set_ef(max(ef, k))
         try:
-            ids, dists = self._index.knn_query(query, k=k, num_threads=1, filter=allowed)
+            ids, dists = self.index.knn_query(query, k=k, num_threads=1, filter=allowed)
         except RuntimeError:
             return None
         return [(int(i), 1.0 - float(d)) for i, d in zip(ids[0], dists[0], strict=True)]
-
-    def save(self, path: Path) -> None:
-        self._index.save_index(str(path))
 
 
 class LocalVectorIndex:
@@ -181,12 +170,10 @@ class LocalVectorIndex:
     def _grow(self, rows: int) -> None:
         if rows <= len(self._vecs):
             return
-        cap = max(rows, int(len(self._vecs) * 1.5), 1024)
-        vecs = np.empty((cap, self._dim), dtype=np.float32)
-        vecs[: self._n] = self._vecs[: self._n]
-        labels = np.empty(cap, dtype=np.int64)
-        labels[: self._n] = self._labels[: self._n]
-        self._vecs, self._labels = vecs, labels
+        extra = max(rows, int(len(self._vecs) * 1.5), 1024) - self._n
+        self._vecs = np.concatenate([self._vecs[: self._n], np.empty((extra, self._dim),
+                                                                      np.float32)])
+        self._labels = np.concatenate([self._labels[: self._n], np.empty(extra, np.int64)])
 
     def remove(self, labels: Iterable[int]) -> None:
         """Hide labels at once: swap-remove from the matrix, tombstone in the graph."""
@@ -203,7 +190,7 @@ class LocalVectorIndex:
                     self._row_of[moved] = row
                 self._n = last
                 if self._hnsw is not None:
-                    self._hnsw.mark_deleted(int(label))
+                    self._hnsw.index.mark_deleted(int(label))
                     self._tombstones.add(int(label))
 
     def search(self, query: Vectors, k: int,
@@ -242,8 +229,8 @@ class LocalVectorIndex:
 
     def _ensure_ann(self) -> _Hnsw:
         if self._hnsw is None:
-            hnsw = _Hnsw.create(self._dim, int(self._n * 1.25) + 16, self._m,
-                                self._ef_construction)
+            hnsw = _Hnsw.open(self._dim, int(self._n * 1.25) + 16, self._m,
+                              self._ef_construction)
             hnsw.add(self._labels[: self._n], self._vecs[: self._n], new=False)
             self._hnsw, self._tombstones = hnsw, set()
         return self._hnsw
@@ -260,17 +247,17 @@ class LocalVectorIndex:
             staged: list[tuple[Path, Path]] = []
 
             def stage(name: str, write: Callable[[Path], object]) -> None:
-                tmp = self._path / f".{name}.tmp"
+                tmp = self._path / f".tmp-{name}"
                 write(tmp)
                 with tmp.open("rb+") as fh:
                     os.fsync(fh.fileno())
                 staged.append((tmp, self._path / name))
 
-            stage("vectors.npy", lambda p: _save_npy(p, self._vecs[: self._n]))
-            stage("labels.npy", lambda p: _save_npy(p, self._labels[: self._n]))
+            stage("vectors.npy", lambda p: np.save(p, self._vecs[: self._n], allow_pickle=False))
+            stage("labels.npy", lambda p: np.save(p, self._labels[: self._n], allow_pickle=False))
             hnsw = self._hnsw
             if hnsw is not None:
-                stage("hnsw.bin", hnsw.save)
+                stage("hnsw.bin", lambda p: hnsw.index.save_index(str(p)))
             manifest = {"generation": generation, "dimension": self._dim, "count": self._n,
                         "ann": hnsw is not None}
             stage("manifest.json", lambda p: p.write_text(json.dumps(manifest)))
@@ -279,7 +266,9 @@ class LocalVectorIndex:
                 (self._path / "hnsw.bin").unlink(missing_ok=True)
             for tmp, final in staged:  # manifest.json is last
                 os.replace(tmp, final)
-            _fsync_dir(self._path)
+            fd = os.open(self._path, os.O_RDONLY)  # make the renames durable
+            os.fsync(fd)
+            os.close(fd)
             self._generation = generation
 
     def _load(self) -> None:
@@ -306,8 +295,8 @@ class LocalVectorIndex:
         self._generation = generation
         if manifest.get("ann"):
             try:
-                hnsw = _Hnsw.load(self._path / "hnsw.bin", self._dim)
-                in_graph = hnsw.labels()
+                hnsw = _Hnsw.open(self._dim, path=self._path / "hnsw.bin")
+                in_graph = {int(x) for x in hnsw.index.get_ids_list()}  # tombstones too
                 if not in_graph >= row_of.keys():
                     raise ValueError("graph is missing labels")
             except (OSError, RuntimeError, ValueError) as exc:
@@ -319,16 +308,3 @@ class LocalVectorIndex:
         """Empty the in-memory index (files stay until the next ``save``); generation -> -1."""
         with self._lock:
             self._reset()
-
-
-def _save_npy(path: Path, array: npt.NDArray[Any]) -> None:
-    with path.open("wb") as fh:
-        np.save(fh, array, allow_pickle=False)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

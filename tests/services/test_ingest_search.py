@@ -1,0 +1,153 @@
+"""The engine end to end on the real model: index, re-index, search, filter, update, delete."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from semsearch.adapters.sources.files import iter_documents
+from semsearch.config import Settings
+from semsearch.core.filters import parse_filter
+from semsearch.core.types import Document, Mode
+from semsearch.errors import IdentityMismatchError, InputError, NotFoundError, SourceError
+from semsearch.services.ingest import delete_documents, index_documents
+from semsearch.services.quickstart import sample_dir
+from semsearch.services.search import SearchRequest, search
+from semsearch.wiring import Engine, open_engine
+
+VEG = "how do I keep vegetables fresh"
+
+
+def _docs() -> list[Document]:
+    return list(iter_documents(sample_dir()))
+
+
+def _ids(engine: Engine, query: str, mode: Mode, k: int = 5, **kw: object) -> list[str]:
+    req = SearchRequest(query=query, mode=mode, k=k, **kw)  # type: ignore[arg-type]
+    return [h.doc_id for h in search(engine, "s", req).hits]
+
+
+def test_index_then_reindex_calls_the_model_zero_times(engine: Engine) -> None:
+    first = index_documents(engine, "s", _docs())
+    assert first.documents == first.new == 12 and first.chunks >= 12
+    assert first.embedded == first.chunks and first.cache_hits == 0 and first.model_calls >= 1
+    again = index_documents(engine, "s", _docs())
+    assert (again.unchanged, again.embedded, again.model_calls, again.chunks) == (12, 0, 0, 0)
+    # A new collection over the same text: every vector comes from the cache.
+    other = index_documents(engine, "s2", _docs())
+    assert other.embedded == 0 and other.model_calls == 0
+    assert other.cache_hits == first.chunks
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_each_mode_finds_the_right_document(engine: Engine, mode: Mode) -> None:
+    index_documents(engine, "s", _docs())
+    hits = search(engine, "s", SearchRequest(VEG, mode=mode, k=3)).hits
+    assert hits[0].doc_id == "storing-vegetables.md"
+    assert hits[0].title == "Storing vegetables so they last"
+    assert len({h.doc_id for h in hits}) == len(hits)  # grouped by document
+    expected = {"dense", "keyword"} if mode == Mode.HYBRID else {mode.value}
+    assert set(hits[0].components) == expected
+    assert hits[0].components[next(iter(expected))].rank == 1
+
+
+def test_hybrid_fusion_options(engine: Engine) -> None:
+    index_documents(engine, "s", _docs())
+    for fusion in ("rrf", "minmax", "zscore"):
+        assert _ids(engine, VEG, Mode.HYBRID, fusion=fusion)[0] == "storing-vegetables.md"
+    dense_only = _ids(engine, "wild yeast bread", Mode.HYBRID, fusion="minmax",
+                      weights={"dense": 1.0, "keyword": 0.0})
+    assert dense_only == _ids(engine, "wild yeast bread", Mode.DENSE)[: len(dense_only)]
+
+
+def test_chunk_results_when_asked(engine: Engine) -> None:
+    index_documents(engine, "s", _docs())
+    hits = search(engine, "s", SearchRequest(VEG, mode=Mode.DENSE, k=20, group=False)).hits
+    assert len({h.chunk_id for h in hits}) == len(hits)
+    assert all(h.chunk_id.startswith(h.doc_id + "#") for h in hits)
+
+
+def _tagged(n: int) -> list[Document]:
+    return [Document(f"t{i}", f"Shared garden note number {i} about tomatoes and soil.",
+                     metadata={"group": "even" if i % 2 == 0 else "odd", "n": i})
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_filters_return_k_when_k_match(engine: Engine, mode: Mode) -> None:
+    index_documents(engine, "s", [*_docs(), *_tagged(40)])
+    filt = parse_filter({"group": "odd", "n": {"gte": 10}})
+    hits = search(engine, "s", SearchRequest("garden tomatoes", mode=mode, k=10,
+                                             filter=filt)).hits
+    assert len(hits) == 10
+    assert all(h.metadata["group"] == "odd" and h.metadata["n"] >= 10 for h in hits)
+    few = search(engine, "s", SearchRequest("garden tomatoes", mode=mode, k=10,
+                                            filter=parse_filter({"n": {"in": [3, 5]}}))).hits
+    assert sorted(h.doc_id for h in few) == ["t3", "t5"]
+    none = search(engine, "s", SearchRequest("garden", mode=mode,
+                                             filter=parse_filter({"group": "none"}))).hits
+    assert none == []
+
+
+def test_updates_and_deletes_show_immediately(engine: Engine) -> None:
+    index_documents(engine, "s", _docs())
+    changed = Document("compost.md", "Penguins huddle together to survive the Antarctic "
+                       "winter.", title="Penguins")
+    report = index_documents(engine, "s", [changed])
+    assert report.changed == 1 and report.embedded >= 1
+    for mode in Mode:
+        assert _ids(engine, "penguins antarctic winter", mode, k=1) == ["compost.md"]
+    assert "compost.md" not in _ids(engine, "composting kitchen scraps", Mode.KEYWORD)
+    assert delete_documents(engine, "s", ["compost.md", "not-there"]) == 1
+    for mode in Mode:
+        assert "compost.md" not in _ids(engine, "penguins antarctic winter", mode, k=12)
+    assert engine.store.get_collection("s").documents == 11
+
+
+def test_derived_indexes_rebuild_to_the_same_results(engine: Engine, settings: Settings) -> None:
+    index_documents(engine, "s", _docs())
+    queries = [VEG, "wifi router placement", "burn first aid", "sleep schedule"]
+    before = {(q, m): _ids(engine, q, m, k=12) for q in queries for m in Mode}
+    engine.forget_indexes("s")
+    shutil.rmtree(settings.index_dir("s"))
+    after = {(q, m): _ids(engine, q, m, k=12) for q in queries for m in Mode}
+    assert after == before
+
+
+def test_other_model_identity_is_refused_and_nothing_is_lost(engine: Engine,
+                                                             settings: Settings) -> None:
+    index_documents(engine, "s", _docs())
+    other = open_engine(Settings(embedder_precision="fp32"))
+    try:
+        with pytest.raises(IdentityMismatchError, match="int8.*fp32"):
+            search(other, "s", SearchRequest(VEG))
+        with pytest.raises(IdentityMismatchError):
+            index_documents(other, "s", _docs()[:1])
+    finally:
+        other.close()
+    assert engine.store.get_collection("s").documents == 12
+    assert _ids(engine, VEG, Mode.HYBRID, k=1) == ["storing-vegetables.md"]
+
+
+def test_bad_input_is_refused_and_stored_data_survives(engine: Engine, tmp_path: Path) -> None:
+    index_documents(engine, "s", _docs())
+    with pytest.raises(InputError, match="query is empty"):
+        search(engine, "s", SearchRequest("  "))
+    with pytest.raises(NotFoundError, match="unknown collection 'nope'"):
+        search(engine, "nope", SearchRequest("x"))
+    with pytest.raises(InputError, match="no text and no title"):
+        index_documents(engine, "s", [Document("blank", "  ")])
+    with pytest.raises(InputError, match="collection name"):
+        index_documents(engine, "bad/name", _docs())
+    corpus = tmp_path / "c.jsonl"
+    good = [json.dumps({"_id": f"j{i}", "text": f"jsonl line {i} about kites"}) for i in range(3)]
+    corpus.write_text("\n".join([*good, "{not json", good[0]]) + "\n")
+    with pytest.raises(SourceError, match=r"c\.jsonl:4: not JSON"):
+        index_documents(engine, "s", iter_documents(corpus), batch_size=2)
+    ids = engine.store.all_doc_ids("s")
+    assert {"j0", "j1"} <= set(ids) and "storing-vegetables.md" in ids
+    assert _ids(engine, "kites", Mode.KEYWORD, k=3)[:1] in (["j0"], ["j1"])
+    assert _ids(engine, VEG, Mode.HYBRID, k=1) == ["storing-vegetables.md"]
