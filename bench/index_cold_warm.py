@@ -22,8 +22,9 @@ from semsearch.wiring import open_engine
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("data", type=Path)
+    ap.add_argument("--home", type=Path, help="data folder to use (default: a new temp one)")
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="semsearch-bench-"))
+    home = args.home or Path(tempfile.mkdtemp(prefix="semsearch-bench-"))
     engine = open_engine(Settings(home=home))
     try:
         engine.embedder.embedder.embed(["warm up"])  # build + load the model outside timing

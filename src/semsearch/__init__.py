@@ -35,7 +35,32 @@ _EXPORTS = {
     "open_engine": "semsearch.wiring",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BackendError",
+    "Chunk",
+    "Document",
+    "EmbedderIdentity",
+    "Engine",
+    "Filter",
+    "Hit",
+    "IdentityMismatchError",
+    "IndexReport",
+    "InputError",
+    "InputType",
+    "Mode",
+    "NotFoundError",
+    "SearchRequest",
+    "SearchResult",
+    "SemsearchError",
+    "Settings",
+    "SourceError",
+    "delete_documents",
+    "evaluate_collection",
+    "index_documents",
+    "open_engine",
+    "parse_filter",
+    "search",
+]
 
 if TYPE_CHECKING:
     from semsearch.config import Settings

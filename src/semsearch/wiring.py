@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,15 @@ class Engine:
     embedder: CachedEmbedder
     _indexes: dict[str, CollectionIndexes] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _executor: ThreadPoolExecutor | None = None
+
+    def executor(self) -> ThreadPoolExecutor:
+        """A small pool for overlapping the halves of a hybrid query; made on first use."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=4,
+                                                    thread_name_prefix="semsearch")
+            return self._executor
 
     def check_identity(self, info: CollectionInfo) -> None:
         mine = self.embedder.embedder.identity
@@ -121,6 +131,8 @@ class Engine:
             idx.close()
 
     def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         for name in list(self._indexes):
             self.forget_indexes(name)
         self.embedder.cache.close()

@@ -13,8 +13,10 @@ import pytest
 from semsearch.config import Settings
 
 
-def run(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SEMSEARCH_HOME": str(settings.home), "SEMSEARCH_NO_PROGRESS": "1"}
+def run(settings: Settings, *args: str,
+        **extra_env: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SEMSEARCH_HOME": str(settings.home), "SEMSEARCH_NO_PROGRESS": "1",
+           **extra_env}
     return subprocess.run([sys.executable, "-m", "semsearch", *args], capture_output=True,
                           text=True, env=env, timeout=300)
 
@@ -61,6 +63,13 @@ def test_index_json_summary_and_warm_rerun(settings: Settings, tmp_path: Path) -
     hit = json.loads(run(settings, "search", "honey", "-c", "mine", "--json", "-m",
                          "keyword").stdout)["hits"][0]
     assert hit["doc_id"] == "c.html" and hit["title"] == "Bees"
+
+    # Another model identity against this collection: refused in one line, nothing lost.
+    other = run(settings, "search", "honey", "-c", "mine", SEMSEARCH_EMBEDDER_PRECISION="fp32")
+    assert other.returncode == 2 and other.stderr.count("\n") == 1
+    assert "int8" in other.stderr and "fp32" in other.stderr and "re-index" in other.stderr
+    cols = json.loads(run(settings, "collections", "--json").stdout)["collections"]
+    assert cols[0]["documents"] == 3
 
 
 @pytest.mark.parametrize("setup,args,message", [

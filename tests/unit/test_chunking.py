@@ -155,6 +155,21 @@ def test_chunks_fit_cover_and_respect_sentences(g: GenDoc, config: ChunkerConfig
 
 
 @settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from([*"ab Zé.!?\n\t-3(中\x00\u200b", "word ", "Long. "]),
+                max_size=200).map("".join),
+       st.text(st.sampled_from(list("Tt ié.\n")), max_size=20), configs())
+def test_arbitrary_text_keeps_invariants(text: str, title: str, config: ChunkerConfig) -> None:
+    doc = Document(id="f", text=text, title=title)
+    if not text.strip() and not title.strip():
+        with pytest.raises(InputError):
+            chunk_document(doc, tok(), config)
+    elif not text.strip():
+        assert [c.text for c in chunk_document(doc, tok(), config)] == [title.strip()]
+    else:
+        check_invariants(doc, chunk_document(doc, tok(), config), config)
+
+
+@settings(max_examples=150, deadline=None)
 @given(gen_docs())
 def test_sentence_splitter_finds_generated_sentences(g: GenDoc) -> None:
     got = [s for ps, pe in split_paragraphs(g.doc.text)
@@ -248,12 +263,18 @@ def test_oversized_sentence_splits_at_whitespace() -> None:
 
 
 def test_unbreakable_word_is_cut_at_token_boundaries_within_budget() -> None:
-    word = "pneumonoultramicroscopicsilicovolcanoconiosis" * 8
+    word = "pneumonoultramicroscopicsilicovolcanoconiosis" * 2  # < 100 chars: no [UNK]
     doc = Document(id="w", text=f"Intro sentence. {word} is long. End.", title="Title")
     config = ChunkerConfig(max_tokens=16, overlap_tokens=4)
     chunks = chunk_document(doc, tok(), config)
     check_invariants(doc, chunks, config)
-    assert len(chunks) > 3
+    assert len(chunks) >= 3
+    # a piece cut mid-word re-tokenizes to more tokens than its spans ("electro|encephalo...")
+    text = ("immunohistochemistryelectroencephalographyelectroencephalographyimmunohistochemistry"
+            " cells. End here now.")
+    doc = Document(id="w2", text=text)
+    config = ChunkerConfig(max_tokens=18, overlap_tokens=0)
+    check_invariants(doc, chunk_document(doc, tok(), config), config)
 
 
 def test_overlap_carries_whole_trailing_sentences() -> None:

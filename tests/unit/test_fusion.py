@@ -78,7 +78,6 @@ def test_fusion_invariants(dense: list[tuple[str, float]], keyword: list[tuple[s
     for f in fused:
         for name, comp in f.components.items():
             assert lists[name][comp.rank - 1][0] == f.key
-    if method == "rrf":
-        # A key first in both lists can never lose to anything.
-        if dense and keyword and dense[0][0] == keyword[0][0]:
-            assert fused[0].key == dense[0][0]
+    # Under RRF a key first in both lists can never lose to anything.
+    if method == "rrf" and dense and keyword and dense[0][0] == keyword[0][0]:
+        assert fused[0].key == dense[0][0]

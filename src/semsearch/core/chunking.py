@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -64,7 +64,7 @@ class ChunkerConfig:
                 "strategy": self.strategy, "version": CHUNKER_VERSION}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ChunkerConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> ChunkerConfig:
         return cls(max_tokens=int(data.get("max_tokens", 256)),
                    overlap_tokens=int(data.get("overlap_tokens", 32)),
                    strategy=str(data.get("strategy", "sentence")))
@@ -129,7 +129,7 @@ def _is_boundary(text: str, punct_at: int, punct: str, space: str, nxt: int) -> 
     word = text[i:punct_at + 1].lstrip(_OPENERS).lower()
     if word in _NEEDS_DIGIT:
         return not c.isdigit()
-    return True
+    return word not in _ABBREVIATIONS
 
 
 def _choose_cut(text: str, spans: list[tuple[int, int]], lo: int, hi: int) -> int:
@@ -212,7 +212,11 @@ def _truncate(text: str, tokenizer: Tokenizer, limit: int, suffix: str = "") -> 
 
 
 def chunk_document(doc: Document, tokenizer: Tokenizer, config: ChunkerConfig) -> list[Chunk]:
-    """Split ``doc`` into chunks whose ``embed_text`` fits ``config.max_tokens`` with specials."""
+    """Split ``doc`` into chunks whose ``embed_text`` fits ``config.max_tokens`` with specials.
+
+    A title over half the budget is cut at a token boundary. A document with only a title gives
+    one chunk whose text is the title (start = end = 0, chunk title "" so it is embedded once).
+    Span counts are trusted at whitespace cuts, which holds for WordPiece/BERT tokenizers."""
     limit = config.max_tokens - SPECIAL_TOKENS
     text = doc.text
     title = doc.title.strip()

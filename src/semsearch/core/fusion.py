@@ -33,7 +33,9 @@ class Fused:
     components: Mapping[str, ComponentScore]
 
 
-def _components(lists: Mapping[str, Sequence[tuple[K, float]]]) -> dict[K, dict[str, ComponentScore]]:
+def _components(
+    lists: Mapping[str, Sequence[tuple[K, float]]],
+) -> dict[K, dict[str, ComponentScore]]:
     comps: dict[K, dict[str, ComponentScore]] = {}
     for name, ranked in lists.items():
         for rank, (key, score) in enumerate(ranked, start=1):
@@ -52,7 +54,8 @@ def _weights(lists: Mapping[str, object], weights: Mapping[str, float] | None) -
     return w
 
 
-def _sorted(scores: Mapping[K, float], comps: Mapping[K, Mapping[str, ComponentScore]]) -> list[Fused]:
+def _sorted(scores: Mapping[K, float],
+            comps: Mapping[K, Mapping[str, ComponentScore]]) -> list[Fused]:
     # Ties broken by best component rank, then key, so results are deterministic.
     order = sorted(scores, key=lambda k: (-scores[k], min(c.rank for c in comps[k].values()),
                                           str(k)))

@@ -6,18 +6,18 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class InputType(str, Enum):
+class InputType(StrEnum):
     """Some models embed queries and passages differently; the cache must tell them apart."""
 
     QUERY = "query"
     PASSAGE = "passage"
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     DENSE = "dense"
     KEYWORD = "keyword"
     HYBRID = "hybrid"

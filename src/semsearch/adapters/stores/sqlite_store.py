@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS collections (
     identity TEXT NOT NULL,
     chunker TEXT NOT NULL,
     generation INTEGER NOT NULL DEFAULT 0,
+    documents INTEGER NOT NULL DEFAULT 0,
+    chunks INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS documents (
@@ -58,7 +60,14 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (collection, doc_id);
 """
 
-_BATCH = 900
+_BATCH = 900  # below SQLite's default limit of host parameters per statement
+
+
+def _in_batches(values: Sequence[Any]) -> Iterator[tuple[str, list[Any]]]:
+    """``(placeholders, values)`` slices for ``x IN (...)`` queries of any length."""
+    for start in range(0, len(values), _BATCH):
+        part = list(values[start:start + _BATCH])
+        yield ",".join("?" * len(part)), part
 
 
 def _now() -> str:
@@ -73,7 +82,19 @@ class SqliteDocumentStore:
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.execute("PRAGMA busy_timeout=10000")
         self._conn.executescript(SCHEMA)
+        self._migrate()
         self._lock = threading.RLock()
+
+    def _migrate(self) -> None:
+        """Stores written before collections carried their counts get them added."""
+        cols = {r[1] for r in self._conn.execute("PRAGMA table_info(collections)")}
+        if "documents" not in cols:
+            self._conn.executescript(
+                "ALTER TABLE collections ADD COLUMN documents INTEGER NOT NULL DEFAULT 0;"
+                "ALTER TABLE collections ADD COLUMN chunks INTEGER NOT NULL DEFAULT 0;"
+                "UPDATE collections SET documents = (SELECT COUNT(*) FROM documents d "
+                "WHERE d.collection = collections.name), chunks = (SELECT COUNT(*) FROM "
+                "chunks c WHERE c.collection = collections.name);")
 
     # -- collections -------------------------------------------------------------------
     def create_collection(self, name: str, identity: EmbedderIdentity,
@@ -86,22 +107,19 @@ class SqliteDocumentStore:
         return self.get_collection(name)
 
     def get_collection(self, name: str) -> CollectionInfo:
+        # On every search's path: one indexed row, counts kept up to date by write().
         with self._lock:
             row = self._conn.execute(
-                "SELECT name, identity, chunker, generation, created_at FROM collections "
-                "WHERE name = ?", (name,)).fetchone()
+                "SELECT name, identity, chunker, generation, created_at, documents, chunks "
+                "FROM collections WHERE name = ?", (name,)).fetchone()
             if row is None:
                 known = [r[0] for r in self._conn.execute(
                     "SELECT name FROM collections ORDER BY name")]
                 hint = f"; known: {', '.join(known)}" if known else "; none exist yet"
                 raise NotFoundError(f"unknown collection {name!r}{hint}")
-            docs = self._conn.execute("SELECT COUNT(*) FROM documents WHERE collection = ?",
-                                      (name,)).fetchone()[0]
-            chunks = self._conn.execute("SELECT COUNT(*) FROM chunks WHERE collection = ?",
-                                        (name,)).fetchone()[0]
         return CollectionInfo(name=row[0], identity=EmbedderIdentity.from_dict(
-            json.loads(row[1])), chunker=json.loads(row[2]), documents=int(docs),
-            chunks=int(chunks), generation=int(row[3]), created_at=row[4])
+            json.loads(row[1])), chunker=json.loads(row[2]), documents=int(row[5]),
+            chunks=int(row[6]), generation=int(row[3]), created_at=row[4])
 
     def list_collections(self) -> list[CollectionInfo]:
         with self._lock:
@@ -121,9 +139,7 @@ class SqliteDocumentStore:
     def content_hashes(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
         with self._lock:
-            for start in range(0, len(doc_ids), _BATCH):
-                part = list(doc_ids[start:start + _BATCH])
-                marks = ",".join("?" * len(part))
+            for marks, part in _in_batches(doc_ids):
                 for doc_id, h in self._conn.execute(
                         f"SELECT id, content_hash FROM documents WHERE collection = ? "
                         f"AND id IN ({marks})", [collection, *part]):
@@ -170,8 +186,11 @@ class SqliteDocumentStore:
                              ch.end, ch.title))
                         added.append((int(cur.lastrowid or 0), ch))
                 generation = int(gen_row[0]) + 1
-                c.execute("UPDATE collections SET generation = ? WHERE name = ?",
-                          (generation, collection))
+                c.execute(
+                    "UPDATE collections SET generation = ?, "
+                    "documents = (SELECT COUNT(*) FROM documents WHERE collection = ?), "
+                    "chunks = (SELECT COUNT(*) FROM chunks WHERE collection = ?) "
+                    "WHERE name = ?", (generation, collection, collection, collection))
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
@@ -195,12 +214,20 @@ class SqliteDocumentStore:
     def chunks_by_label(self, collection: str, labels: Sequence[int]) -> dict[int, StoredChunk]:
         out: dict[int, StoredChunk] = {}
         with self._lock:
-            for start in range(0, len(labels), _BATCH):
-                part = [int(x) for x in labels[start:start + _BATCH]]
-                marks = ",".join("?" * len(part))
+            for marks, part in _in_batches([int(x) for x in labels]):
                 out.update(self._rows_to_chunks(self._conn.execute(
                     self._CHUNK_COLS + f"WHERE c.collection = ? AND c.label IN ({marks})",
                     [collection, *part])))
+        return out
+
+    def doc_ids_by_label(self, collection: str, labels: Sequence[int]) -> dict[int, str]:
+        """The cheap half of hydration: enough to group candidates by document."""
+        out: dict[int, str] = {}
+        with self._lock:
+            for marks, part in _in_batches([int(x) for x in labels]):
+                out.update((int(lb), d) for lb, d in self._conn.execute(
+                    f"SELECT label, doc_id FROM chunks WHERE collection = ? "
+                    f"AND label IN ({marks})", [collection, *part]))
         return out
 
     def iter_chunks(self, collection: str, batch: int = 1000) -> Iterator[list[StoredChunk]]:
