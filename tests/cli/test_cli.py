@@ -100,6 +100,20 @@ def test_bad_input_is_one_line_and_nonzero(settings: Settings, tmp_path: Path,
     assert message in lines[0]
 
 
+def test_invalid_records_are_skipped_and_reported(settings: Settings, tmp_path: Path) -> None:
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"_id": "a", "text": "anchors hold boats"}\n'
+                      '{"_id": "b", "text": "", "title": ""}\n'
+                      '{"_id": "c", "text": "sails catch wind"}\n')
+    out = run(settings, "index", str(corpus), "-c", "boats", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert (report["documents"], report["new"], report["skipped"]) == (3, 2, 1)
+    assert "warning: skipped: document 'b' has no text and no title" in out.stderr
+    strict = run(settings, "index", str(corpus), "-c", "boats2", "--strict")
+    assert strict.returncode == 2 and "error: document 'b' has no text" in strict.stderr
+
+
 def test_help_is_fast_and_lists_commands(settings: Settings) -> None:
     out = run(settings, "--help")
     for cmd in ("index", "search", "embed", "eval", "collections", "quickstart"):

@@ -140,6 +140,13 @@ def test_bad_input_is_refused_and_stored_data_survives(engine: Engine, tmp_path:
         search(engine, "nope", SearchRequest("x"))
     with pytest.raises(InputError, match="no text and no title"):
         index_documents(engine, "s", [Document("blank", "  ")])
+    skipped = index_documents(engine, "s", [Document("blank", "  "), Document("ok", "fine")],
+                              skip_invalid=True)
+    assert (skipped.documents, skipped.skipped, skipped.new) == (2, 1, 1)
+    assert skipped.skipped_reasons == ["document 'blank' has no text and no title"]
+    huge = Document("huge", "x" * (engine.settings.max_text_chars + 1))
+    with pytest.raises(InputError, match="'huge' has 1,000,001 characters"):
+        index_documents(engine, "s", [huge])
     with pytest.raises(InputError, match="collection name"):
         index_documents(engine, "bad/name", _docs())
     corpus = tmp_path / "c.jsonl"
@@ -151,3 +158,23 @@ def test_bad_input_is_refused_and_stored_data_survives(engine: Engine, tmp_path:
     assert {"j0", "j1"} <= set(ids) and "storing-vegetables.md" in ids
     assert _ids(engine, "kites", Mode.KEYWORD, k=3)[:1] in (["j0"], ["j1"])
     assert _ids(engine, VEG, Mode.HYBRID, k=1) == ["storing-vegetables.md"]
+
+
+def test_document_vector_is_the_normalized_mean_of_its_chunks(engine: Engine) -> None:
+    import sqlite3
+
+    import numpy as np
+
+    from semsearch.core.types import InputType
+
+    sentences = " ".join(f"Sentence {i} talks about rivers, bridges and boats." for i in range(80))
+    index_documents(engine, "s", [Document("long", sentences, title="Rivers")])
+    chunks = [sc for batch in engine.store.iter_chunks("s") for sc in batch]
+    assert len(chunks) >= 2 and all(sc.chunk.title == "Rivers" for sc in chunks)
+    vecs = engine.embedder.embed([sc.chunk.embed_text for sc in chunks], InputType.PASSAGE)
+    mean = vecs.mean(axis=0)
+    mean /= np.linalg.norm(mean)
+    with sqlite3.connect(engine.settings.store_path) as conn:
+        (blob,) = conn.execute("SELECT doc_vector FROM documents WHERE id = 'long'").fetchone()
+    stored = np.frombuffer(blob, dtype=np.float32)
+    assert np.allclose(stored, mean, atol=1e-6)

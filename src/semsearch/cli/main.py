@@ -57,20 +57,32 @@ def cli() -> None:
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--collection", "-c", required=True, help="collection to index into")
 @click.option("--batch-size", default=256, show_default=True, help="documents per commit")
+@click.option("--strict", is_flag=True,
+              help="stop at the first invalid document instead of skipping it")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object")
-def index(source: Path, collection: str, batch_size: int, as_json: bool) -> None:
-    """Index a BEIR folder, a folder of .txt/.md/.html files, or a .jsonl/.csv file."""
+def index(source: Path, collection: str, batch_size: int, strict: bool, as_json: bool) -> None:
+    """Index a BEIR folder, a folder of .txt/.md/.html files, or a .jsonl/.csv file.
+
+    Documents with no text (or over SEMSEARCH_MAX_TEXT_CHARS) are skipped and reported,
+    unless --strict; an unreadable file or corpus line stops the run with an error."""
     from semsearch.adapters.sources.files import count_documents, iter_documents
     from semsearch.services.ingest import index_documents
 
     with _engine() as engine, _progress(count_documents(source), "indexing", "doc") as tick:
         report = index_documents(engine, collection, iter_documents(source),
-                                 batch_size=batch_size, on_progress=tick)
+                                 batch_size=batch_size, skip_invalid=not strict,
+                                 on_progress=tick)
+    for reason in report.skipped_reasons:
+        click.echo(f"warning: skipped: {reason}", err=True)
+    if report.skipped > len(report.skipped_reasons):
+        click.echo(f"warning: skipped {report.skipped - len(report.skipped_reasons)} more",
+                   err=True)
     if as_json:
         _echo_json(report.to_dict())
         return
     click.echo(f"indexed {report.documents} documents into {collection!r}: "
-               f"{report.new} new, {report.changed} changed, {report.unchanged} unchanged; "
+               f"{report.new} new, {report.changed} changed, {report.unchanged} unchanged, "
+               f"{report.skipped} skipped; "
                f"{report.chunks} chunks written; {report.embedded} texts embedded in "
                f"{report.model_calls} model calls, {report.cache_hits} cache hits, "
                f"{report.tokens} tokens; {report.seconds:.1f} s")

@@ -34,14 +34,14 @@ class IndexReport:
     tokens: int = 0
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    skipped: int = 0
+    skipped_reasons: list[str] = field(default_factory=list)  # the first MAX_REASONS
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-@dataclass
-class _Batch:
-    docs: list[Document] = field(default_factory=list)
+MAX_REASONS = 20
 
 
 def ensure_collection(engine: Engine, name: str) -> CollectionInfo:
@@ -90,8 +90,11 @@ def validate_document(doc: Document, max_chars: int) -> None:
 
 
 def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *,
-                    batch_size: int = 256,
+                    batch_size: int = 256, skip_invalid: bool = False,
                     on_progress: Callable[[int], None] | None = None) -> IndexReport:
+    """Index ``docs``. An invalid document (no text, too long) raises InputError, or, with
+    ``skip_invalid``, is left out and counted with its reason (real corpora such as
+    Cranfield contain empty records; one should not sink a 100k-document import)."""
     started = time.perf_counter()
     info = ensure_collection(engine, collection)
     cfg = ChunkerConfig.from_dict(dict(info.chunker))
@@ -102,11 +105,22 @@ def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *
     model = engine.embedder.embedder
     calls_before = int(getattr(model, "model_calls", 0))
     generation = info.generation
+    done = 0
     try:
         for batch in _batches(docs, batch_size):
-            for doc in batch:
-                validate_document(doc, engine.settings.max_text_chars)
             report.documents += len(batch)
+            valid = []
+            for doc in batch:
+                try:
+                    validate_document(doc, engine.settings.max_text_chars)
+                    valid.append(doc)
+                except InputError as exc:
+                    if not skip_invalid:
+                        raise
+                    report.skipped += 1
+                    if len(report.skipped_reasons) < MAX_REASONS:
+                        report.skipped_reasons.append(str(exc))
+            batch = valid
             hashes = {d.id: d.content_hash() for d in batch}
             stored = engine.store.content_hashes(collection, list(hashes))
             todo = [d for d in batch if stored.get(d.id) != hashes[d.id]]
@@ -130,7 +144,8 @@ def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *
                 generation = result.generation
                 report.chunks += len(texts)
             if on_progress is not None:
-                on_progress(len(batch))
+                on_progress(report.documents - done)
+                done = report.documents
     finally:
         # Save what was committed, even when the corpus failed part-way.
         if engine.has_indexes(collection) and not idx.is_fresh(generation):
