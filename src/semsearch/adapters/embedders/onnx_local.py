@@ -139,6 +139,10 @@ class LocalOnnxEmbedder:
                 opts = ort.SessionOptions()
                 opts.intra_op_num_threads = self._threads or (os.cpu_count() or 1)
                 opts.inter_op_num_threads = 1
+                # Spinning workers keep burning the cores after each run, starving the
+                # SQLite and numpy work that follows a query embedding: hybrid p50 16 ms
+                # with spinning, ~9 ms without (bench/query_latency.py).
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 self._session = ort.InferenceSession(
                     str(self.model_path()), opts, providers=["CPUExecutionProvider"])
             return self._session
