@@ -3,23 +3,67 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 
 class Settings(BaseSettings):
+    """Precedence: constructor arguments, then ``SEMSEARCH_*`` environment variables, then
+    the TOML settings file named by ``SEMSEARCH_CONFIG`` (default ``./semsearch.toml``, keys
+    are the field names), then defaults."""
+
     model_config = SettingsConfigDict(env_prefix="SEMSEARCH_", frozen=True, extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("SEMSEARCH_CONFIG", "semsearch.toml"))
+        return (init_settings, env_settings,
+                TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
 
     home: Path = Field(default=Path("./.semsearch"),
                        description="data directory: canonical store, indexes, cache, models")
-    embedder: str = Field(default="local", description="embedding provider")
+    embedder: str = Field(default="local", description="embedding provider: local, "
+                          "openai-compatible, sentence-transformers")
+    embedder_model: str = Field(default="", description="model name (API) or path (ST)")
+    embedder_base_url: str = Field(default="", description="OpenAI-compatible API base URL")
+    embedder_api_key: SecretStr | None = Field(default=None)
+    embedder_api_key_file: Path | None = Field(default=None,
+                                               description="file holding the API key")
+    embedder_api_key_header: str = Field(default="Authorization",
+                                         description="'Authorization' (Bearer) or e.g. api-key")
+    embedder_dimensions: int | None = Field(default=None, ge=1,
+                                            description="ask the API for this many dimensions")
+    embedder_revision: str = Field(default="", description="override the model revision")
+    embedder_max_input_tokens: int = Field(default=0, ge=0, description="0 = provider default")
+    embedder_truncate: bool = Field(default=False,
+                                    description="cut over-long inputs instead of failing")
+    embedder_concurrency: int = Field(default=4, ge=1, le=64)
+    embedder_timeout: float = Field(default=30.0, gt=0)
+    embedder_max_retries: int = Field(default=5, ge=0)
+    embedder_price_per_mtok: float = Field(default=0.0, ge=0,
+                                           description="USD per million tokens, for cost")
     embedder_precision: str = Field(default="int8", description="local model: int8 or fp32")
     embedder_threads: int = Field(default=0, ge=0, description="onnxruntime threads; 0 = cores")
     embed_batch_size: int = Field(default=8, ge=1, le=1024,
                                   description="texts per model call; 4-8 measured fastest")
-    cache_url: str = Field(default="", description="'' = sqlite in home, sqlite:///path, none")
+    cache_url: str = Field(default="", description="'' = sqlite in home, sqlite:///path, "
+                           "redis://host:port/db, none")
+    cache_ttl_seconds: int = Field(default=0, ge=0, description="Redis TTL; 0 = no expiry")
+    cache_namespace: str = Field(default="semsearch", description="Redis key prefix")
+    cache_lru_size: int = Field(default=10000, ge=0,
+                                description="in-process LRU entries in front of the cache")
     chunk_max_tokens: int = Field(default=256, ge=16, le=512)
     chunk_overlap_tokens: int = Field(default=32, ge=0)
     chunk_strategy: str = Field(default="sentence")
@@ -35,6 +79,20 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    def api_key(self) -> str | None:
+        """The key from SEMSEARCH_EMBEDDER_API_KEY, else from the secret file."""
+        if self.embedder_api_key is not None:
+            return self.embedder_api_key.get_secret_value()
+        if self.embedder_api_key_file is not None:
+            from semsearch.errors import InputError
+
+            try:
+                return self.embedder_api_key_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise InputError(f"cannot read SEMSEARCH_EMBEDDER_API_KEY_FILE "
+                                 f"{self.embedder_api_key_file}: {exc.strerror}") from None
+        return None
 
     @property
     def store_path(self) -> Path:

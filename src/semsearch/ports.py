@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from semsearch.core.filters import Filter
+from semsearch.core.metering import ProviderMeter
 from semsearch.core.types import Chunk, Document, EmbedderIdentity, InputType
 
 Vectors = npt.NDArray[np.float32]
@@ -30,7 +31,11 @@ class Tokenizer(Protocol):
 
 
 class Embedder(Protocol):
-    """Embeds a batch. Implementations batch and pool internally; callers pass any size."""
+    """Embeds a batch. Implementations batch internally (callers pass any size), declare
+    what changes their vector space in ``identity``, and record every model/API call in
+    ``meter`` (calls, items, tokens, latency) so runs can be metered and priced."""
+
+    meter: ProviderMeter
 
     @property
     def identity(self) -> EmbedderIdentity: ...
@@ -114,6 +119,12 @@ class DocumentStore(Protocol):
     def labels_matching(self, collection: str, filt: Filter) -> set[int]: ...
 
     def all_doc_ids(self, collection: str) -> list[str]: ...
+
+    def record_run(self, collection: str, kind: str, started_at: str, status: str,
+                   stats: Mapping[str, Any]) -> int: ...
+
+    def list_runs(self, collection: str | None = None,
+                  limit: int = 1000) -> list[dict[str, Any]]: ...
 
     def close(self) -> None: ...
 

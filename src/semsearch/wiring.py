@@ -8,6 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from semsearch.config import Settings
 from semsearch.errors import IdentityMismatchError, InputError
@@ -17,7 +18,11 @@ from semsearch.services.indexes import CollectionIndexes
 
 
 def _local_embedder(settings: Settings) -> Embedder:
-    from semsearch.adapters.embedders.onnx_local import LocalOnnxEmbedder
+    from semsearch.adapters.embedders.onnx_local import LOCAL_MODELS, LocalOnnxEmbedder
+
+    if settings.embedder_model and settings.embedder_model not in LOCAL_MODELS:
+        raise InputError(f"unknown local model {settings.embedder_model!r}; the local "
+                         f"embedder ships {', '.join(sorted(LOCAL_MODELS))}")
 
     return LocalOnnxEmbedder(settings.models_dir, precision=settings.embedder_precision,
                              threads=settings.embedder_threads,
@@ -25,7 +30,46 @@ def _local_embedder(settings: Settings) -> Embedder:
                              max_tokens=settings.chunk_max_tokens)
 
 
-EMBEDDERS: dict[str, Callable[[Settings], Embedder]] = {"local": _local_embedder}
+def _openai_embedder(settings: Settings) -> Embedder:
+    if not settings.embedder_base_url or not settings.embedder_model:
+        raise InputError("the openai-compatible embedder needs SEMSEARCH_EMBEDDER_BASE_URL "
+                         "(e.g. https://api.openai.com/v1) and SEMSEARCH_EMBEDDER_MODEL")
+    from semsearch.adapters.embedders.onnx_local import LocalOnnxEmbedder
+    from semsearch.adapters.embedders.openai_compat import OpenAICompatibleEmbedder
+
+    # Chunk sizes and token estimates use the local WordPiece tokenizer: API tokenizers are
+    # not available offline, and chunking only needs a consistent measure of length.
+    tokenizer = LocalOnnxEmbedder(settings.models_dir).tokenizer
+    optional: dict[str, Any] = {}
+    if settings.embedder_max_input_tokens:
+        optional["max_input_tokens"] = settings.embedder_max_input_tokens
+    return OpenAICompatibleEmbedder(
+        base_url=settings.embedder_base_url, model=settings.embedder_model,
+        api_key=settings.api_key(), api_key_header=settings.embedder_api_key_header,
+        tokenizer=tokenizer, dimensions=settings.embedder_dimensions,
+        revision=settings.embedder_revision or None, truncate=settings.embedder_truncate,
+        concurrency=settings.embedder_concurrency, timeout=settings.embedder_timeout,
+        max_retries=settings.embedder_max_retries, **optional)
+
+
+def _st_embedder(settings: Settings) -> Embedder:
+    from semsearch.adapters.embedders.sentence_transformers import (
+        SentenceTransformersEmbedder,
+    )
+
+    if not settings.embedder_model:
+        raise InputError("the sentence-transformers embedder needs SEMSEARCH_EMBEDDER_MODEL "
+                         "(a local model folder)")
+    return SentenceTransformersEmbedder(
+        Path(settings.embedder_model), revision=settings.embedder_revision or None,
+        batch_size=settings.embed_batch_size, threads=settings.embedder_threads)
+
+
+EMBEDDERS: dict[str, Callable[[Settings], Embedder]] = {
+    "local": _local_embedder,
+    "openai-compatible": _openai_embedder,
+    "sentence-transformers": _st_embedder,
+}
 
 
 def _sqlite_cache(settings: Settings, location: str) -> EmbeddingCache:
@@ -40,8 +84,15 @@ def _null_cache(settings: Settings, location: str) -> EmbeddingCache:
     return NullEmbeddingCache()
 
 
+def _redis_cache(settings: Settings, location: str) -> EmbeddingCache:
+    from semsearch.adapters.caches.redis_cache import RedisEmbeddingCache
+
+    return RedisEmbeddingCache(f"redis://{location}", namespace=settings.cache_namespace,
+                               ttl_seconds=settings.cache_ttl_seconds or None)
+
+
 CACHES: dict[str, Callable[[Settings, str], EmbeddingCache]] = {
-    "sqlite": _sqlite_cache, "none": _null_cache}
+    "sqlite": _sqlite_cache, "redis": _redis_cache, "none": _null_cache}
 
 
 def make_embedder(settings: Settings) -> Embedder:
@@ -61,9 +112,17 @@ def make_cache(settings: Settings) -> EmbeddingCache:
     try:
         factory = CACHES[scheme]
     except KeyError:
-        raise InputError(f"unknown cache URL {url!r}; use one of: sqlite:///path, none") from None
-    # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute.db
-    return factory(settings, rest[1:] if rest.startswith("/") else rest)
+        raise InputError(f"unknown cache URL {url!r}; use sqlite:///path, "
+                         "redis://host:port/db or none") from None
+    if scheme == "sqlite":
+        # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute.db
+        rest = rest[1:] if rest.startswith("/") else rest
+    cache = factory(settings, rest)
+    if scheme != "none" and settings.cache_lru_size > 0:
+        from semsearch.adapters.caches.lru import LruEmbeddingCache
+
+        cache = LruEmbeddingCache(cache, max_items=settings.cache_lru_size)
+    return cache
 
 
 @dataclass
@@ -146,4 +205,5 @@ def open_engine(settings: Settings | None = None) -> Engine:
     settings.home.mkdir(parents=True, exist_ok=True)
     store = SqliteDocumentStore(settings.store_path)
     return Engine(settings=settings, store=store,
-                  embedder=CachedEmbedder(make_embedder(settings), make_cache(settings)))
+                  embedder=CachedEmbedder(make_embedder(settings), make_cache(settings),
+                                          price_per_mtok=settings.embedder_price_per_mtok))

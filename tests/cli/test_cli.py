@@ -60,6 +60,10 @@ def test_index_json_summary_and_warm_rerun(settings: Settings, tmp_path: Path) -
     assert {"cache_hits", "seconds"} <= set(report)
     again = json.loads(run(settings, "index", str(docs), "-c", "mine", "--json").stdout)
     assert again["embedded"] == 0 and again["unchanged"] == 3
+    (st,) = json.loads(run(settings, "stats", "--json").stdout)["collections"]
+    assert (st["collection"], st["runs"], st["items_embedded"]) == ("mine", 2, 3)
+    assert st["tokens"] == report["tokens"] > 0 and st["provider_latency_ms"]["p50"] > 0
+    assert "mine: 2 runs (0 failed)" in run(settings, "stats").stdout
     hit = json.loads(run(settings, "search", "honey", "-c", "mine", "--json", "-m",
                          "keyword").stdout)["hits"][0]
     assert hit["doc_id"] == "c.html" and hit["title"] == "Bees"

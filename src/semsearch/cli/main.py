@@ -85,7 +85,8 @@ def index(source: Path, collection: str, batch_size: int, strict: bool, as_json:
                f"{report.skipped} skipped; "
                f"{report.chunks} chunks written; {report.embedded} texts embedded in "
                f"{report.model_calls} model calls, {report.cache_hits} cache hits, "
-               f"{report.tokens} tokens; {report.seconds:.1f} s")
+               f"{report.tokens} tokens, ${report.cost:.4f} (cache saved "
+               f"${report.saved_cost:.4f}); {report.seconds:.1f} s")
 
 
 def _search_request(query: str, mode: str, k: int, filters: tuple[str, ...], fusion: str,
@@ -217,6 +218,30 @@ def collections(as_json: bool) -> None:
                    f"{r['identity']['model']} ({r['identity']['revision']}), "
                    f"{r['identity']['dimension']}-d {r['identity']['metric']}, "
                    f"{r['bytes_on_disk'] / 1e6:.1f} MB on disk")
+
+
+@cli.command()
+@click.option("--collection", "-c", help="one collection (default: all)")
+@click.option("--json", "as_json", is_flag=True)
+def stats(collection: str | None, as_json: bool) -> None:
+    """Cumulative cost and cache metering per collection, from the run history."""
+    from semsearch.services.stats import collection_stats
+
+    with _engine() as engine:
+        rows = collection_stats(engine, collection)
+    if as_json:
+        _echo_json({"collections": rows})
+        return
+    if not rows:
+        click.echo("no runs recorded yet")
+    for r in rows:
+        lat = r["provider_latency_ms"]
+        click.echo(f"{r['collection']}: {r['runs']} runs ({r['failed_runs']} failed), "
+                   f"{r['provider_calls']} provider calls, {r['items_embedded']} texts, "
+                   f"{r['tokens']} tokens, ${r['cost']:.4f}; cache {r['cache_hits']} hits / "
+                   f"{r['cache_misses']} misses ({r['cache_hit_rate']:.0%}), saved "
+                   f"${r['saved_cost']:.4f}; provider latency p50 {lat['p50']} ms, "
+                   f"p95 {lat['p95']} ms, p99 {lat['p99']} ms")
 
 
 @cli.command()

@@ -1,14 +1,20 @@
-"""Embedding through the cache: only texts never seen under this identity reach the model."""
+"""Embedding through the cache: only texts never seen under this identity reach the model.
+
+Every call can be metered into an EmbedStats: cache hits and misses, what the provider
+reported (calls, tokens, latency, retries, truncations), the cost of those tokens and the
+cost the cache saved (tokens of the texts it served, at the same price)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from semsearch.core.cache_keys import cache_key
+from semsearch.core.metering import MeterSnapshot
 from semsearch.core.types import InputType
 from semsearch.errors import BackendError
 from semsearch.ports import Embedder, EmbeddingCache, Vectors
@@ -16,32 +22,54 @@ from semsearch.ports import Embedder, EmbeddingCache, Vectors
 
 @dataclass
 class EmbedStats:
-    """Counters for one run; the summary and (later) metrics read them."""
+    """Counters for one run; summaries, run history and metrics read them."""
 
     texts: int = 0
     cache_hits: int = 0
+    cache_misses: int = 0
     embedded: int = 0
+    provider_calls: int = 0
     tokens: int = 0
+    truncated: int = 0
+    retries: int = 0
+    cost: float = 0.0
+    saved_cost: float = 0.0
     seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
 
-    def add(self, other: EmbedStats) -> None:
-        self.texts += other.texts
-        self.cache_hits += other.cache_hits
-        self.embedded += other.embedded
-        self.tokens += other.tokens
-        self.seconds += other.seconds
+    def add_provider(self, delta: MeterSnapshot, price_per_mtok: float) -> None:
+        self.provider_calls += delta.calls
+        self.tokens += delta.tokens
+        self.truncated += delta.truncated
+        self.retries += delta.retries
+        self.cost += delta.tokens * price_per_mtok / 1e6
+        self.latencies_ms.extend(delta.latencies_ms)
+
+    def latency(self) -> dict[str, float]:
+        return MeterSnapshot(latencies_ms=tuple(self.latencies_ms)).percentiles()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"texts": self.texts, "cache_hits": self.cache_hits,
+                "cache_misses": self.cache_misses, "embedded": self.embedded,
+                "provider_calls": self.provider_calls, "tokens": self.tokens,
+                "truncated": self.truncated, "retries": self.retries,
+                "cost": round(self.cost, 9), "saved_cost": round(self.saved_cost, 9),
+                "provider_latency_ms": self.latency()}
 
 
 class CachedEmbedder:
-    def __init__(self, embedder: Embedder, cache: EmbeddingCache) -> None:
+    def __init__(self, embedder: Embedder, cache: EmbeddingCache,
+                 price_per_mtok: float = 0.0) -> None:
         self.embedder = embedder
         self.cache = cache
+        self.price_per_mtok = price_per_mtok
 
     def embed(self, texts: Sequence[str], input_type: InputType,
               stats: EmbedStats | None = None) -> Vectors:
         identity = self.embedder.identity
         keys = [cache_key(identity, input_type, t) for t in texts]
         found = self.cache.get_many(keys)
+        # A vector of the wrong length is a miss: it gets recomputed and overwritten.
         found = {k: v for k, v in found.items() if v.shape == (identity.dimension,)}
         missing = list(dict.fromkeys(k for k in keys if k not in found))
         if missing:
@@ -49,6 +77,7 @@ class CachedEmbedder:
             for k, t in zip(keys, texts, strict=True):
                 first_text.setdefault(k, t)
             todo = [first_text[k] for k in missing]
+            before = self.embedder.meter.snapshot()
             started = time.perf_counter()
             vectors = self.embedder.embed(todo, input_type)
             if vectors.shape != (len(todo), identity.dimension):
@@ -61,11 +90,18 @@ class CachedEmbedder:
             if stats is not None:
                 stats.seconds += time.perf_counter() - started
                 stats.embedded += len(todo)
-                stats.tokens += sum(min(self.embedder.tokenizer.count_tokens(t) + 2,
-                                       identity.max_tokens) for t in todo)
+                stats.add_provider(self.embedder.meter.snapshot().minus(before),
+                                   self.price_per_mtok)
         if stats is not None:
+            hit_texts = [t for k, t in zip(keys, texts, strict=True) if k not in missing]
             stats.texts += len(texts)
-            stats.cache_hits += len(texts) - len(missing)
+            stats.cache_hits += len(hit_texts)
+            stats.cache_misses += len(texts) - len(hit_texts)
+            if hit_texts and self.price_per_mtok > 0:
+                tok = self.embedder.tokenizer
+                saved = sum(min(tok.count_tokens(t) + 2, identity.max_tokens)
+                            for t in hit_texts)
+                stats.saved_cost += saved * self.price_per_mtok / 1e6
         out = np.empty((len(texts), identity.dimension), dtype=np.float32)
         for i, k in enumerate(keys):
             out[i] = found[k]

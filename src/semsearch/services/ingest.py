@@ -9,9 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from semsearch.core.chunking import ChunkerConfig, chunk_document
+from semsearch.core.metering import latency_histogram
 from semsearch.core.types import Document, InputType
 from semsearch.errors import InputError
 from semsearch.ports import CollectionInfo, DocumentWrite
@@ -30,12 +32,19 @@ class IndexReport:
     chunks: int = 0
     embedded: int = 0
     cache_hits: int = 0
+    cache_misses: int = 0
     model_calls: int = 0
     tokens: int = 0
+    truncated: int = 0
+    retries: int = 0
+    cost: float = 0.0
+    saved_cost: float = 0.0
+    provider_latency_ms: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     embed_seconds: float = 0.0
     skipped: int = 0
     skipped_reasons: list[str] = field(default_factory=list)  # the first MAX_REASONS
+    status: str = "ok"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,14 +105,13 @@ def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *
     ``skip_invalid``, is left out and counted with its reason (real corpora such as
     Cranfield contain empty records; one should not sink a 100k-document import)."""
     started = time.perf_counter()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     info = ensure_collection(engine, collection)
     cfg = ChunkerConfig.from_dict(dict(info.chunker))
     idx = engine.fresh_indexes(collection)
     tokenizer = engine.embedder.embedder.tokenizer
     report = IndexReport(collection=collection)
     stats = EmbedStats()
-    model = engine.embedder.embedder
-    calls_before = int(getattr(model, "model_calls", 0))
     generation = info.generation
     done = 0
     try:
@@ -146,17 +154,33 @@ def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *
             if on_progress is not None:
                 on_progress(report.documents - done)
                 done = report.documents
+    except BaseException as exc:
+        report.status = f"failed: {exc}"[:500]
+        raise
     finally:
         # Save what was committed, even when the corpus failed part-way.
         if engine.has_indexes(collection) and not idx.is_fresh(generation):
             idx.save(generation)
-        report.embedded = stats.embedded
-        report.cache_hits = stats.cache_hits
-        report.tokens = stats.tokens
-        report.embed_seconds = round(stats.seconds, 3)
-        report.model_calls = int(getattr(model, "model_calls", 0)) - calls_before
+        _fill(report, stats)
         report.seconds = round(time.perf_counter() - started, 3)
+        engine.store.record_run(collection, "index", started_at,
+                                "ok" if report.status == "ok" else "failed", report.to_dict()
+                                | {"latency_histogram": latency_histogram(stats.latencies_ms)})
     return report
+
+
+def _fill(report: IndexReport, stats: EmbedStats) -> None:
+    report.embedded = stats.embedded
+    report.cache_hits = stats.cache_hits
+    report.cache_misses = stats.cache_misses
+    report.model_calls = stats.provider_calls
+    report.tokens = stats.tokens
+    report.truncated = stats.truncated
+    report.retries = stats.retries
+    report.cost = round(stats.cost, 9)
+    report.saved_cost = round(stats.saved_cost, 9)
+    report.provider_latency_ms = stats.latency()
+    report.embed_seconds = round(stats.seconds, 3)
 
 
 def delete_documents(engine: Engine, collection: str, doc_ids: list[str]) -> int:

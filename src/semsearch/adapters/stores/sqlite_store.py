@@ -58,6 +58,16 @@ CREATE TABLE IF NOT EXISTS chunks (
     FOREIGN KEY (collection, doc_id) REFERENCES documents(collection, id) ON DELETE CASCADE
 );
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (collection, doc_id);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    stats TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_collection ON runs (collection, id);
 """
 
 _BATCH = 900  # below SQLite's default limit of host parameters per statement
@@ -258,6 +268,25 @@ class SqliteDocumentStore:
         with self._lock:
             return [r[0] for r in self._conn.execute(
                 "SELECT id FROM documents WHERE collection = ? ORDER BY id", (collection,))]
+
+    def record_run(self, collection: str, kind: str, started_at: str, status: str,
+                   stats: Mapping[str, Any]) -> int:
+        """Run history survives collection drops: it is what the run cost."""
+        with self._lock:
+            cur = self._conn.execute(
+                "INSERT INTO runs (collection, kind, started_at, finished_at, status, stats) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (collection, kind, started_at, _now(), status, json.dumps(dict(stats))))
+            return int(cur.lastrowid or 0)
+
+    def list_runs(self, collection: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        where, params = ("WHERE collection = ?", [collection]) if collection else ("", [])
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, collection, kind, started_at, finished_at, status, stats FROM runs "
+                f"{where} ORDER BY id DESC LIMIT ?", [*params, limit]).fetchall()
+        return [{"id": r[0], "collection": r[1], "kind": r[2], "started_at": r[3],
+                 "finished_at": r[4], "status": r[5], "stats": json.loads(r[6])} for r in rows]
 
     def get_document(self, collection: str, doc_id: str) -> dict[str, Any]:
         with self._lock:

@@ -1,0 +1,1 @@
+"""In-process stand-ins for remote services, speaking their real wire protocols."""

@@ -1,0 +1,92 @@
+"""The engine on an OpenAI-compatible API (a real HTTP server on loopback speaking the
+wire format, backed by the real local model): index, search, meter, price, and refuse to
+mix vector spaces."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from semsearch.adapters.embedders.onnx_local import LocalOnnxEmbedder
+from semsearch.adapters.sources.files import iter_documents
+from semsearch.config import Settings
+from semsearch.core.types import Mode
+from semsearch.errors import BackendError, IdentityMismatchError
+from semsearch.services.ingest import index_documents
+from semsearch.services.quickstart import sample_dir
+from semsearch.services.search import SearchRequest, search
+from semsearch.services.stats import collection_stats
+from semsearch.wiring import open_engine
+from tests.fakes.openai_server import FakeOpenAIServer
+
+
+@pytest.fixture(scope="module")
+def server(models_dir: Path) -> Iterator[FakeOpenAIServer]:
+    local = LocalOnnxEmbedder(models_dir, threads=2, batch_size=1)
+    with FakeOpenAIServer(local, models=("fake-minilm",), api_key="sk-test") as srv:
+        yield srv
+
+
+def _api_settings(server: FakeOpenAIServer, **kw: object) -> Settings:
+    base: dict[str, object] = dict(embedder="openai-compatible", embedder_model="fake-minilm",
+                                   embedder_base_url=server.url, embedder_api_key="sk-test",
+                                   embedder_dimensions=384, embedder_price_per_mtok=0.02)
+    base.update(kw)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+def test_index_and_search_through_the_api(settings: Settings, server: FakeOpenAIServer) -> None:
+    engine = open_engine(_api_settings(server))
+    try:
+        report = index_documents(engine, "api", iter_documents(sample_dir()))
+        hits = search(engine, "api", SearchRequest("keeping vegetables fresh",
+                                                   mode=Mode.DENSE, k=1)).hits
+        (row,) = collection_stats(engine, "api")
+    finally:
+        engine.close()
+    assert report.embedded == report.chunks and report.model_calls >= 1
+    assert report.tokens > 1000 and report.cost == pytest.approx(report.tokens * 0.02 / 1e6)
+    assert hits[0].doc_id == "storing-vegetables.md"
+    assert row["tokens"] == report.tokens and row["provider_latency_ms"]["p50"] > 0
+    sent = server.embedding_requests[-1]
+    assert sent.headers["authorization"] == "Bearer sk-test"
+    assert sent.body["model"] == "fake-minilm" and sent.body["dimensions"] == 384
+
+
+def test_a_collection_keeps_its_vector_space(settings: Settings,
+                                             server: FakeOpenAIServer) -> None:
+    local = open_engine(Settings())
+    try:
+        index_documents(local, "loc", iter_documents(sample_dir()))
+    finally:
+        local.close()
+    api = open_engine(_api_settings(server))
+    try:
+        with pytest.raises(IdentityMismatchError, match=r"local.*openai-compatible"):
+            search(api, "loc", SearchRequest("vegetables"))
+        index_documents(api, "api2", list(iter_documents(sample_dir()))[:2])
+    finally:
+        api.close()
+    smaller = open_engine(_api_settings(server, embedder_dimensions=128))
+    try:
+        with pytest.raises(IdentityMismatchError, match=r"384.*128"):
+            search(smaller, "api2", SearchRequest("vegetables"))
+    finally:
+        smaller.close()
+
+
+def test_wrong_key_fails_fast_and_stores_nothing(settings: Settings,
+                                                 server: FakeOpenAIServer) -> None:
+    engine = open_engine(_api_settings(server, embedder_api_key="sk-wrong"))
+    try:
+        before = len(server.embedding_requests)
+        with pytest.raises(BackendError, match="SEMSEARCH_EMBEDDER_API_KEY"):
+            index_documents(engine, "denied", iter_documents(sample_dir()))
+        assert len(server.embedding_requests) - before == 1  # no retries on 401
+        info = engine.store.get_collection("denied")
+        assert info.documents == 0 and info.chunks == 0
+        assert engine.store.list_runs("denied")[0]["status"] == "failed"
+    finally:
+        engine.close()
