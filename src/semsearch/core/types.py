@@ -35,6 +35,9 @@ class EmbedderIdentity:
     normalized: bool = True
     metric: str = "cosine"
     max_tokens: int = 256
+    # Input types the model treats differently (an asymmetric model embeds a query unlike a
+    # passage); the cache key always includes the type, so declaring them is informational.
+    input_types: tuple[str, ...] = ("query", "passage")
 
     def key(self) -> str:
         return "|".join(
@@ -46,7 +49,7 @@ class EmbedderIdentity:
         return {
             "provider": self.provider, "model": self.model, "revision": self.revision,
             "dimension": self.dimension, "normalized": self.normalized, "metric": self.metric,
-            "max_tokens": self.max_tokens,
+            "max_tokens": self.max_tokens, "input_types": list(self.input_types),
         }
 
     @classmethod
@@ -56,6 +59,7 @@ class EmbedderIdentity:
             revision=str(data["revision"]), dimension=int(data["dimension"]),
             normalized=bool(data.get("normalized", True)), metric=str(data.get("metric", "cosine")),
             max_tokens=int(data.get("max_tokens", 256)),
+            input_types=tuple(data.get("input_types", ("query", "passage"))),
         )
 
 
