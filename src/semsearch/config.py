@@ -75,6 +75,15 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(default=1_000_000, ge=1,
                                 description="longest document accepted, in characters")
 
+    api_keys_file: Path | None = Field(default=None, description="hashed API keys (JSON); "
+                                       "default <home>/api_keys.json when it exists")
+    api_max_texts: int = Field(default=256, ge=1, description="texts per request")
+    api_max_text_chars: int = Field(default=100_000, ge=1,
+                                    description="characters per text in /embed and queries")
+    api_max_body_bytes: int = Field(default=20_000_000, ge=1024, description="request body")
+    host: str = Field(default="127.0.0.1", description="semsearch serve: bind address")
+    port: int = Field(default=8000, ge=0, le=65535, description="semsearch serve: port")
+
     @field_validator("home")
     @classmethod
     def _expand(cls, value: Path) -> Path:
@@ -101,6 +110,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.api_keys_file or self.home / "api_keys.json"
 
     def index_dir(self, collection: str) -> Path:
         return self.home / "indexes" / collection

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from semsearch.core.rwlock import RWLock
 from semsearch.core.types import Chunk, InputType
 from semsearch.ports import DocumentStore, KeywordIndex, VectorIndex, Vectors, WriteResult
 from semsearch.services.embedding import CachedEmbedder, EmbedStats
@@ -31,6 +32,7 @@ class CollectionIndexes:
     vectors: VectorIndex
     keyword: KeywordIndex
     lock: threading.RLock = field(default_factory=threading.RLock)
+    rw: RWLock = field(default_factory=RWLock)  # searches read; batch writes write
 
     def apply(self, result: WriteResult, vectors: Vectors) -> None:
         """Reflect one committed store write: drop replaced chunks, add new ones."""

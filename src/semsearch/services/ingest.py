@@ -142,13 +142,14 @@ def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *
                 per_doc = split_vectors(vectors, [len(cl) for cl in chunk_lists])
                 writes = [DocumentWrite(d, hashes[d.id], cl, doc_vector(v))
                           for d, cl, v in zip(todo, chunk_lists, per_doc, strict=True)]
-                result = engine.store.write(collection, writes)
-                try:
-                    idx.apply(result, vectors)
-                except BaseException:
-                    # Half-applied: drop it; the next open sees the generation gap and rebuilds.
-                    engine.forget_indexes(collection)
-                    raise
+                with idx.rw.write():  # searches see the batch whole or not at all
+                    result = engine.store.write(collection, writes)
+                    try:
+                        idx.apply(result, vectors)
+                    except BaseException:
+                        # Half-applied: drop it; the next open sees the gap and rebuilds.
+                        engine.forget_indexes(collection)
+                        raise
                 generation = result.generation
                 report.chunks += len(texts)
             if on_progress is not None:
@@ -189,9 +190,10 @@ def delete_documents(engine: Engine, collection: str, doc_ids: list[str]) -> int
     present = set(engine.store.content_hashes(collection, doc_ids))
     if not present:
         return 0
-    result = engine.store.write(collection, [], deletes=sorted(present))
     import numpy as np
 
-    idx.apply(result, np.zeros((0, 0), dtype=np.float32))
+    with idx.rw.write():
+        result = engine.store.write(collection, [], deletes=sorted(present))
+        idx.apply(result, np.zeros((0, 0), dtype=np.float32))
     idx.save(result.generation)
     return len(present)

@@ -16,6 +16,7 @@ from semsearch.core.filters import Filter
 from semsearch.core.fusion import FUSIONS, fuse
 from semsearch.core.types import ComponentScore, Hit, InputType, Mode
 from semsearch.errors import InputError
+from semsearch.ports import Vectors
 from semsearch.services.indexes import CollectionIndexes
 from semsearch.wiring import Engine
 
@@ -63,10 +64,10 @@ def _group(ranked: Ranked, doc_of: Mapping[int, str]) -> list[tuple[str, float, 
     return out
 
 
-def _retrieve(engine: Engine, idx: CollectionIndexes, req: SearchRequest, n: int,
-              allowed: set[int] | None, timings: dict[str, float]) -> dict[str, Ranked]:
-    """Hybrid runs the keyword side on a worker thread while the query is embedded: both
-    onnxruntime and SQLite release the GIL, so the two halves overlap instead of adding."""
+def _retrieve(engine: Engine, idx: CollectionIndexes, req: SearchRequest, qv: Vectors | None,
+              n: int, allowed: set[int] | None, timings: dict[str, float]) -> dict[str, Ranked]:
+    """Hybrid runs the keyword side on a worker thread while the dense side searches; both
+    numpy and SQLite release the GIL, so the two halves overlap instead of adding."""
 
     def keyword() -> Ranked:
         t = time.perf_counter()
@@ -75,9 +76,7 @@ def _retrieve(engine: Engine, idx: CollectionIndexes, req: SearchRequest, n: int
         return found
 
     def dense() -> Ranked:
-        t = time.perf_counter()
-        qv = engine.embedder.embed([req.query], InputType.QUERY)[0]
-        timings["embed"] = time.perf_counter() - t
+        assert qv is not None
         t = time.perf_counter()
         found = idx.vectors.search(qv, n, allowed)
         timings["dense"] = time.perf_counter() - t
@@ -104,10 +103,22 @@ def search(engine: Engine, collection: str, req: SearchRequest) -> SearchResult:
         allowed = engine.store.labels_matching(collection, req.filter)
         if not allowed:
             return SearchResult([], {"total": time.perf_counter() - started})
+    qv = None
+    if req.mode != Mode.KEYWORD:  # embed outside the lock: it is the slow part
+        t = time.perf_counter()
+        qv = engine.embedder.embed([req.query], InputType.QUERY)[0]
+        timings["embed"] = time.perf_counter() - t
+    with idx.rw.read():  # a concurrent batch upsert is seen whole or not at all
+        return _search_locked(engine, collection, idx, req, qv, allowed, timings, started)
+
+
+def _search_locked(engine: Engine, collection: str, idx: CollectionIndexes,
+                   req: SearchRequest, qv: Vectors | None, allowed: set[int] | None,
+                   timings: dict[str, float], started: float) -> SearchResult:
     n = max(req.candidates or engine.settings.candidates, req.k)
     rrf_k = req.rrf_k or engine.settings.rrf_k
     while True:
-        lists = _retrieve(engine, idx, req, n, allowed, timings)
+        lists = _retrieve(engine, idx, req, qv, n, allowed, timings)
         doc_of = engine.store.doc_ids_by_label(
             collection, list({label for ranked in lists.values() for label, _ in ranked}))
         # A label can vanish between retrieval and lookup under a concurrent delete.

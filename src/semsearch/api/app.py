@@ -1,0 +1,78 @@
+"""The HTTP service: a thin layer over the library, built by ``create_app``.
+
+The engine (store, cache, model) is opened once in the app's lifespan, never at import or
+per request; ``/readyz`` turns true only after the model has embedded a first text."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import HTMLResponse
+
+from semsearch.api import errors
+from semsearch.api.auth import KeyStore
+from semsearch.api.errors import error_response
+from semsearch.api.metrics import Metrics
+from semsearch.config import Settings
+from semsearch.core.types import InputType
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from semsearch.wiring import open_engine
+
+        engine = open_engine(settings)
+        app.state.engine = engine
+        try:
+            engine.embedder.embedder.embed(["warm up"], InputType.QUERY)  # load the model now
+            app.state.ready = True
+            yield
+        finally:
+            app.state.ready = False
+            engine.close()
+
+    app = FastAPI(title="semsearch", version="0.1.0", lifespan=lifespan,
+                  description="Embedding and semantic search: dense, BM25 and hybrid.")
+    app.state.settings = settings
+    app.state.ready = False
+    app.state.engine = None
+    app.state.keys = KeyStore(settings.keys_path)
+    app.state.metrics = Metrics(app.state)
+    errors.install(app)
+
+    @app.middleware("http")
+    async def limits_and_timing(request: Request,
+                                call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.api_max_body_bytes:
+            app.state.metrics.errors.labels(code="body_too_large").inc()
+            return error_response(413, "body_too_large",
+                                  f"request body of {int(length):,} bytes is over the limit of "
+                                  f"{settings.api_max_body_bytes:,} (SEMSEARCH_API_MAX_BODY_BYTES)")
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        app.state.metrics.requests.labels(route=path, method=request.method,
+                                          status=str(response.status_code)).observe(
+            time.perf_counter() - started)
+        return response
+
+    from semsearch.api.routes import router
+
+    app.include_router(router)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        html = Path(str(resources.files("semsearch") / "web" / "index.html"))
+        return HTMLResponse(html.read_text(encoding="utf-8"))
+
+    return app

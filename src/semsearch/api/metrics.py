@@ -1,0 +1,62 @@
+"""Prometheus metrics, one registry per app so tests and workers never share state.
+
+Histograms give P50/P95/P99 in Prometheus (histogram_quantile); stage histograms come from
+the search service's own timings, so dense, keyword and fusion are measured where they run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class _CollectionGauges:
+    """Documents and chunks per collection, read from the store at scrape time."""
+
+    def __init__(self, app_state: Any) -> None:
+        self._state = app_state
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        docs = GaugeMetricFamily("semsearch_documents", "documents per collection",
+                                 labels=["collection"])
+        chunks = GaugeMetricFamily("semsearch_chunks", "chunks per collection",
+                                   labels=["collection"])
+        engine = getattr(self._state, "engine", None)
+        if engine is not None:
+            for info in engine.store.list_collections():
+                docs.add_metric([info.name], info.documents)
+                chunks.add_metric([info.name], info.chunks)
+        yield docs
+        yield chunks
+
+
+class Metrics:
+    def __init__(self, app_state: Any) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Histogram("semsearch_request_seconds", "request latency",
+                                  ["route", "method", "status"], buckets=BUCKETS, registry=r)
+        self.stages = Histogram("semsearch_stage_seconds", "search stage latency",
+                                ["stage", "mode"], buckets=BUCKETS, registry=r)
+        self.tokens = Counter("semsearch_tokens", "tokens sent to the embedding provider",
+                              registry=r)
+        self.cost = Counter("semsearch_cost_usd", "embedding cost in USD", registry=r)
+        self.cache_hits = Counter("semsearch_cache_hits", "embedding cache hits", registry=r)
+        self.cache_misses = Counter("semsearch_cache_misses", "embedding cache misses",
+                                    registry=r)
+        self.errors = Counter("semsearch_errors", "errors by code", ["code"], registry=r)
+        self.registry.register(_CollectionGauges(app_state))
+
+    def observe_stages(self, timings: dict[str, float], mode: str) -> None:
+        for stage, seconds in timings.items():
+            self.stages.labels(stage=stage, mode=mode).observe(seconds)
+
+    def observe_embedding(self, tokens: int, cost: float, hits: int, misses: int) -> None:
+        self.tokens.inc(tokens)
+        self.cost.inc(cost)
+        self.cache_hits.inc(hits)
+        self.cache_misses.inc(misses)

@@ -1,0 +1,277 @@
+"""Routes: each checks access, calls one library function, shapes the answer."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from semsearch.api.auth import Principal, require
+from semsearch.api.errors import ApiError
+from semsearch.api.schemas import (
+    CollectionCreate,
+    DeleteRequest,
+    EmbedRequest,
+    EmbedResponse,
+    ErrorResponse,
+    FusionName,
+    ModeName,
+    OpenAIEmbeddingsRequest,
+    SearchBody,
+    SearchResponse,
+    UpsertRequest,
+)
+from semsearch.config import Settings
+from semsearch.core.filters import parse_filter
+from semsearch.core.types import Document, InputType, Mode
+from semsearch.services.embedding import EmbedStats
+from semsearch.wiring import Engine
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 502)}
+router = APIRouter(responses=ERRORS)
+
+
+def engine_of(request: Request) -> Engine:
+    engine: Engine | None = request.app.state.engine
+    if engine is None or not request.app.state.ready:
+        raise ApiError(503, "not_ready", "the service is starting; retry shortly",
+                       {"Retry-After": "1"})
+    return engine
+
+
+def principal_of(request: Request, authorization: Annotated[str | None, Header()] = None,
+                 x_api_key: Annotated[str | None, Header()] = None) -> Principal:
+    presented = x_api_key
+    if authorization and authorization.lower().startswith("bearer "):
+        presented = authorization[7:].strip()
+    principal: Principal = request.app.state.keys.authenticate(presented)
+    return principal
+
+
+EngineDep = Annotated[Engine, Depends(engine_of)]
+Who = Annotated[Principal, Depends(principal_of)]
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _check_texts(request: Request, texts: list[str], what: str = "texts") -> None:
+    s = _settings(request)
+    if len(texts) > s.api_max_texts:
+        raise ApiError(413, "too_many_texts", f"{len(texts)} {what} in one request; the limit "
+                       f"is {s.api_max_texts} (SEMSEARCH_API_MAX_TEXTS)")
+    for i, t in enumerate(texts):
+        if len(t) > s.api_max_text_chars:
+            raise ApiError(413, "text_too_long", f"{what} #{i} has {len(t):,} characters; the "
+                           f"limit is {s.api_max_text_chars:,} (SEMSEARCH_API_MAX_TEXT_CHARS)")
+        if not t.strip():
+            raise ApiError(422, "empty_text", f"{what} #{i} is empty; nothing to embed")
+
+
+def _embed(request: Request, engine: Engine, texts: list[str],
+           input_type: InputType) -> tuple[np.ndarray, int, EmbedStats]:
+    stats = EmbedStats()
+    vectors = engine.embedder.embed(texts, input_type, stats)
+    identity = engine.embedder.embedder.identity
+    tok = engine.embedder.embedder.tokenizer
+    tokens = sum(min(tok.count_tokens(t) + 2, identity.max_tokens) for t in texts)
+    request.app.state.metrics.observe_embedding(stats.tokens, stats.cost, stats.cache_hits,
+                                                stats.cache_misses)
+    return vectors, tokens, stats
+
+
+@router.get("/healthz", tags=["health"])
+def healthz() -> dict[str, str]:
+    """The process is up (liveness)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["health"])
+def readyz(request: Request) -> JSONResponse:
+    """Model loaded and store open (readiness: what Kubernetes probes)."""
+    ready = bool(request.app.state.ready and request.app.state.engine is not None)
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", tags=["health"])
+def metrics(request: Request, who: Who) -> Response:
+    """Prometheus metrics."""
+    require(who, None, "read")
+    return Response(generate_latest(request.app.state.metrics.registry),
+                    media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post("/embed", response_model=EmbedResponse, tags=["embed"])
+def embed(body: EmbedRequest, request: Request, engine: EngineDep, who: Who) -> EmbedResponse:
+    """Embed a batch of texts as queries or passages (through the cache)."""
+    require(who, None, "read")
+    _check_texts(request, body.texts)
+    vectors, tokens, stats = _embed(request, engine, body.texts, InputType(body.input_type))
+    identity = engine.embedder.embedder.identity
+    return EmbedResponse(model=identity.to_dict(), dimension=identity.dimension,
+                         vectors=vectors.tolist(), tokens=tokens, cache_hits=stats.cache_hits)
+
+
+def _served_models(engine: Engine) -> list[str]:
+    model = engine.embedder.embedder.identity.model
+    short = model.rsplit("/", 1)[-1]
+    return [model] if short == model else [model, short]
+
+
+@router.get("/v1/models", tags=["openai"])
+def openai_models(engine: EngineDep, who: Who) -> dict[str, Any]:
+    """The model ids ``/v1/embeddings`` accepts."""
+    require(who, None, "read")
+    return {"object": "list", "data": [{"id": m, "object": "model", "created": 0,
+                                        "owned_by": "semsearch"} for m in _served_models(engine)]}
+
+
+@router.post("/v1/embeddings", tags=["openai"])
+def openai_embeddings(body: OpenAIEmbeddingsRequest, request: Request, engine: EngineDep,
+                      who: Who) -> dict[str, Any]:
+    """OpenAI's embeddings API: the official clients work unchanged against this base URL."""
+    require(who, None, "read")
+    if body.model not in _served_models(engine):
+        raise ApiError(404, "model_not_found", f"model {body.model!r} is not served here; "
+                       f"GET /v1/models lists {', '.join(_served_models(engine))}")
+    texts = [body.input] if isinstance(body.input, str) else list(body.input)
+    if not texts:
+        raise ApiError(422, "empty_input", "input is an empty list")
+    _check_texts(request, texts, "input")
+    dim = engine.embedder.embedder.identity.dimension
+    if body.dimensions is not None and body.dimensions != dim:
+        raise ApiError(422, "dimensions_unsupported",
+                       f"model {body.model!r} produces {dim} dimensions and was not trained to "
+                       f"be shortened; omit 'dimensions' or pass {dim}")
+    vectors, tokens, _ = _embed(request, engine, texts, InputType.PASSAGE)
+    data = []
+    for i, v in enumerate(vectors):
+        vec = np.ascontiguousarray(v, dtype="<f4")
+        emb: Any = (base64.b64encode(vec.tobytes()).decode("ascii")
+                    if body.encoding_format == "base64" else vec.tolist())
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    return {"object": "list", "data": data, "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def _search(request: Request, engine: Engine, who: Principal, body: SearchBody) -> SearchResponse:
+    from semsearch.services.search import SearchRequest, search
+
+    require(who, body.collection, "read")
+    _check_texts(request, [body.query], "query")
+    req = SearchRequest(query=body.query, mode=Mode(body.mode), k=body.k,
+                        filter=parse_filter(body.filter), fusion=body.fusion,
+                        weights=body.weights, rrf_k=body.rrf_k, candidates=body.candidates,
+                        group=body.group)
+    result = search(engine, body.collection, req)
+    request.app.state.metrics.observe_stages(result.timings, body.mode)
+    hits = [h.to_dict() for h in result.hits]
+    for h in hits:
+        h["components"] = {k: {"rank": v["rank"], "score": v["score"]}
+                           for k, v in h["components"].items()}
+    return SearchResponse(hits=hits, total=len(hits),  # type: ignore[arg-type]
+                          timings_ms={k: round(v * 1000, 3) for k, v in result.timings.items()})
+
+
+@router.get("/search", response_model=SearchResponse, tags=["search"])
+def search_get(request: Request, engine: EngineDep, who: Who,
+               q: Annotated[str, Query(min_length=1)], collection: str,
+               k: Annotated[int, Query(ge=1, le=1000)] = 10, mode: ModeName = "hybrid",
+               fusion: FusionName = "rrf") -> SearchResponse:
+    """Search a collection (filters and weights: use POST /search)."""
+    return _search(request, engine, who, SearchBody(query=q, collection=collection, k=k,
+                                                    mode=mode, fusion=fusion))
+
+
+@router.post("/search", response_model=SearchResponse, tags=["search"])
+def search_post(body: SearchBody, request: Request, engine: EngineDep,
+                who: Who) -> SearchResponse:
+    """Search with metadata filters, fusion method and weights."""
+    return _search(request, engine, who, body)
+
+
+@router.get("/collections", tags=["collections"])
+def list_collections(engine: EngineDep, who: Who) -> dict[str, Any]:
+    from semsearch.services.collections import describe_collections
+
+    rows = [r for r in describe_collections(engine) if who.allows(r["name"], "read")]
+    return {"collections": rows}
+
+
+@router.post("/collections", status_code=201, tags=["collections"])
+def create_collection(body: CollectionCreate, engine: EngineDep, who: Who) -> dict[str, Any]:
+    """Create an empty collection stamped with the served embedder and chunker."""
+    from semsearch.errors import NotFoundError
+    from semsearch.services.ingest import ensure_collection
+
+    require(who, body.name, "admin")
+    try:
+        engine.store.get_collection(body.name)
+        raise ApiError(409, "collection_exists", f"collection {body.name!r} already exists")
+    except NotFoundError:
+        pass
+    info = ensure_collection(engine, body.name)
+    return {"name": info.name, "identity": info.identity.to_dict(),
+            "chunker": dict(info.chunker)}
+
+
+@router.delete("/collections/{name}", tags=["collections"])
+def drop_collection(name: str, engine: EngineDep, who: Who) -> dict[str, Any]:
+    from semsearch.services.collections import drop_collection as drop
+
+    require(who, name, "admin")
+    drop(engine, name)
+    return {"dropped": name}
+
+
+@router.post("/collections/{name}/documents", tags=["documents"])
+def upsert_documents(name: str, body: UpsertRequest, request: Request, engine: EngineDep,
+                     who: Who) -> dict[str, Any]:
+    """Insert or replace documents (batch); unchanged ones are skipped by content hash."""
+    from semsearch.services.ingest import index_documents
+
+    require(who, name, "write")
+    engine.store.get_collection(name)  # unknown -> 404, not an implicit create
+    s = _settings(request)
+    if len(body.documents) > s.api_max_texts:
+        raise ApiError(413, "too_many_documents", f"{len(body.documents)} documents in one "
+                       f"request; the limit is {s.api_max_texts} (SEMSEARCH_API_MAX_TEXTS)")
+    docs = [Document(d.id, d.text, d.title, d.metadata) for d in body.documents]
+    report = index_documents(engine, name, docs)
+    request.app.state.metrics.observe_embedding(report.tokens, report.cost, report.cache_hits,
+                                                report.cache_misses)
+    return report.to_dict()
+
+
+@router.get("/collections/{name}/documents/{doc_id}", tags=["documents"])
+def get_document(name: str, doc_id: str, engine: EngineDep, who: Who) -> dict[str, Any]:
+    require(who, name, "read")
+    engine.store.get_collection(name)
+    return engine.store.get_document(name, doc_id)
+
+
+@router.delete("/collections/{name}/documents/{doc_id}", tags=["documents"])
+def delete_document(name: str, doc_id: str, engine: EngineDep, who: Who) -> dict[str, Any]:
+    from semsearch.services.ingest import delete_documents
+
+    require(who, name, "write")
+    deleted = delete_documents(engine, name, [doc_id])
+    if not deleted:
+        raise ApiError(404, "not_found", f"no document {doc_id!r} in collection {name!r}")
+    return {"deleted": deleted}
+
+
+@router.post("/collections/{name}/documents/delete", tags=["documents"])
+def delete_many(name: str, body: DeleteRequest, engine: EngineDep,
+                who: Who) -> dict[str, Any]:
+    from semsearch.services.ingest import delete_documents
+
+    require(who, name, "write")
+    return {"deleted": delete_documents(engine, name, body.ids)}
