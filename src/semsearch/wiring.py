@@ -12,7 +12,14 @@ from typing import Any
 
 from semsearch.config import Settings
 from semsearch.errors import IdentityMismatchError, InputError
-from semsearch.ports import CollectionInfo, DocumentStore, Embedder, EmbeddingCache
+from semsearch.ports import (
+    CollectionInfo,
+    DocumentStore,
+    Embedder,
+    EmbeddingCache,
+    KeywordIndex,
+    VectorIndex,
+)
 from semsearch.services.embedding import CachedEmbedder
 from semsearch.services.indexes import CollectionIndexes
 
@@ -156,27 +163,36 @@ class Engine:
     def indexes(self, name: str) -> CollectionIndexes:
         with self._lock:
             if name not in self._indexes:
-                from semsearch.adapters.keyword.fts5 import Fts5KeywordIndex
-                from semsearch.adapters.vectors.local import LocalVectorIndex
-
                 info = self.store.get_collection(name)
                 base = self.settings.index_dir(name)
                 base.mkdir(parents=True, exist_ok=True)
-                self._indexes[name] = CollectionIndexes(
-                    name=name,
-                    vectors=LocalVectorIndex(base / "vectors", dimension=info.identity.dimension,
+
+                def opener() -> tuple[VectorIndex, KeywordIndex]:
+                    from semsearch.adapters.keyword.fts5 import Fts5KeywordIndex
+                    from semsearch.adapters.vectors.local import LocalVectorIndex
+
+                    return (LocalVectorIndex(base / "vectors", dimension=info.identity.dimension,
                                              ann_threshold=self.settings.ann_threshold,
                                              ef_search=self.settings.hnsw_ef_search),
-                    keyword=Fts5KeywordIndex(base / "keyword.db"))
+                            Fts5KeywordIndex(base / "keyword.db"))
+
+                vectors, keyword = opener()
+                self._indexes[name] = CollectionIndexes(
+                    name=name, vectors=vectors, keyword=keyword, opener=opener,
+                    lock_path=base / ".lock")
             return self._indexes[name]
 
     def fresh_indexes(self, name: str) -> CollectionIndexes:
-        """Indexes that reflect the store's current state, rebuilt first if they do not."""
+        """Indexes that reflect the store's current state, caught up first if they do not
+        (another process wrote, files were deleted, a crash left them behind)."""
         info = self.store.get_collection(name)
         idx = self.indexes(name)
         if not idx.is_fresh(info.generation):
             self.check_identity(info)
-            idx.rebuild(self.store, self.embedder, info.generation)
+            with idx.rw.write():
+                info = self.store.get_collection(name)
+                if not idx.is_fresh(info.generation):
+                    idx.refresh(self.store, self.embedder, info.generation)
         return idx
 
     def has_indexes(self, name: str) -> bool:

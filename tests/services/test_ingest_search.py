@@ -178,3 +178,26 @@ def test_document_vector_is_the_normalized_mean_of_its_chunks(engine: Engine) ->
         (blob,) = conn.execute("SELECT doc_vector FROM documents WHERE id = 'long'").fetchone()
     stored = np.frombuffer(blob, dtype=np.float32)
     assert np.allclose(stored, mean, atol=1e-6)
+
+
+def test_two_processes_on_one_home_see_each_others_writes(engine: Engine,
+                                                          settings: Settings) -> None:
+    """Two engines on one home behave like two `serve` workers: each keeps its own
+    in-memory indexes and catches up with the other's committed writes."""
+    other = open_engine(settings)
+    try:
+        index_documents(engine, "s", _docs()[:6])
+        first = _ids(other, "anything at all", Mode.KEYWORD, k=12)
+        assert set(first) <= {d.id for d in _docs()[:6]}
+        index_documents(engine, "s", _docs()[6:])
+        calls_before = other.embedder.embedder.meter.snapshot().calls
+        for mode in Mode:
+            assert "storing-vegetables.md" in _ids(other, VEG, mode, k=12)
+        # The other engine reloaded the saved files; it did not re-embed the corpus.
+        assert other.embedder.embedder.meter.snapshot().calls - calls_before <= 1
+        delete_documents(other, "s", ["storing-vegetables.md"])
+        for mode in Mode:
+            assert "storing-vegetables.md" not in _ids(engine, VEG, mode, k=12)
+        assert _ids(engine, "sourdough starter", Mode.KEYWORD, k=1) == ["sourdough-starter.md"]
+    finally:
+        other.close()

@@ -7,10 +7,13 @@ the canonical chunks, with vectors coming back from the embedding cache."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -26,13 +29,46 @@ def keyword_text(chunk: Chunk) -> str:
     return chunk.embed_text
 
 
+@contextmanager
+def file_lock(path: Path | None) -> Iterator[None]:
+    """Across processes (``serve --workers N``): one saver or rebuilder per collection."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+Opener = Callable[[], tuple[VectorIndex, KeywordIndex]]
+
+
 @dataclass
 class CollectionIndexes:
+    """``applied`` is the store generation the in-memory indexes reflect; the files on disk
+    may lag behind it (they are saved at the end of a run). Another process's write shows
+    up as a generation gap, answered by reloading its saved files or, failing that, by a
+    rebuild from the canonical store."""
+
     name: str
     vectors: VectorIndex
     keyword: KeywordIndex
+    opener: Opener | None = None
+    lock_path: Path | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     rw: RWLock = field(default_factory=RWLock)  # searches read; batch writes write
+    applied: int = -1
+
+    def __post_init__(self) -> None:
+        self.applied = self._saved_generation()
+
+    def _saved_generation(self) -> int:
+        gen = self.vectors.generation
+        return gen if gen == self.keyword.generation else -1
 
     def apply(self, result: WriteResult, vectors: Vectors) -> None:
         """Reflect one committed store write: drop replaced chunks, add new ones."""
@@ -44,31 +80,53 @@ class CollectionIndexes:
                 labels = [label for label, _ in result.added]
                 self.vectors.add(labels, vectors)
                 self.keyword.add([(label, keyword_text(ch)) for label, ch in result.added])
+            # A gap means another process committed in between: we hold a partial view.
+            self.applied = result.generation if self.applied == result.generation - 1 else -1
 
     def save(self, generation: int) -> None:
-        with self.lock:
+        with self.lock, file_lock(self.lock_path):
             self.vectors.save(generation)
             self.keyword.save(generation)
 
     def is_fresh(self, generation: int) -> bool:
-        return self.vectors.generation == generation and self.keyword.generation == generation
+        return self.applied == generation
+
+    def is_saved(self, generation: int) -> bool:
+        return self._saved_generation() == generation
+
+    def refresh(self, store: DocumentStore, embedder: CachedEmbedder, generation: int) -> None:
+        """Catch up with ``generation``: reload another process's saved files if they are
+        current, else rebuild. Callers hold ``rw.write()`` so no search is inside."""
+        with self.lock, file_lock(self.lock_path):
+            if self.opener is not None:
+                self.keyword.close()
+                self.vectors, self.keyword = self.opener()
+                self.applied = self._saved_generation()
+            if self.applied != generation:
+                self._rebuild_locked(store, embedder, generation)
 
     def rebuild(self, store: DocumentStore, embedder: CachedEmbedder, generation: int,
                 on_progress: Callable[[int], None] | None = None) -> EmbedStats:
+        with self.lock, file_lock(self.lock_path):
+            return self._rebuild_locked(store, embedder, generation, on_progress)
+
+    def _rebuild_locked(self, store: DocumentStore, embedder: CachedEmbedder, generation: int,
+                        on_progress: Callable[[int], None] | None = None) -> EmbedStats:
         stats = EmbedStats()
-        with self.lock:
-            log.info("rebuilding derived indexes of %r at generation %d", self.name, generation)
-            self.vectors.clear()
-            self.keyword.clear()
-            for batch in store.iter_chunks(self.name, batch=512):
-                texts = [s.chunk.embed_text for s in batch]
-                vecs = embedder.embed(texts, InputType.PASSAGE, stats)
-                labels = [s.label for s in batch]
-                self.vectors.add(labels, vecs)
-                self.keyword.add([(s.label, keyword_text(s.chunk)) for s in batch])
-                if on_progress is not None:
-                    on_progress(len(batch))
-            self.save(generation)
+        log.info("rebuilding derived indexes of %r at generation %d", self.name, generation)
+        self.vectors.clear()
+        self.keyword.clear()
+        for batch in store.iter_chunks(self.name, batch=512):
+            texts = [s.chunk.embed_text for s in batch]
+            vecs = embedder.embed(texts, InputType.PASSAGE, stats)
+            labels = [s.label for s in batch]
+            self.vectors.add(labels, vecs)
+            self.keyword.add([(s.label, keyword_text(s.chunk)) for s in batch])
+            if on_progress is not None:
+                on_progress(len(batch))
+        self.vectors.save(generation)
+        self.keyword.save(generation)
+        self.applied = generation
         return stats
 
     def close(self) -> None:

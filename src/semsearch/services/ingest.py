@@ -160,7 +160,8 @@ def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *
         raise
     finally:
         # Save what was committed, even when the corpus failed part-way.
-        if engine.has_indexes(collection) and not idx.is_fresh(generation):
+        if engine.has_indexes(collection) and idx.is_fresh(generation) \
+                and not idx.is_saved(generation):
             idx.save(generation)
         _fill(report, stats)
         report.seconds = round(time.perf_counter() - started, 3)
@@ -195,5 +196,6 @@ def delete_documents(engine: Engine, collection: str, doc_ids: list[str]) -> int
     with idx.rw.write():
         result = engine.store.write(collection, [], deletes=sorted(present))
         idx.apply(result, np.zeros((0, 0), dtype=np.float32))
-    idx.save(result.generation)
+    if idx.is_fresh(result.generation):
+        idx.save(result.generation)
     return len(present)
