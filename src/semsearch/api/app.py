@@ -11,8 +11,9 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from semsearch.api import errors
 from semsearch.api.auth import KeyStore
@@ -20,6 +21,33 @@ from semsearch.api.errors import error_response
 from semsearch.api.metrics import Metrics
 from semsearch.config import Settings
 from semsearch.core.types import InputType
+
+
+class BodyCap:
+    """Counts the bytes a request body really carries: a chunked upload sends no
+    Content-Length for ``limits_and_timing`` to check, and would otherwise be read whole
+    (before authentication) however large it is."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                # An HTTPException passes through FastAPI's body reading unchanged.
+                raise HTTPException(413, f"request body is over the limit of {self.limit:,} "
+                                    "bytes (SEMSEARCH_API_MAX_BODY_BYTES)")
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keys = KeyStore(settings.keys_path)
     app.state.metrics = Metrics(app.state)
     errors.install(app)
+    app.add_middleware(BodyCap, limit=settings.api_max_body_bytes)
 
     @app.middleware("http")
     async def limits_and_timing(request: Request,

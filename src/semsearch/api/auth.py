@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,11 @@ class KeyStore:
         return entries
 
     @property
+    def entries(self) -> list[dict[str, Any]]:
+        """Names and scopes (and hashes: never print those)."""
+        return [dict(e) for e in self._entries]
+
+    @property
     def enabled(self) -> bool:
         return bool(self._entries)
 
@@ -86,8 +92,9 @@ class KeyStore:
         self._entries.append({"name": name, "sha256": hash_key(key), "scopes": scopes})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"keys": self._entries}, indent=1), encoding="utf-8")
-        tmp.chmod(0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never world-readable
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps({"keys": self._entries}, indent=1))
         tmp.replace(self.path)
         return key
 

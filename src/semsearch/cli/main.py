@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from semsearch.cli.serve import keys, serve
 from semsearch.errors import SemsearchError
 
 MODES = ("hybrid", "dense", "keyword")
@@ -287,6 +288,10 @@ def quickstart() -> None:
                "  semsearch index ./my-docs --collection mine\n"
                "  semsearch search \"your question\" --collection mine --mode hybrid\n"
                "  semsearch eval <BEIR folder> --collection <name>   # measure quality")
+
+
+cli.add_command(serve)
+cli.add_command(keys)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,300 @@
+"""Bounded load test of the HTTP API on loopback.
+
+    python bench/load_test.py                                   # sample corpus, 8 clients, 60 s
+    python bench/load_test.py --seconds 30
+    python bench/load_test.py --corpus ../shared/data/scifact --clients 8 --seconds 60
+
+Starts the real server in this process (``create_app`` under uvicorn on 127.0.0.1, a free
+port, a temporary SEMSEARCH_HOME), indexes the corpus through the API, then runs N client
+threads (one ``httpx.Client`` each) for D seconds, each mixing ``GET /search`` (hybrid, a
+random SciFact or sample query) and ``POST /embed`` (1-8 short texts of random query words,
+so most miss the embedding cache). Prints requests, errors (non-2xx, malformed answers or
+exceptions: must be 0), throughput and p50/p95/p99 latency per endpoint and overall, as a
+markdown table. Exits 1 if any request failed.
+
+Everything is bounded: server start-up and shutdown have timeouts, every client stops at the
+deadline or after --max-requests, every request has a timeout. Clients and server share the
+machine (and the GIL), so the numbers are for comparing runs, not for capacity planning."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import uvicorn
+
+from semsearch.adapters.sources import beir
+from semsearch.adapters.sources.files import iter_documents
+from semsearch.api.app import create_app
+from semsearch.config import Settings
+from semsearch.core.types import Document
+from semsearch.services.quickstart import sample_dir
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SEMSEARCH_SHARED", REPO.parent / "shared"))
+SCIFACT = SHARED / "data" / "scifact"
+COLLECTION = "load"
+SEARCH, EMBED = "GET /search", "POST /embed"
+
+SAMPLE_QUERIES = [
+    "how do I keep my vegetables fresh for longer?",
+    "sourdough starter feeding schedule",
+    "what to do for a minor burn",
+    "composting kitchen scraps greens and browns",
+    "fix a flat bicycle tire",
+    "pour over coffee grind size and water temperature",
+    "wifi router placement for better signal",
+    "watering indoor plants in winter",
+    "tips for learning a new language",
+    "create a python virtual environment",
+    "how to fall asleep faster",
+    "are rooftop solar panels worth it",
+]
+
+
+class Server:
+    """uvicorn serving ``create_app(settings)`` on a free loopback port, in a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port,
+                                log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+
+    def start(self, timeout: float = 180.0) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.thread.is_alive():
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server at {self.url} did not become ready in {timeout:.0f} s")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join(timeout=timeout)
+
+
+def load_corpus(corpus: Path | None, limit: int) -> tuple[list[Document], list[str]]:
+    """Documents to index and the queries to search them with."""
+    if corpus is None:
+        docs = list(iter_documents(sample_dir()))
+        queries = list(SAMPLE_QUERIES)
+        if beir.is_beir_dir(SCIFACT):  # more (out-of-domain) query variety when available
+            queries += list(beir.load_queries(SCIFACT).values())
+    elif beir.is_beir_dir(corpus):
+        docs = list(_take(beir.iter_corpus(corpus), limit))
+        queries = list(beir.load_queries(corpus).values())
+    else:
+        docs = list(_take(iter_documents(corpus), limit))
+        queries = list(SAMPLE_QUERIES)
+    docs = [d for d in docs if (d.text or "").strip()]  # the API refuses empty documents
+    if not docs or not queries:
+        raise SystemExit(f"nothing to index or no queries in {corpus or sample_dir()}")
+    return docs, queries
+
+
+def _take(it: Iterator[Document], limit: int) -> Iterator[Document]:
+    for i, d in enumerate(it):
+        if limit and i >= limit:
+            return
+        yield d
+
+
+def index(url: str, docs: Sequence[Document], batch: int, timeout: float) -> dict[str, Any]:
+    started = time.perf_counter()
+    totals = {"documents": 0, "chunks": 0}
+    with httpx.Client(base_url=url, timeout=timeout) as c:
+        r = c.post("/collections", json={"name": COLLECTION})
+        if r.status_code != 201:
+            raise SystemExit(f"cannot create collection: {r.status_code} {r.text}")
+        for i in range(0, len(docs), batch):
+            body = {"documents": [{"id": d.id, "text": d.text, "title": d.title,
+                                   "metadata": dict(d.metadata)} for d in docs[i:i + batch]]}
+            r = c.post(f"/collections/{COLLECTION}/documents", json=body)
+            if r.status_code != 200:
+                raise SystemExit(f"indexing failed at document {i}: {r.status_code} {r.text}")
+            report = r.json()
+            totals["documents"] += report["documents"]
+            totals["chunks"] += report["chunks"]
+    return {**totals, "seconds": time.perf_counter() - started}
+
+
+@dataclass
+class Results:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {SEARCH: [], EMBED: []})
+    errors: dict[str, int] = field(default_factory=lambda: {SEARCH: 0, EMBED: 0})
+    samples: list[str] = field(default_factory=list)  # the first few failures, for the report
+
+    def merge(self, other: Results) -> None:
+        for k in self.latencies:
+            self.latencies[k] += other.latencies[k]
+            self.errors[k] += other.errors[k]
+        self.samples += other.samples[: max(0, 10 - len(self.samples))]
+
+
+def _short_text(rng: random.Random, words: Sequence[str]) -> str:
+    return " ".join(rng.choice(words) for _ in range(rng.randint(3, 12)))
+
+
+def client_loop(url: str, seed: int, queries: Sequence[str], words: Sequence[str],
+                embed_share: float, start: threading.Barrier, stop_at: list[float],
+                max_requests: int, timeout: float, out: Results) -> None:
+    rng = random.Random(seed)
+    with httpx.Client(base_url=url, timeout=timeout) as c:
+        start.wait(timeout=60)
+        deadline = stop_at[0]
+        for _ in range(max_requests):
+            if time.perf_counter() >= deadline:
+                break
+            if rng.random() < embed_share:
+                endpoint = EMBED
+                texts = [_short_text(rng, words) for _ in range(rng.randint(1, 8))]
+                kwargs: dict[str, Any] = {"json": {"texts": texts,
+                                                   "input_type": rng.choice(["query",
+                                                                             "passage"])}}
+            else:
+                endpoint = SEARCH
+                kwargs = {"params": {"q": rng.choice(queries), "collection": COLLECTION,
+                                     "k": 10, "mode": "hybrid"}}
+            t = time.perf_counter()
+            problem = None
+            try:
+                if endpoint == EMBED:
+                    r = c.post("/embed", **kwargs)
+                    ok = (r.is_success and
+                          len(r.json()["vectors"]) == len(kwargs["json"]["texts"]))
+                else:
+                    r = c.get("/search", **kwargs)
+                    ok = r.is_success and isinstance(r.json()["hits"], list)
+                if not ok:
+                    problem = f"{endpoint} -> {r.status_code} {r.text[:200]}"
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                problem = f"{endpoint} -> {type(exc).__name__}: {exc}"
+            out.latencies[endpoint].append(time.perf_counter() - t)
+            if problem is not None:
+                out.errors[endpoint] += 1
+                if len(out.samples) < 10:
+                    out.samples.append(problem)
+
+
+def run_load(url: str, clients: int, seconds: float, queries: Sequence[str],
+             embed_share: float, max_requests: int, timeout: float,
+             seed: int) -> tuple[Results, float]:
+    words = sorted({w.strip(".,;:?!()\"'") for q in queries for w in q.split()} - {""})
+    start = threading.Barrier(clients + 1)
+    stop_at = [float("inf")]
+    parts = [Results() for _ in range(clients)]
+    threads = [threading.Thread(target=client_loop, name=f"client-{i}", daemon=True,
+                                args=(url, seed + i, queries, words, embed_share, start,
+                                      stop_at, max_requests, timeout, parts[i]))
+               for i in range(clients)]
+    for th in threads:
+        th.start()
+    began = time.perf_counter()
+    stop_at[0] = began + seconds  # set before the barrier releases the clients
+    start.wait(timeout=60)
+    for th in threads:  # a client ends within one request timeout of the deadline
+        th.join(timeout=max(0.0, stop_at[0] - time.perf_counter()) + timeout + 5)
+    elapsed = time.perf_counter() - began
+    stuck = [th.name for th in threads if th.is_alive()]
+    total = Results()
+    for p in parts:
+        total.merge(p)
+    if stuck:
+        total.samples.append(f"clients still running after the join timeout: {stuck}")
+    return total, elapsed
+
+
+def table(res: Results, elapsed: float) -> str:
+    rows = ["| endpoint | requests | errors | req/s | p50 ms | p95 ms | p99 ms | max ms |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    every = [x for v in res.latencies.values() for x in v]
+    named = [*((k, v, res.errors[k]) for k, v in res.latencies.items()),
+             ("overall", every, sum(res.errors.values()))]
+    for name, lat, errs in named:
+        if lat:
+            p50, p95, p99 = np.percentile(np.asarray(lat) * 1000, [50, 95, 99])
+            stats = f"{p50:.1f} | {p95:.1f} | {p99:.1f} | {max(lat) * 1000:.1f}"
+        else:
+            stats = "- | - | - | -"
+        label = f"**{name}**" if name == "overall" else name
+        rows.append(f"| {label} | {len(lat)} | {errs} | {len(lat) / elapsed:.1f} | {stats} |")
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--corpus", type=Path, default=None,
+                    help="BEIR folder or documents folder (default: the bundled sample)")
+    ap.add_argument("--limit", type=int, default=0, help="index at most this many documents")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--embed-share", type=float, default=0.5,
+                    help="fraction of requests that are POST /embed (the rest: GET /search)")
+    ap.add_argument("--max-requests", type=int, default=100_000, help="per client")
+    ap.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
+    ap.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = cores)")
+    ap.add_argument("--batch", type=int, default=64, help="documents per upsert request")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if not (args.clients >= 1 and args.seconds > 0 and 0 <= args.embed_share <= 1):
+        ap.error("need --clients >= 1, --seconds > 0 and 0 <= --embed-share <= 1")
+
+    docs, queries = load_corpus(args.corpus, args.limit)
+    with tempfile.TemporaryDirectory(prefix="semsearch-load-") as tmp:
+        home = Path(tmp) / "home"
+        os.environ["SEMSEARCH_HOME"] = str(home)
+        settings = Settings(home=home, embedder_threads=args.threads)
+        t = time.perf_counter()
+        server = Server(settings).start()
+        started = time.perf_counter() - t
+        try:
+            built = index(server.url, docs, args.batch, timeout=600)
+            with httpx.Client(base_url=server.url, timeout=args.timeout) as c:  # warm-up
+                c.get("/search", params={"q": queries[0], "collection": COLLECTION})
+            res, elapsed = run_load(server.url, args.clients, args.seconds, queries,
+                                    args.embed_share, args.max_requests, args.timeout,
+                                    args.seed)
+        finally:
+            server.stop()
+
+    print(f"server ready in {started:.1f} s; indexed {built['documents']} documents "
+          f"({built['chunks']} chunks) from {args.corpus or 'the sample corpus'} in "
+          f"{built['seconds']:.1f} s")
+    print(f"{args.clients} clients for {elapsed:.1f} s, {args.embed_share:.0%} POST /embed "
+          f"(1-8 texts) / {1 - args.embed_share:.0%} GET /search (hybrid, k=10, "
+          f"{len(queries)} queries)\n")
+    print(table(res, elapsed))
+    errors = sum(res.errors.values())
+    if errors or res.samples:
+        print(f"\n{errors} failed requests; first ones:", file=sys.stderr)
+        for s in res.samples:
+            print("  " + s, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""``semsearch serve`` (the HTTP API under uvicorn) and ``semsearch keys`` (API keys).
+
+Thin like the rest of the CLI: parse, call one thing, print. Heavy imports stay inside the
+commands so ``semsearch --help`` stays instant."""
+
+from __future__ import annotations
+
+import click
+
+APP_FACTORY = "semsearch.api.app:create_app"
+
+
+@click.command()
+@click.option("--host", default=None,
+              help="bind address  [default: SEMSEARCH_HOST, else 127.0.0.1]")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="port  [default: SEMSEARCH_PORT, else 8000]")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="worker processes; each loads its own copy of the model")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(host: str | None, port: int | None, workers: int, log_level: str) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs; probes at /healthz and /readyz).
+
+    With any API key created (semsearch keys create) every endpoint but the health probes
+    needs one; keys are read at start-up, so restart after adding a key."""
+    import uvicorn
+
+    from semsearch.api.auth import KeyStore
+    from semsearch.config import Settings
+
+    settings = Settings()
+    host = host or settings.host
+    # Read the keys file once here too: a broken file fails now, not in every worker.
+    if not KeyStore(settings.keys_path).enabled and not _is_loopback(host):
+        click.echo(f"warning: serving on {host} with no API keys: anyone who can reach it can "
+                   "read, write and drop collections; create one with: semsearch keys "
+                   "create NAME --scope '*:admin'", err=True)
+    # The import string (not an app object) is what lets uvicorn start several workers;
+    # each worker builds its own app, reading the same SEMSEARCH_* settings.
+    uvicorn.run(APP_FACTORY, factory=True, host=host,
+                port=settings.port if port is None else port, workers=workers,
+                log_level=log_level)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_scope(text: str) -> tuple[str, str]:
+    from semsearch.api.auth import LEVELS
+
+    collection, sep, level = text.rpartition(":")
+    if not sep or not collection or level not in LEVELS:
+        raise click.BadParameter(f"{text!r}: use COLLECTION:LEVEL with LEVEL one of "
+                                 f"{', '.join(LEVELS)}, e.g. docs:read or '*:admin'",
+                                 param_hint="--scope")
+    return collection, level
+
+
+@click.group()
+def keys() -> None:
+    """Create and list API keys (only their SHA-256 hashes are stored)."""
+
+
+@keys.command(name="create")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, required=True, metavar="COLLECTION:LEVEL",
+              help="grant LEVEL (read < write < admin) on COLLECTION, '*' for every "
+                   "collection; repeatable")
+def keys_create(name: str, scopes: tuple[str, ...]) -> None:
+    """Create (or replace) the key NAME and print it, once."""
+    from semsearch.api.auth import KeyStore
+    from semsearch.config import Settings
+
+    granted = dict(_parse_scope(s) for s in scopes)
+    store = KeyStore(Settings().keys_path)
+    key = store.create(name, granted)
+    click.echo(key)
+    click.echo(f"note: this is the only time the key is shown; {store.path} keeps only its "
+               "SHA-256 hash. Restart running servers to pick it up.", err=True)
+
+
+@keys.command(name="list")
+def keys_list() -> None:
+    """List key names and their scopes (never the keys or their hashes)."""
+    from semsearch.api.auth import KeyStore
+    from semsearch.config import Settings
+
+    store = KeyStore(Settings().keys_path)
+    entries = store.entries
+    if not entries:
+        click.echo(f"no API keys in {store.path}; the API is open to anyone who can reach it")
+        return
+    for e in entries:
+        scopes = ", ".join(f"{c}:{lvl}" for c, lvl in sorted(e["scopes"].items()))
+        click.echo(f"{e['name']}: {scopes}")
