@@ -64,6 +64,11 @@ def test_index_json_summary_and_warm_rerun(settings: Settings, tmp_path: Path) -
     assert (st["collection"], st["runs"], st["items_embedded"]) == ("mine", 2, 3)
     assert st["tokens"] == report["tokens"] > 0 and st["provider_latency_ms"]["p50"] > 0
     assert "mine: 2 runs (0 failed)" in run(settings, "stats").stdout
+    import shutil
+
+    shutil.rmtree(settings.index_dir("mine"))
+    rebuilt = json.loads(run(settings, "rebuild", "-c", "mine", "--json").stdout)
+    assert rebuilt["chunks"] == 3 and rebuilt["embedded"] == 0 and rebuilt["cache_hits"] == 3
     hit = json.loads(run(settings, "search", "honey", "-c", "mine", "--json", "-m",
                          "keyword").stdout)["hits"][0]
     assert hit["doc_id"] == "c.html" and hit["title"] == "Bees"
@@ -116,6 +121,17 @@ def test_invalid_records_are_skipped_and_reported(settings: Settings, tmp_path: 
     assert "warning: skipped: document 'b' has no text and no title" in out.stderr
     strict = run(settings, "index", str(corpus), "-c", "boats2", "--strict")
     assert strict.returncode == 2 and "error: document 'b' has no text" in strict.stderr
+
+
+def test_models_lists_what_is_installed(settings: Settings) -> None:
+    rows = json.loads(run(settings, "models", "--json").stdout)["models"]
+    local = [r for r in rows if r["provider"] == "local"]
+    assert {r["precision"] for r in local} == {"int8", "fp32"}
+    assert all(r["installed"] and r["dimension"] == 384 for r in local)
+    assert [r["precision"] for r in local if r["configured"]] == ["int8"]
+    assert {r["provider"] for r in rows} >= {"openai-compatible", "sentence-transformers"}
+    assert "* local: sentence-transformers/all-MiniLM-L6-v2 int8" in run(settings,
+                                                                        "models").stdout
 
 
 def test_help_is_fast_and_lists_commands(settings: Settings) -> None:

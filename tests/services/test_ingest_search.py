@@ -115,6 +115,13 @@ def test_derived_indexes_rebuild_to_the_same_results(engine: Engine, settings: S
     shutil.rmtree(settings.index_dir("s"))
     after = {(q, m): _ids(engine, q, m, k=12) for q in queries for m in Mode}
     assert after == before
+    # The explicit command: same answers, every vector from the cache, nothing re-embedded.
+    from semsearch.services.maintenance import rebuild_indexes
+
+    (settings.index_dir("s") / "vectors" / "vectors.npy").write_bytes(b"corrupt")
+    report = rebuild_indexes(engine, "s")
+    assert report.embedded == 0 and report.cache_hits == report.chunks > 0
+    assert {(q, m): _ids(engine, q, m, k=12) for q in queries for m in Mode} == before
 
 
 def test_other_model_identity_is_refused_and_nothing_is_lost(engine: Engine,

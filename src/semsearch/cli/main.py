@@ -246,6 +246,45 @@ def stats(collection: str | None, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def models(as_json: bool) -> None:
+    """List the embedders available here (and which one is configured)."""
+    from semsearch.config import Settings
+    from semsearch.services.models import available_models
+
+    rows = available_models(Settings())
+    if as_json:
+        _echo_json({"models": rows})
+        return
+    for r in rows:
+        mark = "*" if r["configured"] else " "
+        state = "installed" if r["installed"] else "not installed"
+        extra = f" {r['precision']}" if "precision" in r else ""
+        dim = f", {r['dimension']}-d" if r["dimension"] else ""
+        click.echo(f"{mark} {r['provider']}: {r['id']}{extra}{dim} ({state}) - {r['how']}")
+
+
+@cli.command()
+@click.option("--collection", "-c", required=True)
+@click.option("--json", "as_json", is_flag=True)
+def rebuild(collection: str, as_json: bool) -> None:
+    """Drop and rebuild a collection's derived indexes from the canonical store."""
+    from dataclasses import asdict
+
+    from semsearch.services.maintenance import rebuild_indexes
+
+    with _engine() as engine:
+        total = engine.store.get_collection(collection).chunks
+        with _progress(total, "rebuilding", "chunk") as tick:
+            report = rebuild_indexes(engine, collection, on_progress=tick)
+    if as_json:
+        _echo_json(asdict(report))
+        return
+    click.echo(f"rebuilt {collection!r}: {report.chunks} chunks, {report.embedded} embedded, "
+               f"{report.cache_hits} from the cache, {report.seconds:.1f} s")
+
+
+@cli.command()
 @click.argument("name")
 def drop(name: str) -> None:
     """Delete a collection and its indexes."""
