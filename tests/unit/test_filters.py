@@ -27,6 +27,7 @@ def test_list_means_in() -> None:
     ({"x": {}}, "empty object"),
     ({"": 1}, "non-empty name"),
     ({"x;drop": 1}, "name"),
+    ({"x": None}, "not null"),
 ])
 def test_bad_filters(spec: dict[str, object], msg: str) -> None:
     with pytest.raises(InputError, match=msg):

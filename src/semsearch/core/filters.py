@@ -57,6 +57,11 @@ def parse_filter(spec: Mapping[str, Any] | None) -> Filter:
                 conds.append(Condition(field, op, tuple(arg) if op == "in" else arg))
         elif isinstance(value, list | tuple):
             conds.append(Condition(field, "in", tuple(value)))
+        elif value is None:
+            # JSON null compares unequal to everything in SQL; refuse it rather than
+            # silently matching nothing.
+            raise InputError(f"filter {field!r}: compare to a string, number or boolean, "
+                             f"not {json.dumps(value)}")
         else:
             conds.append(Condition(field, "eq", value))
     return Filter(tuple(conds))
