@@ -48,7 +48,7 @@ def status_of(exc: SemsearchError) -> int:
     return 500
 
 
-def install(app: FastAPI, on_error: object = None) -> None:
+def install(app: FastAPI) -> None:
     def count(code: str) -> None:
         metrics = getattr(app.state, "metrics", None)
         if metrics is not None:

@@ -11,28 +11,36 @@ from typing import Any
 import numpy as np
 
 
+def percentiles(latencies_ms: list[float] | tuple[float, ...]) -> dict[str, float]:
+    if not latencies_ms:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
+    arr = np.asarray(latencies_ms)
+    return {f"p{p}": round(float(np.percentile(arr, p)), 3) for p in (50, 95, 99)}
+
+
 @dataclass(frozen=True)
 class MeterSnapshot:
+    """Counters at one moment; ``latency_count`` marks where later latencies start."""
+
     calls: int = 0
     items: int = 0
     tokens: int = 0
     truncated: int = 0
     retries: int = 0
     errors: int = 0
-    latencies_ms: tuple[float, ...] = ()
+    latency_count: int = 0
 
     def minus(self, before: MeterSnapshot) -> MeterSnapshot:
         return MeterSnapshot(
             calls=self.calls - before.calls, items=self.items - before.items,
             tokens=self.tokens - before.tokens, truncated=self.truncated - before.truncated,
             retries=self.retries - before.retries, errors=self.errors - before.errors,
-            latencies_ms=self.latencies_ms[len(before.latencies_ms):])
+            latency_count=self.latency_count - before.latency_count)
 
-    def percentiles(self) -> dict[str, float]:
-        if not self.latencies_ms:
-            return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
-        arr = np.asarray(self.latencies_ms)
-        return {f"p{p}": round(float(np.percentile(arr, p)), 3) for p in (50, 95, 99)}
+
+# A server embeds every query through the meter: keep a bounded tail of latencies so the
+# meter neither grows forever nor makes each snapshot cost O(history).
+_KEEP_LATENCIES = 100_000
 
 
 @dataclass
@@ -45,7 +53,8 @@ class ProviderMeter:
     truncated: int = 0
     retries: int = 0
     errors: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
+    _latencies: list[float] = field(default_factory=list, repr=False)
+    _dropped: int = 0  # latencies trimmed from the front of _latencies
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_call(self, items: int, tokens: int, seconds: float) -> None:
@@ -53,7 +62,11 @@ class ProviderMeter:
             self.calls += 1
             self.items += items
             self.tokens += tokens
-            self.latencies_ms.append(seconds * 1000)
+            self._latencies.append(seconds * 1000)
+            if len(self._latencies) > 2 * _KEEP_LATENCIES:
+                cut = len(self._latencies) - _KEEP_LATENCIES
+                del self._latencies[:cut]
+                self._dropped += cut
 
     def add(self, *, truncated: int = 0, retries: int = 0, errors: int = 0) -> None:
         with self._lock:
@@ -64,7 +77,13 @@ class ProviderMeter:
     def snapshot(self) -> MeterSnapshot:
         with self._lock:
             return MeterSnapshot(self.calls, self.items, self.tokens, self.truncated,
-                                 self.retries, self.errors, tuple(self.latencies_ms))
+                                 self.retries, self.errors,
+                                 self._dropped + len(self._latencies))
+
+    def latencies_since(self, snapshot: MeterSnapshot) -> list[float]:
+        """Latencies recorded after ``snapshot`` (those still kept)."""
+        with self._lock:
+            return self._latencies[max(snapshot.latency_count - self._dropped, 0):]
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from semsearch.core.cache_keys import cache_key
-from semsearch.core.metering import MeterSnapshot
+from semsearch.core.metering import MeterSnapshot, percentiles
 from semsearch.core.types import InputType
 from semsearch.errors import BackendError
 from semsearch.ports import Embedder, EmbeddingCache, Vectors
@@ -37,16 +37,17 @@ class EmbedStats:
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
 
-    def add_provider(self, delta: MeterSnapshot, price_per_mtok: float) -> None:
+    def add_provider(self, delta: MeterSnapshot, latencies_ms: list[float],
+                     price_per_mtok: float) -> None:
         self.provider_calls += delta.calls
         self.tokens += delta.tokens
         self.truncated += delta.truncated
         self.retries += delta.retries
         self.cost += delta.tokens * price_per_mtok / 1e6
-        self.latencies_ms.extend(delta.latencies_ms)
+        self.latencies_ms.extend(latencies_ms)
 
     def latency(self) -> dict[str, float]:
-        return MeterSnapshot(latencies_ms=tuple(self.latencies_ms)).percentiles()
+        return percentiles(self.latencies_ms)
 
     def to_dict(self) -> dict[str, Any]:
         return {"texts": self.texts, "cache_hits": self.cache_hits,
@@ -77,7 +78,8 @@ class CachedEmbedder:
             for k, t in zip(keys, texts, strict=True):
                 first_text.setdefault(k, t)
             todo = [first_text[k] for k in missing]
-            before = self.embedder.meter.snapshot()
+            meter = self.embedder.meter
+            before = meter.snapshot()
             started = time.perf_counter()
             vectors = self.embedder.embed(todo, input_type)
             if vectors.shape != (len(todo), identity.dimension):
@@ -90,8 +92,8 @@ class CachedEmbedder:
             if stats is not None:
                 stats.seconds += time.perf_counter() - started
                 stats.embedded += len(todo)
-                stats.add_provider(self.embedder.meter.snapshot().minus(before),
-                                   self.price_per_mtok)
+                stats.add_provider(meter.snapshot().minus(before),
+                                   meter.latencies_since(before), self.price_per_mtok)
         if stats is not None:
             hit_texts = [t for k, t in zip(keys, texts, strict=True) if k not in missing]
             stats.texts += len(texts)

@@ -56,10 +56,6 @@ class HfTokenizer:
     def count_tokens(self, text: str) -> int:
         return len(self._plain.encode(text, add_special_tokens=False).ids)
 
-    def count_many(self, texts: Sequence[str]) -> list[int]:
-        return [len(e.ids) for e in self._plain.encode_batch(list(texts),
-                                                             add_special_tokens=False)]
-
     def encode_for_model(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids with special tokens, truncated to the window, unpadded."""
         return [e.ids for e in self._model.encode_batch(list(texts))]
