@@ -173,9 +173,6 @@ def _search(request: Request, engine: Engine, who: Principal, body: SearchBody) 
     result = search(engine, body.collection, req)
     request.app.state.metrics.observe_stages(result.timings, body.mode)
     hits = [h.to_dict() for h in result.hits]
-    for h in hits:
-        h["components"] = {k: {"rank": v["rank"], "score": v["score"]}
-                           for k, v in h["components"].items()}
     return SearchResponse(hits=hits, total=len(hits),  # type: ignore[arg-type]
                           timings_ms={k: round(v * 1000, 3) for k, v in result.timings.items()})
 
