@@ -8,7 +8,8 @@ one-line message (and, later, a stable error code) without a stack trace::
     │   └── SourceError       a corpus or source that cannot be read
     ├── NotFoundError         unknown collection, document or model
     ├── IdentityMismatchError collection built with another embedder (model, dimension, ...)
-    └── BackendError          a backend failed (model file, database, index)
+    ├── BackendError          a backend failed (model file, database, index)
+    └── BusyError             another run holds the collection (sync lock)
 """
 
 from __future__ import annotations
@@ -38,3 +39,7 @@ class IdentityMismatchError(SemsearchError):
 
 class BackendError(SemsearchError, RuntimeError):
     code = "backend_error"
+
+
+class BusyError(SemsearchError):
+    code = "busy"

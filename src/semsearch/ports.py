@@ -9,7 +9,7 @@ so derived indexes can always be rebuilt from it."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -93,6 +93,27 @@ class WriteResult:
     generation: int
 
 
+@dataclass(frozen=True)
+class LedgerUpdate:
+    """What a sync batch records beside its documents, in the same transaction: where the
+    source was read up to (``position``, opaque to the store), which rows were refused and
+    why, and which earlier refusals are gone from the source."""
+
+    source: str
+    spec: Mapping[str, Any] | None = None
+    position: Mapping[str, Any] | None = None
+    rejected: Mapping[str, str] = field(default_factory=dict)
+    gone: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class SyncState:
+    source: str
+    spec: Mapping[str, Any]
+    position: Mapping[str, Any] | None
+    updated_at: str
+
+
 class DocumentStore(Protocol):
     """The canonical store: documents, metadata, chunks, hashes, collection identity."""
 
@@ -108,7 +129,11 @@ class DocumentStore(Protocol):
     def content_hashes(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]: ...
 
     def write(self, collection: str, writes: Sequence[DocumentWrite],
-              deletes: Sequence[str] = ()) -> WriteResult: ...
+              deletes: Sequence[str] = (), ledger: LedgerUpdate | None = None) -> WriteResult: ...
+
+    def sync_state(self, collection: str) -> SyncState | None: ...
+
+    def rejects(self, collection: str) -> dict[str, str]: ...
 
     def chunks_by_label(self, collection: str, labels: Sequence[int]) -> dict[int, StoredChunk]: ...
 
@@ -124,6 +149,12 @@ class DocumentStore(Protocol):
 
     def record_run(self, collection: str, kind: str, started_at: str, status: str,
                    stats: Mapping[str, Any]) -> int: ...
+
+    def start_run(self, collection: str, kind: str, started_at: str) -> int: ...
+
+    def finish_run(self, run_id: int, status: str, stats: Mapping[str, Any]) -> None: ...
+
+    def mark_interrupted(self, collection: str, kind: str) -> int: ...
 
     def list_runs(self, collection: str | None = None,
                   limit: int = 1000) -> list[dict[str, Any]]: ...
@@ -170,5 +201,40 @@ class KeywordIndex(Protocol):
     def save(self, generation: int) -> None: ...
 
     def clear(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One record read from a sync source. ``problem`` says why it cannot be indexed (NULL
+    text, say) so the run records and skips it; ``position`` is where the source would
+    resume after this row, opaque to everyone but the source."""
+
+    document: Document
+    deleted: bool = False
+    problem: str | None = None
+    position: Mapping[str, Any] | None = None
+    unchanged: bool = False  # the source knows it is as last read (same file mtime and size)
+
+
+class SyncSource(Protocol):
+    """A system of record read in a stable order. ``incremental`` sources resume from a
+    position (watermark); the others are read whole every run and reconciled."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def incremental(self) -> bool: ...
+
+    def check(self) -> None: ...
+
+    def count(self, since: Mapping[str, Any] | None) -> int | None: ...
+
+    def rows(self, since: Mapping[str, Any] | None,
+             batch_size: int) -> Iterator[list[SourceRow]]: ...
+
+    def head(self) -> Mapping[str, Any] | None: ...
 
     def close(self) -> None: ...

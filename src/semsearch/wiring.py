@@ -223,3 +223,14 @@ def open_engine(settings: Settings | None = None) -> Engine:
     return Engine(settings=settings, store=store,
                   embedder=CachedEmbedder(make_embedder(settings), make_cache(settings),
                                           price_per_mtok=settings.embedder_price_per_mtok))
+
+
+def make_source(spec: Any, settings: Settings) -> Any:
+    """A ``SourceSpec`` -> SyncSource: a database URL or a path."""
+    if spec.is_sql:
+        from semsearch.adapters.sources.sql import SqlSource
+
+        return SqlSource(spec, max_text_chars=settings.max_text_chars)
+    from semsearch.adapters.sources.file_sync import FileSource
+
+    return FileSource(Path(spec.source))

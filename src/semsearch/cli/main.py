@@ -3,46 +3,18 @@ heavy imports happen inside commands so ``--help`` stays instant."""
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
+from semsearch.cli.common import _echo_json, _engine, _progress
 from semsearch.cli.serve import keys, serve
-from semsearch.errors import SemsearchError
+from semsearch.cli.sync import runs, sync
+from semsearch.errors import BusyError, SemsearchError
 
 MODES = ("hybrid", "dense", "keyword")
-
-
-def _echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, ensure_ascii=False, indent=None))
-
-
-@contextmanager
-def _engine() -> Iterator[Any]:
-    from semsearch.config import Settings
-    from semsearch.wiring import open_engine
-
-    engine = open_engine(Settings())
-    try:
-        yield engine
-    finally:
-        engine.close()
-
-
-@contextmanager
-def _progress(total: int | None, desc: str, unit: str) -> Iterator[Callable[[int], None]]:
-    from tqdm import tqdm
-
-    disable = os.environ.get("SEMSEARCH_NO_PROGRESS") == "1"
-    with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable,
-              dynamic_ncols=True) as bar:
-        yield bar.update
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -330,12 +302,17 @@ def quickstart() -> None:
 
 
 cli.add_command(serve)
+cli.add_command(sync)
+cli.add_command(runs)
 cli.add_command(keys)
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, standalone_mode=False)
+    except BusyError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(3)
     except SemsearchError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

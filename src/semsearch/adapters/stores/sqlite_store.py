@@ -21,7 +21,14 @@ import numpy as np
 from semsearch.core.filters import Filter
 from semsearch.core.types import Chunk, EmbedderIdentity
 from semsearch.errors import InputError, NotFoundError
-from semsearch.ports import CollectionInfo, DocumentWrite, StoredChunk, WriteResult
+from semsearch.ports import (
+    CollectionInfo,
+    DocumentWrite,
+    LedgerUpdate,
+    StoredChunk,
+    SyncState,
+    WriteResult,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -68,6 +75,20 @@ CREATE TABLE IF NOT EXISTS runs (
     stats TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_by_collection ON runs (collection, id);
+CREATE TABLE IF NOT EXISTS sync_state (
+    collection TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    position TEXT,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rejects (
+    collection TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    seen_at TEXT NOT NULL,
+    PRIMARY KEY (collection, doc_id)
+);
 """
 
 _BATCH = 900  # below SQLite's default limit of host parameters per statement
@@ -143,6 +164,8 @@ class SqliteDocumentStore:
             self._conn.execute("DELETE FROM chunks WHERE collection = ?", (name,))
             self._conn.execute("DELETE FROM documents WHERE collection = ?", (name,))
             self._conn.execute("DELETE FROM collections WHERE name = ?", (name,))
+            self._conn.execute("DELETE FROM sync_state WHERE collection = ?", (name,))
+            self._conn.execute("DELETE FROM rejects WHERE collection = ?", (name,))
             self._conn.execute("COMMIT")
 
     # -- documents ---------------------------------------------------------------------
@@ -157,8 +180,10 @@ class SqliteDocumentStore:
         return out
 
     def write(self, collection: str, writes: Sequence[DocumentWrite],
-              deletes: Sequence[str] = ()) -> WriteResult:
-        """One transaction: replaced documents lose their old chunks, deletes cascade."""
+              deletes: Sequence[str] = (), ledger: LedgerUpdate | None = None) -> WriteResult:
+        """One transaction: replaced documents lose their old chunks, deletes cascade, and the
+        sync ledger (watermark, rejected rows) moves with the batch it describes. A write
+        that changes no document leaves the generation alone, so readers need not refresh."""
         added: list[tuple[int, Chunk]] = []
         removed: list[int] = []
         with self._lock:
@@ -195,7 +220,13 @@ class SqliteDocumentStore:
                             (collection, ch.id, ch.doc_id, ch.ordinal, ch.text, ch.start,
                              ch.end, ch.title))
                         added.append((int(cur.lastrowid or 0), ch))
-                generation = int(gen_row[0]) + 1
+                if ledger is not None:
+                    self._write_ledger(collection, writes, deletes, ledger, now)
+                generation = int(gen_row[0])
+                if not writes and not deletes:
+                    c.execute("COMMIT")
+                    return WriteResult(added=[], removed=[], generation=generation)
+                generation += 1
                 c.execute(
                     "UPDATE collections SET generation = ?, "
                     "documents = (SELECT COUNT(*) FROM documents WHERE collection = ?), "
@@ -206,6 +237,48 @@ class SqliteDocumentStore:
                 c.execute("ROLLBACK")
                 raise
         return WriteResult(added=added, removed=removed, generation=generation)
+
+    def _write_ledger(self, collection: str, writes: Sequence[DocumentWrite],
+                      deletes: Sequence[str], ledger: LedgerUpdate, now: str) -> None:
+        c = self._conn
+        done = [w.document.id for w in writes] + list(deletes)
+        for marks, part in _in_batches(done):
+            c.execute(f"DELETE FROM rejects WHERE collection = ? AND doc_id IN ({marks})",
+                      [collection, *part])
+        c.executemany(
+            "INSERT OR REPLACE INTO rejects (collection, doc_id, reason, seen_at) "
+            "VALUES (?, ?, ?, ?)",
+            [(collection, doc_id, reason, now) for doc_id, reason in ledger.rejected.items()])
+        if ledger.gone:
+            for marks, part in _in_batches(list(ledger.gone)):
+                c.execute(f"DELETE FROM rejects WHERE collection = ? AND doc_id IN ({marks})",
+                          [collection, *part])
+        if ledger.position is not None or ledger.spec is not None:
+            c.execute(
+                "INSERT INTO sync_state (collection, source, spec, position, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (collection) DO UPDATE SET "
+                "source = excluded.source, spec = excluded.spec, "
+                "position = COALESCE(excluded.position, sync_state.position), "
+                "updated_at = excluded.updated_at",
+                (collection, ledger.source, json.dumps(dict(ledger.spec or {})),
+                 None if ledger.position is None else json.dumps(dict(ledger.position)), now))
+
+    def sync_state(self, collection: str) -> SyncState | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT source, spec, position, updated_at FROM sync_state "
+                "WHERE collection = ?", (collection,)).fetchone()
+        if row is None:
+            return None
+        return SyncState(source=row[0], spec=json.loads(row[1]),
+                         position=None if row[2] is None else json.loads(row[2]),
+                         updated_at=row[3])
+
+    def rejects(self, collection: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._conn.execute(
+                "SELECT doc_id, reason FROM rejects WHERE collection = ? ORDER BY doc_id",
+                (collection,)).fetchall())
 
     def _rows_to_chunks(self, rows: Any) -> dict[int, StoredChunk]:
         out: dict[int, StoredChunk] = {}
@@ -278,6 +351,27 @@ class SqliteDocumentStore:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (collection, kind, started_at, _now(), status, json.dumps(dict(stats))))
             return int(cur.lastrowid or 0)
+
+    def start_run(self, collection: str, kind: str, started_at: str) -> int:
+        """A run is visible while it works; one killed outright stays 'running' until the
+        next run of its collection marks it 'interrupted'."""
+        with self._lock:
+            cur = self._conn.execute(
+                "INSERT INTO runs (collection, kind, started_at, finished_at, status, stats) "
+                "VALUES (?, ?, ?, '', 'running', '{}')", (collection, kind, started_at))
+            return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, status: str, stats: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._conn.execute("UPDATE runs SET finished_at = ?, status = ?, stats = ? "
+                               "WHERE id = ?", (_now(), status, json.dumps(dict(stats)), run_id))
+
+    def mark_interrupted(self, collection: str, kind: str) -> int:
+        with self._lock:
+            cur = self._conn.execute(
+                "UPDATE runs SET status = 'interrupted' WHERE collection = ? AND kind = ? "
+                "AND status = 'running'", (collection, kind))
+            return cur.rowcount
 
     def list_runs(self, collection: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         where, params = ("WHERE collection = ?", [collection]) if collection else ("", [])
