@@ -310,8 +310,8 @@ def sync(engine: Engine, source: SyncSource, spec: SourceSpec, *, full: bool = F
             store.mark_interrupted(coll, RUN_KIND)
             run_id = report.run_id = store.start_run(coll, RUN_KIND, started_at)
             since = None if report.mode == "full" or state is None else state.position
-            if not source.incremental:  # files: the stamps from the last read, to skip
-                since = state.position if state is not None else None
+            if not source.incremental and not full and state is not None:
+                since = state.position  # files: last read's stamps, to skip unchanged ones
             report.watermark = since if source.incremental else None
             head = source.head() if source.incremental and since is None else None
             if on_total is not None:
