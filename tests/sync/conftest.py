@@ -30,8 +30,7 @@ CREATE TABLE products (
     is_deleted BOOLEAN NOT NULL DEFAULT FALSE
 )"""
 
-WORDS = ("steel hammer garden hose copper kettle wool blanket oak table lamp shade "
-         "ceramic mug leather boots rain jacket bicycle pump glass vase").split()
+WORDS = ["steel", "hammer", "garden", "hose", "copper", "kettle", "wool", "blanket", "oak", "table", "lamp", "shade", "ceramic", "mug", "leather", "boots", "rain", "jacket", "bicycle", "pump", "glass", "vase"]
 
 
 def describe(i: int, version: int = 0) -> str:

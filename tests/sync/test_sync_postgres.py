@@ -203,7 +203,7 @@ def test_refuses_a_second_source_for_one_collection(engine: Engine, pg: SourceDb
     pg.insert([1])
     run(engine, pg)
     pg.exec("CREATE TABLE other AS SELECT * FROM products")
-    with pytest.raises(InputError, match="is synced from .* refusing to sync it from"):
+    with pytest.raises(InputError, match=r"is synced from .* refusing to sync it from"):
         run(engine, pg, table="other")
 
 

@@ -18,7 +18,7 @@ from semsearch.errors import InputError
 from semsearch.services.sync import sync
 from semsearch.services.sync_config import SourceSpec, load_sync_file
 from semsearch.wiring import Engine, make_source
-from tests.sync.conftest import T0, SourceDb, collection_state, describe
+from tests.sync.conftest import T0, SourceDb, describe
 
 
 def _run(engine: Engine, spec: SourceSpec, full: bool = False):  # type: ignore[no-untyped-def]

@@ -32,7 +32,7 @@ def test_config_errors_are_precise(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         load_sync_file(f)
     f.write_text('[[source]]\nurl = "sqlite:///x.db"\ntable = "t"\ncollection = "c"\n'
                  'colour = "red"\n')
-    with pytest.raises(InputError, match="unknown key.*colour"):
+    with pytest.raises(InputError, match=r"unknown key.*colour"):
         load_sync_file(f)
     f.write_text('[[source]]\nurl = "sqlite:///x.db"\ntable = "t"\ncollection = "c"\n'
                  '[[source]]\nsource = "docs"\ncollection = "c"\n')
