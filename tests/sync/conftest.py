@@ -30,7 +30,11 @@ CREATE TABLE products (
     is_deleted BOOLEAN NOT NULL DEFAULT FALSE
 )"""
 
-WORDS = ["steel", "hammer", "garden", "hose", "copper", "kettle", "wool", "blanket", "oak", "table", "lamp", "shade", "ceramic", "mug", "leather", "boots", "rain", "jacket", "bicycle", "pump", "glass", "vase"]
+WORDS = [
+    "steel", "hammer", "garden", "hose", "copper", "kettle", "wool", "blanket", "oak", "table",
+    "lamp", "shade", "ceramic", "mug", "leather", "boots", "rain", "jacket", "bicycle", "pump",
+    "glass", "vase",
+]
 
 
 def describe(i: int, version: int = 0) -> str:
