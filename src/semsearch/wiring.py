@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from semsearch.config import Settings
 from semsearch.errors import IdentityMismatchError, InputError
@@ -102,6 +102,42 @@ CACHES: dict[str, Callable[[Settings, str], EmbeddingCache]] = {
     "sqlite": _sqlite_cache, "redis": _redis_cache, "none": _null_cache}
 
 
+# Settings that choose the embedder: when any is given, collections stamped with another
+# identity are refused instead of served with the model they were built with.
+EXPLICIT_EMBEDDER_FIELDS = frozenset({"embedder", "embedder_model", "embedder_precision",
+                                      "embedder_base_url", "embedder_dimensions",
+                                      "embedder_revision"})
+
+
+def settings_for_model(settings: Settings, model: str) -> Settings:
+    """The settings with the embedder switched to ``model``: a local model's name, else an
+    API model on the configured OpenAI-compatible endpoint."""
+    from semsearch.adapters.embedders.onnx_local import LOCAL_MODELS
+
+    if model in LOCAL_MODELS:
+        return settings.model_copy(update={"embedder": "local", "embedder_model": model})
+    if settings.embedder == "local":
+        raise InputError(f"unknown local model {model!r}; the local embedder ships "
+                         f"{', '.join(sorted(LOCAL_MODELS))} (semsearch models)")
+    return settings.model_copy(update={"embedder_model": model})
+
+
+def _local_for_identity(settings: Settings, identity: Any) -> Embedder | None:
+    """A local embedder producing exactly ``identity``, or None if this install has none."""
+    from semsearch.adapters.embedders.onnx_local import LOCAL_MODELS
+
+    if identity.model not in LOCAL_MODELS:
+        return None
+    precision = identity.revision.rsplit("/", 1)[-1]
+    try:
+        candidate = make_embedder(settings.model_copy(update={
+            "embedder": "local", "embedder_model": identity.model,
+            "embedder_precision": precision, "chunk_max_tokens": identity.max_tokens}))
+    except InputError:
+        return None
+    return candidate if candidate.identity == identity else None
+
+
 def make_embedder(settings: Settings) -> Embedder:
     try:
         factory = EMBEDDERS[settings.embedder]
@@ -143,6 +179,7 @@ class Engine:
     _indexes: dict[str, CollectionIndexes] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _executor: ThreadPoolExecutor | None = None
+    _embedders: dict[str, CachedEmbedder] = field(default_factory=dict)
 
     def executor(self) -> ThreadPoolExecutor:
         """A small pool for overlapping the halves of a hybrid query; made on first use."""
@@ -152,13 +189,50 @@ class Engine:
                                                     thread_name_prefix="semsearch")
             return self._executor
 
-    def check_identity(self, info: CollectionInfo) -> None:
+    def resolve(self, name: str) -> str:
+        """A collection name as the user gives it -> the version it means now. ``x@v1`` is
+        the collection first created as ``x`` (later versions are ``x@v2``, ...)."""
+        if name.endswith("@v1"):
+            return name[:-3]
+        return self.store.resolve(name)
+
+    def adopt_embedder(self, embedder: CachedEmbedder) -> None:
+        """Serve collections stamped with this embedder's identity (a re-index's target)."""
+        with self._lock:
+            self._embedders[embedder.embedder.identity.key()] = embedder
+
+    def embedder_for(self, info: CollectionInfo) -> CachedEmbedder:
+        """The embedder of a collection's stamped identity. The configured one if it
+        matches; otherwise, unless the embedder was configured explicitly, the local model
+        the collection was built with (so a swap to a version built with another local
+        model serves at once). An explicit configuration that disagrees, or a remote model
+        that is not configured, fails and names both."""
         mine = self.embedder.embedder.identity
-        if info.identity != mine:
-            raise IdentityMismatchError(
-                f"collection {info.name!r} was built with {info.identity.key()} but the "
-                f"configured embedder is {mine.key()}; configure the collection's embedder "
-                "or re-index the collection into a new name with this one")
+        if info.identity == mine:
+            return self.embedder
+        with self._lock:
+            adopted = self._embedders.get(info.identity.key())
+        if adopted is not None and adopted.embedder.identity == info.identity:
+            return adopted
+        explicit = self.settings.model_fields_set & EXPLICIT_EMBEDDER_FIELDS
+        if explicit or info.identity.provider != "local":
+            self._mismatch(info, mine)
+        built = _local_for_identity(self.settings, info.identity)
+        if built is None:
+            self._mismatch(info, mine)
+        cached = CachedEmbedder(built, self.embedder.cache, price_per_mtok=0.0)
+        self.adopt_embedder(cached)
+        return cached
+
+    def _mismatch(self, info: CollectionInfo, mine: Any) -> NoReturn:
+        raise IdentityMismatchError(
+            f"collection {info.name!r} was built with {info.identity.key()} but the "
+            f"configured embedder is {mine.key()}; configure the collection's embedder, or "
+            f"re-index the collection with this one: semsearch reindex -c "
+            f"{info.name.split('@')[0]} --model {mine.model}")
+
+    def check_identity(self, info: CollectionInfo) -> None:
+        self.embedder_for(info)
 
     def indexes(self, name: str) -> CollectionIndexes:
         with self._lock:
@@ -192,7 +266,7 @@ class Engine:
             with idx.rw.write():
                 info = self.store.get_collection(name)
                 if not idx.is_fresh(info.generation):
-                    idx.refresh(self.store, self.embedder, info.generation)
+                    idx.refresh(self.store, self.embedder_for(info), info.generation)
         return idx
 
     def has_indexes(self, name: str) -> bool:

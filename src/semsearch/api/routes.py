@@ -210,7 +210,7 @@ def create_collection(body: CollectionCreate, engine: EngineDep, who: Who) -> di
 
     require(who, body.name, "admin")
     try:
-        engine.store.get_collection(body.name)
+        engine.store.get_collection(engine.resolve(body.name))
         raise ApiError(409, "collection_exists", f"collection {body.name!r} already exists")
     except NotFoundError:
         pass
@@ -235,7 +235,7 @@ def upsert_documents(name: str, body: UpsertRequest, request: Request, engine: E
     from semsearch.services.ingest import index_documents
 
     require(who, name, "write")
-    engine.store.get_collection(name)  # unknown -> 404, not an implicit create
+    engine.store.get_collection(engine.resolve(name))  # unknown -> 404, not a create
     s = _settings(request)
     if len(body.documents) > s.api_max_texts:
         raise ApiError(413, "too_many_documents", f"{len(body.documents)} documents in one "
@@ -250,6 +250,7 @@ def upsert_documents(name: str, body: UpsertRequest, request: Request, engine: E
 @router.get("/collections/{name}/documents/{doc_id}", tags=["documents"])
 def get_document(name: str, doc_id: str, engine: EngineDep, who: Who) -> dict[str, Any]:
     require(who, name, "read")
+    name = engine.resolve(name)
     engine.store.get_collection(name)
     return engine.store.get_document(name, doc_id)
 

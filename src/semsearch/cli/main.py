@@ -12,6 +12,7 @@ import click
 from semsearch.cli.common import _echo_json, _engine, _progress
 from semsearch.cli.serve import keys, serve
 from semsearch.cli.sync import runs, sync
+from semsearch.cli.versions import activate, compact, reindex, rollback
 from semsearch.errors import BusyError, SemsearchError
 
 MODES = ("hybrid", "dense", "keyword")
@@ -187,10 +188,16 @@ def collections(as_json: bool) -> None:
     if not rows:
         click.echo("no collections yet; try: semsearch quickstart")
     for r in rows:
-        click.echo(f"{r['name']}: {r['documents']} documents, {r['chunks']} chunks, "
+        click.echo(f"{r['name']} -> {r['active']} (v{r['active_version']}): "
+                   f"{r['documents']} documents, {r['chunks']} chunks live, "
+                   f"{r['vectors_deleted']} deleted vectors awaiting compact, "
                    f"{r['identity']['model']} ({r['identity']['revision']}), "
                    f"{r['identity']['dimension']}-d {r['identity']['metric']}, "
                    f"{r['bytes_on_disk'] / 1e6:.1f} MB on disk")
+        for v in r["versions"]:
+            if not v["active"]:
+                click.echo(f"    kept v{v['version']} {v['name']}: {v['model']}, "
+                           f"{v['documents']} documents, {v['bytes_on_disk'] / 1e6:.1f} MB")
 
 
 @cli.command()
@@ -246,7 +253,7 @@ def rebuild(collection: str, as_json: bool) -> None:
     from semsearch.services.maintenance import rebuild_indexes
 
     with _engine() as engine:
-        total = engine.store.get_collection(collection).chunks
+        total = engine.store.get_collection(engine.resolve(collection)).chunks
         with _progress(total, "rebuilding", "chunk") as tick:
             report = rebuild_indexes(engine, collection, on_progress=tick)
     if as_json:
@@ -259,12 +266,12 @@ def rebuild(collection: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("name")
 def drop(name: str) -> None:
-    """Delete a collection and its indexes."""
+    """Delete a collection (every version) and its indexes, or one kept version (NAME@vN)."""
     from semsearch.services.collections import drop_collection
 
     with _engine() as engine:
-        drop_collection(engine, name)
-    click.echo(f"dropped {name!r}")
+        dropped = drop_collection(engine, name)
+    click.echo(f"dropped {', '.join(repr(d) for d in dropped)}")
 
 
 @cli.command()
@@ -304,6 +311,8 @@ def quickstart() -> None:
 cli.add_command(serve)
 cli.add_command(sync)
 cli.add_command(runs)
+for _command in (reindex, rollback, activate, compact):
+    cli.add_command(_command)
 cli.add_command(keys)
 
 

@@ -1,12 +1,24 @@
-"""Collection listing and removal (the canonical rows and every derived index file)."""
+"""Collections as users see them: a name, its active version, the versions kept beside it,
+their sizes and their garbage; removal and compaction.
+
+A name either is a collection or is an alias pointing at one of its versions (``name@vN``,
+made by ``reindex``); the name itself stays valid as version 1 of an alias of the same name.
+Nothing here touches another collection's files."""
 
 from __future__ import annotations
 
+import re
 import shutil
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from semsearch.errors import InputError
+from semsearch.ports import CollectionInfo
 from semsearch.wiring import Engine
+
+_VERSION = re.compile(r"^(?P<base>.+)@v(?P<n>\d+)$")
 
 
 def _dir_bytes(path: Path) -> int:
@@ -15,27 +27,141 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def version_of(physical: str) -> tuple[str, int]:
+    """``docs@v3`` -> (``docs``, 3); a plain name is version 1 of itself."""
+    m = _VERSION.match(physical)
+    return (m["base"], int(m["n"])) if m else (physical, 1)
+
+
+def versions(engine: Engine, name: str) -> list[CollectionInfo]:
+    """Every stored version of a collection name, oldest first."""
+    found = [i for i in engine.store.list_collections() if version_of(i.name)[0] == name]
+    return sorted(found, key=lambda i: version_of(i.name)[1])
+
+
+def _version_row(engine: Engine, info: CollectionInfo, active: str) -> dict[str, Any]:
+    vectors_deleted = 0
+    vector_entries = None
+    if engine.has_indexes(info.name) or engine.settings.index_dir(info.name).exists():
+        idx = engine.indexes(info.name)
+        vectors_deleted = idx.vectors.deleted
+        vector_entries = len(idx.vectors)
+    return {
+        "name": info.name, "version": version_of(info.name)[1],
+        "active": info.name == active, "model": info.identity.model,
+        "identity": info.identity.to_dict(), "chunker": dict(info.chunker),
+        "documents": info.documents, "chunks": info.chunks,
+        "vectors_live": vector_entries, "vectors_deleted": vectors_deleted,
+        "generation": info.generation, "created_at": info.created_at,
+        "bytes_on_disk": _dir_bytes(engine.settings.index_dir(info.name)),
+    }
+
+
 def describe_collections(engine: Engine) -> list[dict[str, Any]]:
+    """One row per collection name, describing its active version, with all versions."""
+    aliases = engine.store.list_aliases()
+    names = sorted({version_of(i.name)[0] for i in engine.store.list_collections()}
+                   | set(aliases))
     rows: list[dict[str, Any]] = []
-    for info in engine.store.list_collections():
-        rows.append({
-            "name": info.name,
-            "documents": info.documents,
-            "chunks": info.chunks,
-            "identity": info.identity.to_dict(),
-            "model": info.identity.model,
-            "dimension": info.identity.dimension,
-            "metric": info.identity.metric,
-            "chunker": dict(info.chunker),
-            "generation": info.generation,
-            "created_at": info.created_at,
-            "bytes_on_disk": _dir_bytes(engine.settings.index_dir(info.name)),
+    for name in names:
+        active = aliases[name][0] if name in aliases else name
+        infos = versions(engine, name)
+        by_name = {i.name: i for i in infos}
+        if active not in by_name:
+            continue  # versions only (a shadow being built for a name not yet aliased)
+        info = by_name[active]
+        row = _version_row(engine, info, active)
+        row.update({
+            "name": name, "active_version": row.pop("version"), "active": info.name,
+            "dimension": info.identity.dimension, "metric": info.identity.metric,
+            "previous": list(aliases[name][1]) if name in aliases else [],
+            "versions": [_version_row(engine, i, active) for i in infos],
         })
+        rows.append(row)
     return rows
 
 
-def drop_collection(engine: Engine, name: str) -> None:
-    engine.store.get_collection(name)  # unknown name -> NotFoundError before touching files
-    engine.forget_indexes(name)
-    engine.store.drop_collection(name)
-    shutil.rmtree(engine.settings.index_dir(name), ignore_errors=True)
+def physical_name(name: str) -> str:
+    """``docs@v1`` is the collection created under the plain name ``docs``."""
+    base, n = version_of(name)
+    return base if n == 1 else name
+
+
+def drop_collection(engine: Engine, name: str) -> list[str]:
+    """Drop a collection name with all its versions, or one version (``name@vN``) that is
+    not the active one. Returns what was dropped."""
+    base, _ = version_of(name)
+    if name != base:  # one version
+        physical = physical_name(name)
+        alias = engine.store.get_alias(base)
+        target, history = alias if alias else (base, [])
+        if physical == target:
+            raise InputError(f"{name!r} is the active version of {base!r}; roll back or "
+                             f"activate another version first, or drop {base!r} entirely")
+        _drop_physical(engine, physical)
+        if alias is not None:
+            engine.store.set_alias(base, target, target,
+                                   [h for h in history if h != physical],
+                                   carry_sync_state=False)
+        return [physical]
+    infos = versions(engine, name)
+    if not infos:
+        engine.store.get_collection(name)  # unknown name -> NotFoundError
+    for info in infos:
+        _drop_physical(engine, info.name)
+    engine.store.drop_alias(name)
+    return [i.name for i in infos]
+
+
+def _drop_physical(engine: Engine, physical: str) -> None:
+    engine.store.get_collection(physical)  # unknown -> NotFoundError before touching files
+    engine.forget_indexes(physical)
+    engine.store.drop_collection(physical)
+    shutil.rmtree(engine.settings.index_dir(physical), ignore_errors=True)
+
+
+@dataclass
+class CompactReport:
+    collection: str
+    version: str
+    vectors_deleted_before: int
+    vectors_deleted_after: int
+    bytes_before: dict[str, int]
+    bytes_after: dict[str, int]
+    bytes_freed: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compact_collection(engine: Engine, name: str, store: bool = True) -> CompactReport:
+    """Reclaim the space deleted documents still hold: tombstoned vector slots, deleted
+    keyword postings, and (``store``) free pages of the canonical store, which is shared by
+    every collection. Results are the same before and after."""
+    started = time.perf_counter()
+    physical = engine.resolve(name)
+    idx = engine.fresh_indexes(physical)
+
+    def sizes() -> dict[str, int]:
+        out = {"vectors": idx.vectors.disk_bytes(), "keyword": idx.keyword.disk_bytes()}
+        if store:
+            out["store"] = engine.store.disk_usage()["bytes"]
+        return out
+
+    with idx.rw.write():
+        info = engine.store.get_collection(physical)
+        if not idx.is_saved(info.generation):
+            idx.save(info.generation)
+        before, deleted_before = sizes(), idx.vectors.deleted
+        with idx.lock:
+            idx.vectors.compact()
+            idx.keyword.compact()
+        if store:
+            engine.store.vacuum()
+        after = sizes()
+    return CompactReport(
+        collection=name, version=physical, vectors_deleted_before=deleted_before,
+        vectors_deleted_after=idx.vectors.deleted, bytes_before=before, bytes_after=after,
+        bytes_freed=sum(before.values()) - sum(after.values()),
+        seconds=round(time.perf_counter() - started, 3))

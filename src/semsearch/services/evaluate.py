@@ -35,7 +35,8 @@ def evaluate_collection(engine: Engine, collection: str, dataset: Path,
     qrels = beir.load_qrels(dataset, split)
     if any(m != Mode.KEYWORD for m in modes):
         # One batched pass fills the cache, so per-query searches don't embed one by one.
-        engine.embedder.embed(list(queries.values()), InputType.QUERY)
+        info = engine.store.get_collection(engine.resolve(collection))
+        engine.embedder_for(info).embed(list(queries.values()), InputType.QUERY)
     reports: list[ModeReport] = []
     for mode in modes:
         run: dict[str, dict[str, float]] = {}

@@ -54,13 +54,17 @@ MAX_REASONS = 20
 
 
 def ensure_collection(engine: Engine, name: str) -> CollectionInfo:
-    """Open the collection, creating it stamped with the configured embedder and chunker."""
+    """Open the collection (the version its name points at), creating it stamped with the
+    configured embedder and chunker."""
     from semsearch.errors import NotFoundError
 
-    _validate_name(name)
+    if "@" not in name:  # name@vN: a version made by reindex, never created here
+        _validate_name(name)
+    name = engine.resolve(name)
     try:
         info = engine.store.get_collection(name)
     except NotFoundError:
+        _validate_name(name)
         s = engine.settings
         cfg = ChunkerConfig(max_tokens=s.chunk_max_tokens, overlap_tokens=s.chunk_overlap_tokens,
                             strategy=s.chunk_strategy)
@@ -107,9 +111,11 @@ def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     info = ensure_collection(engine, collection)
+    logical, collection = collection, info.name
     cfg = ChunkerConfig.from_dict(dict(info.chunker))
     idx = engine.fresh_indexes(collection)
-    tokenizer = engine.embedder.embedder.tokenizer
+    embedder = engine.embedder_for(info)
+    tokenizer = embedder.embedder.tokenizer
     report = IndexReport(collection=collection)
     stats = EmbedStats()
     generation = info.generation
@@ -138,7 +144,7 @@ def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *
             if todo:
                 chunk_lists = [chunk_document(d, tokenizer, cfg) for d in todo]
                 texts = [c.embed_text for cl in chunk_lists for c in cl]
-                vectors = engine.embedder.embed(texts, InputType.PASSAGE, stats)
+                vectors = embedder.embed(texts, InputType.PASSAGE, stats)
                 per_doc = split_vectors(vectors, [len(cl) for cl in chunk_lists])
                 writes = [DocumentWrite(d, hashes[d.id], cl, doc_vector(v))
                           for d, cl, v in zip(todo, chunk_lists, per_doc, strict=True)]
@@ -165,7 +171,7 @@ def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *
             idx.save(generation)
         _fill(report, stats)
         report.seconds = round(time.perf_counter() - started, 3)
-        engine.store.record_run(collection, "index", started_at,
+        engine.store.record_run(logical, "index", started_at,
                                 "ok" if report.status == "ok" else "failed", report.to_dict()
                                 | {"latency_histogram": latency_histogram(stats.latencies_ms)})
     return report
@@ -186,6 +192,7 @@ def _fill(report: IndexReport, stats: EmbedStats) -> None:
 
 
 def delete_documents(engine: Engine, collection: str, doc_ids: list[str]) -> int:
+    collection = engine.resolve(collection)
     engine.store.get_collection(collection)
     idx = engine.fresh_indexes(collection)
     present = set(engine.store.content_hashes(collection, doc_ids))

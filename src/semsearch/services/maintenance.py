@@ -26,15 +26,16 @@ class RebuildReport:
 def rebuild_indexes(engine: Engine, collection: str,
                     on_progress: Callable[[int], None] | None = None) -> RebuildReport:
     started = time.perf_counter()
+    collection = engine.resolve(collection)
     info = engine.store.get_collection(collection)
-    engine.check_identity(info)
+    embedder = engine.embedder_for(info)
     # Start from nothing on disk, so a corrupt file cannot survive a rebuild.
     engine.forget_indexes(collection)
     shutil.rmtree(engine.settings.index_dir(collection), ignore_errors=True)
     idx = engine.indexes(collection)
     with idx.rw.write():
         info = engine.store.get_collection(collection)
-        stats = idx.rebuild(engine.store, engine.embedder, info.generation, on_progress)
+        stats = idx.rebuild(engine.store, embedder, info.generation, on_progress)
     return RebuildReport(collection=collection, chunks=info.chunks, embedded=stats.embedded,
                          cache_hits=stats.cache_hits,
                          seconds=round(time.perf_counter() - started, 3))

@@ -94,8 +94,9 @@ def _retrieve(engine: Engine, idx: CollectionIndexes, req: SearchRequest, qv: Ve
 def search(engine: Engine, collection: str, req: SearchRequest) -> SearchResult:
     req.validate()
     started = time.perf_counter()
+    collection = engine.resolve(collection)
     info = engine.store.get_collection(collection)
-    engine.check_identity(info)
+    embedder = engine.embedder_for(info)
     idx = engine.fresh_indexes(collection)
     timings: dict[str, float] = {}
     allowed: set[int] | None = None
@@ -106,7 +107,7 @@ def search(engine: Engine, collection: str, req: SearchRequest) -> SearchResult:
     qv = None
     if req.mode != Mode.KEYWORD:  # embed outside the lock: it is the slow part
         t = time.perf_counter()
-        qv = engine.embedder.embed([req.query], InputType.QUERY)[0]
+        qv = embedder.embed([req.query], InputType.QUERY)[0]
         timings["embed"] = time.perf_counter() - t
     with idx.rw.read():  # a concurrent batch upsert is seen whole or not at all
         return _search_locked(engine, collection, idx, req, qv, allowed, timings, started)

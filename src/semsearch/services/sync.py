@@ -151,14 +151,16 @@ class _Run:
         self.fail = fail
         self.stats = EmbedStats()
         self.info = ensure_collection(engine, spec.collection)
+        self.coll = self.info.name  # the version the collection's name points at
+        self.embedder = engine.embedder_for(self.info)
         self.cfg = ChunkerConfig.from_dict(dict(self.info.chunker))
-        self.idx: CollectionIndexes = engine.fresh_indexes(spec.collection)
+        self.idx: CollectionIndexes = engine.fresh_indexes(self.coll)
         self.generation = self.info.generation
         self.live: set[str] = set()
 
     # -- per batch -----------------------------------------------------------------------
     def prepare(self, rows: Sequence[SourceRow]) -> _Batch:
-        coll = self.spec.collection
+        coll = self.coll
         r = self.report
         latest: dict[str, SourceRow] = {}
         for row in rows:  # one id twice in a batch (a query with a join): the last wins
@@ -217,11 +219,11 @@ class _Run:
                rejected: dict[str, str]) -> tuple[list[DocumentWrite], Vectors | None]:
         if not docs:
             return [], None
-        tokenizer = self.engine.embedder.embedder.tokenizer
+        tokenizer = self.embedder.embedder.tokenizer
         chunk_lists = [chunk_document(d, tokenizer, self.cfg) for d in docs]
         texts = [c.embed_text for cl in chunk_lists for c in cl]
         try:
-            vectors = self.engine.embedder.embed(texts, InputType.PASSAGE, self.stats)
+            vectors = self.embedder.embed(texts, InputType.PASSAGE, self.stats)
         except InputError:
             if len(docs) == 1:
                 raise
@@ -257,8 +259,7 @@ class _Run:
                               rejected=batch.rejected, gone=batch.gone)
         self.fail.hit("before_commit")
         with self.idx.rw.write():  # searches see the batch whole or not at all
-            result = self.engine.store.write(self.spec.collection, batch.writes,
-                                             batch.deletes, ledger)
+            result = self.engine.store.write(self.coll, batch.writes, batch.deletes, ledger)
             self.fail.hit("after_commit")
             if result.generation != self.generation:
                 vectors = batch.vectors if batch.vectors is not None \
@@ -266,7 +267,7 @@ class _Run:
                 try:
                     self.idx.apply(result, vectors)
                 except BaseException:
-                    self.engine.forget_indexes(self.spec.collection)
+                    self.engine.forget_indexes(self.coll)
                     raise
         self.generation = result.generation
         self.report.chunks_written += len(result.added)
@@ -277,7 +278,7 @@ class _Run:
 
     def save_indexes(self) -> None:
         idx = self.idx
-        if self.engine.has_indexes(self.spec.collection) and idx.is_fresh(self.generation) \
+        if self.engine.has_indexes(self.coll) and idx.is_fresh(self.generation) \
                 and not idx.is_saved(self.generation):
             self.fail.hit("before_save")
             idx.save(self.generation)
@@ -300,7 +301,8 @@ def sync(engine: Engine, source: SyncSource, spec: SourceSpec, *, full: bool = F
         run: _Run | None = None
         run_id = 0
         try:
-            state = store.sync_state(coll) if _exists(engine, coll) else None
+            phys = engine.resolve(coll)
+            state = store.sync_state(phys) if _exists(engine, phys) else None
             if state is not None and state.source != source.name:
                 raise InputError(
                     f"collection {coll!r} is synced from {state.source}; refusing to sync it "
@@ -330,8 +332,8 @@ def sync(engine: Engine, source: SyncSource, spec: SourceSpec, *, full: bool = F
             # first/full read's watermark (taken before it started) be recorded.
             deletes: list[str] = []
             if report.mode == "full":
-                deletes = [i for i in store.all_doc_ids(coll) if i not in run.live]
-                stale_rejects = [i for i in store.rejects(coll) if i not in run.live]
+                deletes = [i for i in store.all_doc_ids(run.coll) if i not in run.live]
+                stale_rejects = [i for i in store.rejects(run.coll) if i not in run.live]
             else:
                 stale_rejects = []
             final_pos = head if head is not None else (

@@ -62,10 +62,10 @@ def _example(report: AuditReport, kind: str, doc_id: str) -> None:
 
 def audit(engine: Engine, source: SyncSource, spec: SourceSpec, *, repair: bool = False,
           on_progress: Callable[[int], None] | None = None) -> AuditReport:
-    coll = spec.collection
+    coll = engine.resolve(spec.collection)
     info = engine.store.get_collection(coll)
-    report = AuditReport(collection=coll, source=source.name)
-    with collection_lock(engine, coll):
+    report = AuditReport(collection=spec.collection, source=source.name)
+    with collection_lock(engine, spec.collection):
         source.check()
         stored_ids = set(engine.store.all_doc_ids(coll))
         live: set[str] = set()
@@ -120,6 +120,6 @@ def audit(engine: Engine, source: SyncSource, spec: SourceSpec, *, repair: bool 
             idx = engine.fresh_indexes(coll)  # rebuilds when the generation is behind
             if len(idx.vectors) != info.chunks or len(idx.keyword) != info.chunks:
                 with idx.rw.write():  # same generation, wrong contents: damaged files
-                    idx.rebuild(engine.store, engine.embedder, info.generation)
+                    idx.rebuild(engine.store, engine.embedder_for(info), info.generation)
             report.rebuilt_indexes = True
     return report

@@ -132,6 +132,26 @@ class Fts5KeywordIndex:
                 raise BackendError(f"keyword search failed: {e}") from e
         return [(int(label), -float(score)) for label, score in rows]
 
+    def disk_bytes(self) -> int:
+        with self._lock:
+            page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+        return page * pages
+
+    def compact(self) -> None:
+        """Merge FTS5 segments (dropping deleted entries) and return free pages to the OS.
+        Only between saves: pending writes are committed by ``save`` first."""
+        with self._lock:
+            if self._db.in_transaction:
+                raise BackendError("keyword index has unsaved writes; save before compacting")
+            try:
+                self._db.execute("INSERT INTO terms(terms) VALUES ('optimize')")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._db.execute("VACUUM")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as e:
+                raise BackendError(f"keyword index compaction failed: {e}") from e
+
     def close(self) -> None:
         """Close the file; writes not yet ``save``d are rolled back."""
         with self._lock:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from semsearch.core.filters import Filter
-from semsearch.core.types import Chunk, EmbedderIdentity
+from semsearch.core.types import Chunk, Document, EmbedderIdentity
 from semsearch.errors import InputError, NotFoundError
 from semsearch.ports import (
     CollectionInfo,
@@ -82,6 +82,12 @@ CREATE TABLE IF NOT EXISTS sync_state (
     position TEXT,
     updated_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS aliases (
+    alias TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    history TEXT NOT NULL DEFAULT '[]',
+    updated_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rejects (
     collection TEXT NOT NULL,
     doc_id TEXT NOT NULL,
@@ -136,6 +142,66 @@ class SqliteDocumentStore:
                 "VALUES (?, ?, ?, 0, ?)",
                 (name, json.dumps(identity.to_dict()), json.dumps(dict(chunker)), _now()))
         return self.get_collection(name)
+
+    # -- aliases (versioned collections) ---------------------------------------------------
+    def resolve(self, name: str) -> str:
+        """The collection a name means now: an alias's target, else the name itself."""
+        with self._lock:
+            row = self._conn.execute("SELECT target FROM aliases WHERE alias = ?",
+                                     (name,)).fetchone()
+        return str(row[0]) if row else name
+
+    def get_alias(self, alias: str) -> tuple[str, list[str]] | None:
+        with self._lock:
+            row = self._conn.execute("SELECT target, history FROM aliases WHERE alias = ?",
+                                     (alias,)).fetchone()
+        return None if row is None else (str(row[0]), list(json.loads(row[1])))
+
+    def list_aliases(self) -> dict[str, tuple[str, list[str]]]:
+        with self._lock:
+            rows = self._conn.execute("SELECT alias, target, history FROM aliases").fetchall()
+        return {r[0]: (r[1], list(json.loads(r[2]))) for r in rows}
+
+    def set_alias(self, alias: str, target: str, expected: str, history: Sequence[str],
+                  carry_sync_state: bool = True) -> None:
+        """Point ``alias`` at ``target`` in one transaction, only if it still points at
+        ``expected`` (compare-and-swap: two swaps cannot interleave). The sync ledger moves
+        with it, so the next sync resumes from the same watermark."""
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                row = c.execute("SELECT target FROM aliases WHERE alias = ?",
+                                (alias,)).fetchone()
+                current = str(row[0]) if row else alias
+                if current != expected:
+                    raise InputError(f"collection {alias!r} now points at {current!r}, not "
+                                     f"{expected!r}: another swap happened; nothing changed")
+                if c.execute("SELECT 1 FROM collections WHERE name = ?",
+                             (target,)).fetchone() is None:
+                    raise NotFoundError(f"unknown collection version {target!r}")
+                c.execute("INSERT INTO aliases (alias, target, history, updated_at) VALUES "
+                          "(?, ?, ?, ?) ON CONFLICT (alias) DO UPDATE SET target = "
+                          "excluded.target, history = excluded.history, updated_at = "
+                          "excluded.updated_at", (alias, target, json.dumps(list(history)),
+                                                  _now()))
+                if carry_sync_state and current != target:
+                    c.execute("DELETE FROM sync_state WHERE collection = ?", (target,))
+                    c.execute("INSERT INTO sync_state (collection, source, spec, position, "
+                              "updated_at) SELECT ?, source, spec, position, updated_at FROM "
+                              "sync_state WHERE collection = ?", (target, current))
+                    c.execute("DELETE FROM rejects WHERE collection = ?", (target,))
+                    c.execute("INSERT INTO rejects (collection, doc_id, reason, seen_at) "
+                              "SELECT ?, doc_id, reason, seen_at FROM rejects WHERE "
+                              "collection = ?", (target, current))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+    def drop_alias(self, alias: str) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM aliases WHERE alias = ?", (alias,))
 
     def get_collection(self, name: str) -> CollectionInfo:
         # On every search's path: one indexed row, counts kept up to date by write().
@@ -336,6 +402,37 @@ class SqliteDocumentStore:
                 f"AND d.id = c.doc_id WHERE c.collection = ? AND {where}",
                 [collection, *params])
             return {int(r[0]) for r in rows}
+
+    def iter_documents(self, collection: str, batch: int = 500) -> Iterator[list[Document]]:
+        """Every document in id order, in pages: what a re-index reads."""
+        last = ""
+        first = True
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT id, title, text, metadata FROM documents WHERE collection = ? "
+                    "AND (? OR id > ?) ORDER BY id LIMIT ?",
+                    (collection, first, last, batch)).fetchall()
+            if not rows:
+                return
+            first = False
+            last = rows[-1][0]
+            yield [Document(id=r[0], title=r[1], text=r[2], metadata=json.loads(r[3]))
+                   for r in rows]
+
+    def disk_usage(self) -> dict[str, int]:
+        """Bytes of the store file and how many of them are free pages VACUUM would return."""
+        with self._lock:
+            page = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
+            pages = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
+            free = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
+        return {"bytes": page * pages, "reclaimable_bytes": page * free}
+
+    def vacuum(self) -> None:
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.execute("VACUUM")
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def all_doc_ids(self, collection: str) -> list[str]:
         with self._lock:

@@ -304,6 +304,29 @@ class LocalVectorIndex:
             else:
                 self._hnsw, self._tombstones = hnsw, in_graph - row_of.keys()
 
+    @property
+    def deleted(self) -> int:
+        """Removed vectors still holding space (graph slots) until ``compact``."""
+        return len(self._tombstones)
+
+    def disk_bytes(self) -> int:
+        if not self._path.exists():
+            return 0
+        return sum(p.stat().st_size for p in self._path.iterdir() if p.is_file())
+
+    def compact(self) -> None:
+        """Drop tombstoned graph slots and spare rows, then save at the same generation.
+        The graph is rebuilt from the live vectors, so results are unchanged."""
+        with self._lock:
+            self._vecs = np.ascontiguousarray(self._vecs[: self._n])
+            self._labels = np.ascontiguousarray(self._labels[: self._n])
+            if self._hnsw is not None:
+                self._hnsw, self._tombstones = None, set()
+                self._ensure_ann()
+            generation = self._generation
+            if generation >= 0:
+                self.save(generation)
+
     def clear(self) -> None:
         """Empty the in-memory index (files stay until the next ``save``); generation -> -1."""
         with self._lock:
