@@ -31,10 +31,12 @@ def _local_embedder(settings: Settings) -> Embedder:
         raise InputError(f"unknown local model {settings.embedder_model!r}; the local "
                          f"embedder ships {', '.join(sorted(LOCAL_MODELS))}")
 
+    # The embedder truncates at the smaller of the model's window and the chunk size.
     return LocalOnnxEmbedder(settings.models_dir, precision=settings.embedder_precision,
                              threads=settings.embedder_threads,
                              batch_size=settings.embed_batch_size,
-                             max_tokens=settings.chunk_max_tokens)
+                             max_tokens=settings.chunk_max_tokens,
+                             model=settings.embedder_model)
 
 
 def _openai_embedder(settings: Settings) -> Embedder:

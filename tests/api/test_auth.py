@@ -43,6 +43,9 @@ SAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/collections/{name}/documents/{doc_id}"): {},
     ("DELETE", "/collections/{name}/documents/{doc_id}"): {},
     ("POST", "/collections/{name}/documents/delete"): {"json": {"ids": ["d9"]}},
+    ("POST", "/collections/{name}/rollback"): {},
+    ("POST", "/collections/{name}/activate/{version}"): {},
+    ("POST", "/collections/{name}/compact"): {},
 }
 
 
@@ -90,7 +93,7 @@ def _endpoints(srv: LiveServer) -> list[tuple[str, str, BaseRoute]]:
 
 
 def _url(path: str) -> str:
-    return path.replace("{name}", "docs").replace("{doc_id}", "d1")
+    return path.replace("{name}", "docs").replace("{doc_id}", "d1").replace("{version}", "1")
 
 
 def _assert_error(r: httpx.Response, status: int, code: str, *secrets: str) -> None:

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from semsearch.errors import (
     BackendError,
+    BusyError,
     IdentityMismatchError,
     InputError,
     NotFoundError,
@@ -39,7 +40,7 @@ def error_response(status: int, code: str, message: str,
 def status_of(exc: SemsearchError) -> int:
     if isinstance(exc, NotFoundError):
         return 404
-    if isinstance(exc, IdentityMismatchError):
+    if isinstance(exc, IdentityMismatchError | BusyError):
         return 409
     if isinstance(exc, InputError):
         return 422

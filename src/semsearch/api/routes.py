@@ -174,7 +174,8 @@ def _search(request: Request, engine: Engine, who: Principal, body: SearchBody) 
     request.app.state.metrics.observe_stages(result.timings, body.mode)
     hits = [h.to_dict() for h in result.hits]
     return SearchResponse(hits=hits, total=len(hits),  # type: ignore[arg-type]
-                          timings_ms={k: round(v * 1000, 3) for k, v in result.timings.items()})
+                          timings_ms={k: round(v * 1000, 3) for k, v in result.timings.items()},
+                          version=result.version)
 
 
 @router.get("/search", response_model=SearchResponse, tags=["search"])
@@ -226,6 +227,34 @@ def drop_collection(name: str, engine: EngineDep, who: Who) -> dict[str, Any]:
     require(who, name, "admin")
     drop(engine, name)
     return {"dropped": name}
+
+
+@router.post("/collections/{name}/rollback", tags=["collections"])
+def rollback_collection(name: str, engine: EngineDep, who: Who) -> dict[str, Any]:
+    """Serve the version that was active before the last swap; the current one is kept."""
+    from semsearch.services.versions import rollback
+
+    require(who, name, "admin")
+    return rollback(engine, name)
+
+
+@router.post("/collections/{name}/activate/{version}", tags=["collections"])
+def activate_collection(name: str, version: int, engine: EngineDep,
+                        who: Who) -> dict[str, Any]:
+    """Serve a kept version (``semsearch reindex`` builds them)."""
+    from semsearch.services.versions import activate
+
+    require(who, name, "admin")
+    return activate(engine, name, version)
+
+
+@router.post("/collections/{name}/compact", tags=["collections"])
+def compact_collection(name: str, engine: EngineDep, who: Who) -> dict[str, Any]:
+    """Reclaim the space of deleted vectors and keyword entries; report bytes freed."""
+    from semsearch.services.collections import compact_collection as compact
+
+    require(who, name, "admin")
+    return compact(engine, name).to_dict()
 
 
 @router.post("/collections/{name}/documents", tags=["documents"])

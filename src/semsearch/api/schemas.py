@@ -63,6 +63,7 @@ class SearchResponse(BaseModel):
     hits: list[HitOut]
     total: int
     timings_ms: dict[str, float]
+    version: str = Field(default="", description="the collection version that answered")
 
 
 class DocumentIn(BaseModel):

@@ -17,15 +17,27 @@ def _installed(dist: str) -> bool:
 
 
 def available_models(settings: Settings) -> list[dict[str, Any]]:
-    from semsearch.adapters.embedders.onnx_local import MODEL_ID, WEIGHTS_PACKAGE
+    from semsearch.adapters.embedders.onnx_local import (
+        DEFAULT_MODEL,
+        LOCAL_MODEL_NAMES,
+        PRECISIONS,
+    )
 
-    local = _installed(WEIGHTS_PACKAGE)
-    rows: list[dict[str, Any]] = [
-        {"id": MODEL_ID, "provider": "local", "precision": p, "dimension": 384,
-         "max_tokens": 256, "installed": local,
-         "configured": settings.embedder == "local" and settings.embedder_precision == p,
-         "how": f"SEMSEARCH_EMBEDDER=local SEMSEARCH_EMBEDDER_PRECISION={p}"}
-        for p in ("int8", "fp32")]
+    selected = (LOCAL_MODEL_NAMES.get(settings.embedder_model)
+                if settings.embedder_model else DEFAULT_MODEL)
+    rows: list[dict[str, Any]] = []
+    for model in dict.fromkeys(LOCAL_MODEL_NAMES.values()):
+        installed = _installed(model.weights_package)
+        choose = "" if model is DEFAULT_MODEL else f" SEMSEARCH_EMBEDDER_MODEL={model.name}"
+        rows += [
+            {"id": model.id, "provider": "local", "precision": p,
+             "dimension": model.dimension,
+             "max_tokens": min(model.window, settings.chunk_max_tokens),
+             "installed": installed,
+             "configured": (settings.embedder == "local" and selected is model
+                            and settings.embedder_precision == p),
+             "how": f"SEMSEARCH_EMBEDDER=local{choose} SEMSEARCH_EMBEDDER_PRECISION={p}"}
+            for p in PRECISIONS]
     rows.append({
         "id": settings.embedder_model or "<SEMSEARCH_EMBEDDER_MODEL>",
         "provider": "openai-compatible", "dimension": settings.embedder_dimensions,

