@@ -129,7 +129,8 @@ def test_other_model_identity_is_refused_and_nothing_is_lost(engine: Engine,
     index_documents(engine, "s", _docs())
     other = open_engine(Settings(embedder_precision="fp32"))
     try:
-        with pytest.raises(IdentityMismatchError, match=r"int8.*fp32"):
+        with pytest.raises(IdentityMismatchError, match=r"int8.*fp32.*semsearch reindex -c s "
+                                                        r"--model "):
             search(other, "s", SearchRequest(VEG))
         with pytest.raises(IdentityMismatchError):
             index_documents(other, "s", _docs()[:1])
