@@ -90,3 +90,37 @@ def test_wrong_key_fails_fast_and_stores_nothing(settings: Settings,
         assert engine.store.list_runs("denied")[0]["status"] == "failed"
     finally:
         engine.close()
+
+
+def test_sync_skips_rows_the_provider_refuses_and_keeps_the_rest(
+        settings: Settings, server: FakeOpenAIServer, tmp_path: Path) -> None:
+    """A batch the API refuses is retried row by row: the refused row is recorded with the
+    provider's reason, its neighbours are indexed, and the run succeeds."""
+    import sqlite3
+
+    from semsearch.services.sync import sync
+    from semsearch.services.sync_config import SourceSpec
+    from semsearch.wiring import make_source
+
+    db = tmp_path / "src.db"
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        c.executemany("INSERT INTO notes VALUES (?, ?)",
+                      [(i, f"Short note number {i} about tea.") for i in range(1, 6)])
+        c.execute("INSERT INTO notes VALUES (6, ?)", (" ".join(["word"] * 120),))
+    spec = SourceSpec(collection="notes", source=f"sqlite:///{db}", table="notes",
+                      text=("body",)).validate()
+    # The provider takes at most 64 tokens per input; the chunker makes 256-token chunks.
+    engine = open_engine(_api_settings(server, embedder_max_input_tokens=64))
+    source = make_source(spec, engine.settings)
+    try:
+        report = sync(engine, source, spec)
+        ids = engine.store.all_doc_ids("notes")
+        rejects = engine.store.rejects("notes")
+    finally:
+        source.close()
+        engine.close()
+    assert report.status == "ok" and (report.new, report.rejected) == (5, 1)
+    assert ids == ["1", "2", "3", "4", "5"]
+    assert list(rejects) == ["6"] and rejects["6"].startswith("the embedder refused it:")
+    assert "64" in rejects["6"]
