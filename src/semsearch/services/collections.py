@@ -40,10 +40,13 @@ def versions(engine: Engine, name: str) -> list[CollectionInfo]:
 
 
 def _version_row(engine: Engine, info: CollectionInfo, active: str) -> dict[str, Any]:
-    vectors_deleted = 0
-    vector_entries = None
-    if engine.has_indexes(info.name) or engine.settings.index_dir(info.name).exists():
-        idx = engine.indexes(info.name)
+    # Counting needs the index in memory: the active version's is (it serves); a kept
+    # version's is only read if this process already holds it.
+    vectors_deleted: int | None = None
+    vector_entries: int | None = None
+    if engine.has_indexes(info.name) or (
+            info.name == active and engine.settings.index_dir(info.name).exists()):
+        idx = engine.indexes(info.name)  # as saved: listing never rebuilds or embeds
         vectors_deleted = idx.vectors.deleted
         vector_entries = len(idx.vectors)
     return {
