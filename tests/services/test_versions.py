@@ -11,7 +11,7 @@ import pytest
 from semsearch.adapters.sources.files import iter_documents
 from semsearch.config import Settings
 from semsearch.core.types import Document, Mode
-from semsearch.errors import InputError, NotFoundError
+from semsearch.errors import IdentityMismatchError, InputError, NotFoundError
 from semsearch.services.collections import compact_collection, describe_collections, drop_collection
 from semsearch.services.ingest import delete_documents, index_documents
 from semsearch.services.quickstart import sample_dir
@@ -171,5 +171,58 @@ def test_compaction_frees_deleted_vectors_and_keeps_results(
         row = next(r for r in describe_collections(engine) if r["name"] == "s")
         assert row["vectors_deleted"] == 0 and row["vectors_live"] == row["chunks"]
         assert _answers(engine, "s") == before
+    finally:
+        engine.close()
+
+
+L3 = "paraphrase-MiniLM-L3-v2"
+
+
+def test_reindex_to_the_second_model_and_serve_it_without_reconfiguring(
+        engine: Engine, settings: Settings, docs: list[Document],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    index_documents(engine, "s", docs)
+    plan = plan_reindex(engine, "s", L3)
+    assert plan.identity["model"] == "sentence-transformers/paraphrase-MiniLM-L3-v2"
+    assert plan.chunker["max_tokens"] == 128  # fits the model's window
+    assert plan.cached_chunks == 0 and plan.tokens_to_embed == plan.tokens > 0
+    report = reindex(engine, "s", model=L3)
+    assert report.swapped and report.build["embedded"] == plan.chunks
+    info = engine.store.get_collection("s@v2")
+    assert info.identity.model.endswith(L3) and info.identity.dimension == 384
+    assert _ids(engine, "s", VEG)[0] == "storing-vegetables.md"
+
+    # Another process with default settings serves the new version with its model...
+    fresh = open_engine(Settings())
+    try:
+        assert _ids(fresh, "s", VEG)[0] == "storing-vegetables.md"
+        rollback(fresh, "s")
+        assert search(fresh, "s", SearchRequest(VEG)).version == "s"
+    finally:
+        fresh.close()
+    activate(engine, "s", 2)
+    # ...but one configured explicitly for the other model refuses, naming both.
+    monkeypatch.setenv("SEMSEARCH_EMBEDDER_MODEL", "all-MiniLM-L6-v2")
+    pinned = open_engine(Settings())
+    try:
+        with pytest.raises(IdentityMismatchError, match=r"paraphrase-MiniLM-L3-v2.*"
+                           r"all-MiniLM-L6-v2.*semsearch reindex -c s --model"):
+            search(pinned, "s", SearchRequest(VEG))
+        with pytest.raises(IdentityMismatchError):
+            index_documents(pinned, "s", SHORT[:1])
+    finally:
+        pinned.close()
+    assert engine.store.get_collection("s@v2").documents == len(docs)
+
+
+def test_a_new_collection_fits_its_chunks_to_the_models_window(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEMSEARCH_EMBEDDER_MODEL", L3)
+    engine = open_engine(Settings())
+    try:
+        index_documents(engine, "l3", list(iter_documents(sample_dir())))
+        info = engine.store.get_collection("l3")
+        assert info.chunker["max_tokens"] == 128 and info.identity.max_tokens == 128
+        assert _ids(engine, "l3", VEG)[0] == "storing-vegetables.md"
     finally:
         engine.close()

@@ -66,10 +66,14 @@ def ensure_collection(engine: Engine, name: str) -> CollectionInfo:
     except NotFoundError:
         _validate_name(name)
         s = engine.settings
-        cfg = ChunkerConfig(max_tokens=s.chunk_max_tokens, overlap_tokens=s.chunk_overlap_tokens,
-                            strategy=s.chunk_strategy)
-        return engine.store.create_collection(name, engine.embedder.embedder.identity,
-                                              cfg.to_dict())
+        identity = engine.embedder.embedder.identity
+        # Chunks must fit the model's window (128 tokens for paraphrase-MiniLM-L3-v2), or
+        # the model silently cuts every chunk's tail.
+        size = min(s.chunk_max_tokens, identity.max_tokens)
+        overlap = s.chunk_overlap_tokens if size == s.chunk_max_tokens \
+            else min(s.chunk_overlap_tokens, size // 4)
+        cfg = ChunkerConfig(max_tokens=size, overlap_tokens=overlap, strategy=s.chunk_strategy)
+        return engine.store.create_collection(name, identity, cfg.to_dict())
     engine.check_identity(info)
     return info
 
