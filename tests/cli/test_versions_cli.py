@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 from semsearch.config import Settings
 from tests.cli.test_cli import run
@@ -41,5 +42,13 @@ def test_reindex_dry_run_swap_rollback_compact(settings: Settings) -> None:
     comp = run(settings, "compact", "-c", "quickstart", "--json")
     assert comp.returncode == 0 and json.loads(comp.stdout)["version"] == "quickstart@v2"
     hits = json.loads(run(settings, "search", "wild yeast", "-c", "quickstart", "--json",
-                          "--k", "1").stdout)["hits"]
+                          "--k", "5").stdout)["hits"]
     assert hits[0]["doc_id"] == "sourdough-starter.md"
+    # Rebuild through the name: the active version's files go, the same answers come back.
+    shutil.rmtree(settings.index_dir("quickstart@v2"))
+    rebuilt = run(settings, "rebuild", "-c", "quickstart", "--json")
+    assert rebuilt.returncode == 0 and json.loads(rebuilt.stdout)["embedded"] == 0
+    again = json.loads(run(settings, "search", "wild yeast", "-c", "quickstart", "--json",
+                           "--k", "5").stdout)["hits"]
+    assert [(h["doc_id"], h["chunk_id"]) for h in again] == \
+        [(h["doc_id"], h["chunk_id"]) for h in hits]
