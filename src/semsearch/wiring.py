@@ -18,10 +18,12 @@ from semsearch.ports import (
     Embedder,
     EmbeddingCache,
     KeywordIndex,
+    SyncSource,
     VectorIndex,
 )
 from semsearch.services.embedding import CachedEmbedder
 from semsearch.services.indexes import CollectionIndexes
+from semsearch.services.sync_config import SourceSpec
 
 
 def _local_embedder(settings: Settings) -> Embedder:
@@ -301,7 +303,7 @@ def open_engine(settings: Settings | None = None) -> Engine:
                                           price_per_mtok=settings.embedder_price_per_mtok))
 
 
-def make_source(spec: Any, settings: Settings) -> Any:
+def make_source(spec: SourceSpec, settings: Settings) -> SyncSource:
     """A ``SourceSpec`` -> SyncSource: a database URL or a path."""
     if spec.is_sql:
         from semsearch.adapters.sources.sql import SqlSource
