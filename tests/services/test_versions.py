@@ -12,7 +12,12 @@ from semsearch.adapters.sources.files import iter_documents
 from semsearch.config import Settings
 from semsearch.core.types import Document, Mode
 from semsearch.errors import IdentityMismatchError, InputError, NotFoundError
-from semsearch.services.collections import compact_collection, describe_collections, drop_collection
+from semsearch.services.collections import (
+    compact_collection,
+    describe_collections,
+    drop_collection,
+    versions,
+)
 from semsearch.services.ingest import delete_documents, index_documents
 from semsearch.services.quickstart import sample_dir
 from semsearch.services.search import SearchRequest, search
@@ -127,6 +132,10 @@ def test_a_failed_gate_keeps_the_old_version_serving(engine: Engine, docs: list[
     assert "gate failed" in report.message and "s@v2 is kept" in report.message
     assert engine.resolve("s") == "s"
     assert engine.store.get_collection("s@v2").chunks > engine.store.get_collection("s").chunks
+    # A gate that cannot run fails before anything is built.
+    with pytest.raises(InputError):
+        reindex(engine, "s", gate=tmp_path, tolerance=0.0)
+    assert [v.name for v in versions(engine, "s")] == ["s", "s@v2"]
 
 
 def _mini_beir(root: Path, docs: list[Document]) -> Path:

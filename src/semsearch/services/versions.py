@@ -220,6 +220,11 @@ def reindex(engine: Engine, collection: str, *, model: str | None = None,
     Holds the collection's sync lock so no sync writes to the old version meanwhile;
     API writes that land during the build are copied over before the swap."""
     started = time.perf_counter()
+    if gate is not None:  # a gate that cannot run should fail before the build, not after
+        from semsearch.adapters.sources import beir
+
+        if not beir.load_queries(gate, gate_split):  # reads the qrels too
+            raise InputError(f"{gate}: no labelled queries for split {gate_split!r}")
     emb = target_embedder(engine, model)
     with collection_lock(engine, collection):
         plan = plan_reindex(engine, collection, model, chunker, embedder=emb)
