@@ -311,15 +311,13 @@ def sync(engine: Engine, source: SyncSource, spec: SourceSpec, *, full: bool = F
             run = _Run(engine, source, spec, report, fail)
             store.mark_interrupted(coll, RUN_KIND)
             run_id = report.run_id = store.start_run(coll, RUN_KIND, started_at)
-            since = None if report.mode == "full" or state is None else state.position
-            if not source.incremental and not full and state is not None:
-                since = state.position  # files: last read's stamps, to skip unchanged ones
+            # A watermark (or, for files, the last read's stamps) unless told to read all.
+            since = state.position if state is not None and not full else None
             report.watermark = since if source.incremental else None
             head = source.head() if source.incremental and since is None else None
             if on_total is not None:
                 on_total(source.count(since if source.incremental else None))
             public = spec.public()
-            batch_rows: list[SourceRow] = []
             for batch_rows in source.rows(since, spec.batch_size):
                 batch = run.prepare(batch_rows)
                 position = None
