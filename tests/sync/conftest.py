@@ -95,26 +95,24 @@ def _private_db(admin_url: str, quote: str) -> Iterator[tuple[str, str]]:
         admin.dispose()
 
 
-@pytest.fixture
-def pg() -> Iterator[SourceDb]:
-    for base, name in _private_db(PG_ADMIN, '"'):
+def _products_db(admin_url: str, quote: str) -> Iterator[SourceDb]:
+    for base, name in _private_db(admin_url, quote):
         url = f"{base}/{name}"
         engine = sa.create_engine(url)
         db = SourceDb(url=url, engine=engine)
         db.exec(PRODUCTS)
         yield db
         engine.dispose()
+
+
+@pytest.fixture
+def pg() -> Iterator[SourceDb]:
+    yield from _products_db(PG_ADMIN, '"')
 
 
 @pytest.fixture
 def maria() -> Iterator[SourceDb]:
-    for base, name in _private_db(MARIA_ADMIN.rstrip("/") + "/mysql", "`"):
-        url = f"{base}/{name}"
-        engine = sa.create_engine(url)
-        db = SourceDb(url=url, engine=engine)
-        db.exec(PRODUCTS)
-        yield db
-        engine.dispose()
+    yield from _products_db(MARIA_ADMIN.rstrip("/") + "/mysql", "`")
 
 
 def collection_state(engine: Engine, collection: str) -> dict[str, Any]:
