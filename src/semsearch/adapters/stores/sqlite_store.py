@@ -12,6 +12,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,20 @@ class SqliteDocumentStore:
                 (name, json.dumps(identity.to_dict()), json.dumps(dict(chunker)), _now()))
         return self.get_collection(name)
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (no upgrade deadlock), rolled back on any
+        error so a failed write leaves nothing behind."""
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+
     # -- aliases (versioned collections) ---------------------------------------------------
     def resolve(self, name: str) -> str:
         """The collection a name means now: an alias's target, else the name itself."""
@@ -167,37 +182,30 @@ class SqliteDocumentStore:
         """Point ``alias`` at ``target`` in one transaction, only if it still points at
         ``expected`` (compare-and-swap: two swaps cannot interleave). The sync ledger moves
         with it, so the next sync resumes from the same watermark."""
-        with self._lock:
-            c = self._conn
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                row = c.execute("SELECT target FROM aliases WHERE alias = ?",
-                                (alias,)).fetchone()
-                current = str(row[0]) if row else alias
-                if current != expected:
-                    raise InputError(f"collection {alias!r} now points at {current!r}, not "
-                                     f"{expected!r}: another swap happened; nothing changed")
-                if c.execute("SELECT 1 FROM collections WHERE name = ?",
-                             (target,)).fetchone() is None:
-                    raise NotFoundError(f"unknown collection version {target!r}")
-                c.execute("INSERT INTO aliases (alias, target, history, updated_at) VALUES "
-                          "(?, ?, ?, ?) ON CONFLICT (alias) DO UPDATE SET target = "
-                          "excluded.target, history = excluded.history, updated_at = "
-                          "excluded.updated_at", (alias, target, json.dumps(list(history)),
-                                                  _now()))
-                if carry_sync_state and current != target:
-                    c.execute("DELETE FROM sync_state WHERE collection = ?", (target,))
-                    c.execute("INSERT INTO sync_state (collection, source, spec, position, "
-                              "updated_at) SELECT ?, source, spec, position, updated_at FROM "
-                              "sync_state WHERE collection = ?", (target, current))
-                    c.execute("DELETE FROM rejects WHERE collection = ?", (target,))
-                    c.execute("INSERT INTO rejects (collection, doc_id, reason, seen_at) "
-                              "SELECT ?, doc_id, reason, seen_at FROM rejects WHERE "
-                              "collection = ?", (target, current))
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
+        with self._transaction() as c:
+            row = c.execute("SELECT target FROM aliases WHERE alias = ?",
+                            (alias,)).fetchone()
+            current = str(row[0]) if row else alias
+            if current != expected:
+                raise InputError(f"collection {alias!r} now points at {current!r}, not "
+                                 f"{expected!r}: another swap happened; nothing changed")
+            if c.execute("SELECT 1 FROM collections WHERE name = ?",
+                         (target,)).fetchone() is None:
+                raise NotFoundError(f"unknown collection version {target!r}")
+            c.execute("INSERT INTO aliases (alias, target, history, updated_at) VALUES "
+                      "(?, ?, ?, ?) ON CONFLICT (alias) DO UPDATE SET target = "
+                      "excluded.target, history = excluded.history, updated_at = "
+                      "excluded.updated_at", (alias, target, json.dumps(list(history)),
+                                              _now()))
+            if carry_sync_state and current != target:
+                c.execute("DELETE FROM sync_state WHERE collection = ?", (target,))
+                c.execute("INSERT INTO sync_state (collection, source, spec, position, "
+                          "updated_at) SELECT ?, source, spec, position, updated_at FROM "
+                          "sync_state WHERE collection = ?", (target, current))
+                c.execute("DELETE FROM rejects WHERE collection = ?", (target,))
+                c.execute("INSERT INTO rejects (collection, doc_id, reason, seen_at) "
+                          "SELECT ?, doc_id, reason, seen_at FROM rejects WHERE "
+                          "collection = ?", (target, current))
 
     def drop_alias(self, alias: str) -> None:
         with self._lock:
@@ -225,14 +233,13 @@ class SqliteDocumentStore:
 
     def drop_collection(self, name: str) -> None:
         self.get_collection(name)
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute("DELETE FROM chunks WHERE collection = ?", (name,))
-            self._conn.execute("DELETE FROM documents WHERE collection = ?", (name,))
-            self._conn.execute("DELETE FROM collections WHERE name = ?", (name,))
-            self._conn.execute("DELETE FROM sync_state WHERE collection = ?", (name,))
-            self._conn.execute("DELETE FROM rejects WHERE collection = ?", (name,))
-            self._conn.execute("COMMIT")
+        with self._transaction() as c:
+            for sql in ("DELETE FROM chunks WHERE collection = ?",
+                        "DELETE FROM documents WHERE collection = ?",
+                        "DELETE FROM collections WHERE name = ?",
+                        "DELETE FROM sync_state WHERE collection = ?",
+                        "DELETE FROM rejects WHERE collection = ?"):
+                c.execute(sql, (name,))
 
     # -- documents ---------------------------------------------------------------------
     def content_hashes(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]:
@@ -252,56 +259,48 @@ class SqliteDocumentStore:
         that changes no document leaves the generation alone, so readers need not refresh."""
         added: list[tuple[int, Chunk]] = []
         removed: list[int] = []
-        with self._lock:
-            c = self._conn
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                gen_row = c.execute("SELECT generation FROM collections WHERE name = ?",
-                                    (collection,)).fetchone()
-                if gen_row is None:
-                    raise NotFoundError(f"unknown collection {collection!r}")
-                for doc_id in [*(w.document.id for w in writes), *deletes]:
-                    removed += [r[0] for r in c.execute(
-                        "SELECT label FROM chunks WHERE collection = ? AND doc_id = ?",
-                        (collection, doc_id))]
-                    c.execute("DELETE FROM chunks WHERE collection = ? AND doc_id = ?",
-                              (collection, doc_id))
-                for doc_id in deletes:
-                    c.execute("DELETE FROM documents WHERE collection = ? AND id = ?",
-                              (collection, doc_id))
-                now = _now()
-                for w in writes:
-                    d = w.document
-                    c.execute(
-                        "INSERT OR REPLACE INTO documents (collection, id, title, text, metadata,"
-                        " content_hash, doc_vector, updated_at) VALUES (?,?,?,?,?,?,?,?)",
-                        (collection, d.id, d.title, d.text,
-                         json.dumps(dict(d.metadata), ensure_ascii=False, default=str),
-                         w.content_hash,
-                         np.ascontiguousarray(w.doc_vector, dtype=np.float32).tobytes(), now))
-                    for ch in w.chunks:
-                        cur = c.execute(
-                            'INSERT INTO chunks (collection, chunk_id, doc_id, ordinal, text, '
-                            'start, "end", title) VALUES (?,?,?,?,?,?,?,?)',
-                            (collection, ch.id, ch.doc_id, ch.ordinal, ch.text, ch.start,
-                             ch.end, ch.title))
-                        added.append((int(cur.lastrowid or 0), ch))
-                if ledger is not None:
-                    self._write_ledger(collection, writes, deletes, ledger, now)
-                generation = int(gen_row[0])
-                if not writes and not deletes:
-                    c.execute("COMMIT")
-                    return WriteResult(added=[], removed=[], generation=generation)
-                generation += 1
+        with self._transaction() as c:
+            gen_row = c.execute("SELECT generation FROM collections WHERE name = ?",
+                                (collection,)).fetchone()
+            if gen_row is None:
+                raise NotFoundError(f"unknown collection {collection!r}")
+            for doc_id in [*(w.document.id for w in writes), *deletes]:
+                removed += [r[0] for r in c.execute(
+                    "SELECT label FROM chunks WHERE collection = ? AND doc_id = ?",
+                    (collection, doc_id))]
+                c.execute("DELETE FROM chunks WHERE collection = ? AND doc_id = ?",
+                          (collection, doc_id))
+            for doc_id in deletes:
+                c.execute("DELETE FROM documents WHERE collection = ? AND id = ?",
+                          (collection, doc_id))
+            now = _now()
+            for w in writes:
+                d = w.document
                 c.execute(
-                    "UPDATE collections SET generation = ?, "
-                    "documents = (SELECT COUNT(*) FROM documents WHERE collection = ?), "
-                    "chunks = (SELECT COUNT(*) FROM chunks WHERE collection = ?) "
-                    "WHERE name = ?", (generation, collection, collection, collection))
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
+                    "INSERT OR REPLACE INTO documents (collection, id, title, text, metadata,"
+                    " content_hash, doc_vector, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                    (collection, d.id, d.title, d.text,
+                     json.dumps(dict(d.metadata), ensure_ascii=False, default=str),
+                     w.content_hash,
+                     np.ascontiguousarray(w.doc_vector, dtype=np.float32).tobytes(), now))
+                for ch in w.chunks:
+                    cur = c.execute(
+                        'INSERT INTO chunks (collection, chunk_id, doc_id, ordinal, text, '
+                        'start, "end", title) VALUES (?,?,?,?,?,?,?,?)',
+                        (collection, ch.id, ch.doc_id, ch.ordinal, ch.text, ch.start,
+                         ch.end, ch.title))
+                    added.append((int(cur.lastrowid or 0), ch))
+            if ledger is not None:
+                self._write_ledger(collection, writes, deletes, ledger, now)
+            generation = int(gen_row[0])
+            if not writes and not deletes:
+                return WriteResult(added=[], removed=[], generation=generation)
+            generation += 1
+            c.execute(
+                "UPDATE collections SET generation = ?, "
+                "documents = (SELECT COUNT(*) FROM documents WHERE collection = ?), "
+                "chunks = (SELECT COUNT(*) FROM chunks WHERE collection = ?) "
+                "WHERE name = ?", (generation, collection, collection, collection))
         return WriteResult(added=added, removed=removed, generation=generation)
 
     def _write_ledger(self, collection: str, writes: Sequence[DocumentWrite],
