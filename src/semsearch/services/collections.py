@@ -35,8 +35,14 @@ def version_of(physical: str) -> tuple[str, int]:
 
 def versions(engine: Engine, name: str) -> list[CollectionInfo]:
     """Every stored version of a collection name, oldest first."""
-    found = [i for i in engine.store.list_collections() if version_of(i.name)[0] == name]
-    return sorted(found, key=lambda i: version_of(i.name)[1])
+    return _by_name(engine.store.list_collections()).get(name, [])
+
+
+def _by_name(infos: list[CollectionInfo]) -> dict[str, list[CollectionInfo]]:
+    out: dict[str, list[CollectionInfo]] = {}
+    for info in sorted(infos, key=lambda i: version_of(i.name)[1]):
+        out.setdefault(version_of(info.name)[0], []).append(info)
+    return out
 
 
 def _version_row(engine: Engine, info: CollectionInfo, active: str) -> dict[str, Any]:
@@ -63,12 +69,11 @@ def _version_row(engine: Engine, info: CollectionInfo, active: str) -> dict[str,
 def describe_collections(engine: Engine) -> list[dict[str, Any]]:
     """One row per collection name, describing its active version, with all versions."""
     aliases = engine.store.list_aliases()
-    names = sorted({version_of(i.name)[0] for i in engine.store.list_collections()}
-                   | set(aliases))
+    grouped = _by_name(engine.store.list_collections())  # one read for every name
     rows: list[dict[str, Any]] = []
-    for name in names:
+    for name in sorted(set(grouped) | set(aliases)):
         active = aliases[name][0] if name in aliases else name
-        infos = versions(engine, name)
+        infos = grouped.get(name, [])
         by_name = {i.name: i for i in infos}
         if active not in by_name:
             continue  # versions only (a shadow being built for a name not yet aliased)
