@@ -302,7 +302,7 @@ def sync(engine: Engine, source: SyncSource, spec: SourceSpec, *, full: bool = F
         run_id = 0
         try:
             phys = engine.resolve(coll)
-            state = store.sync_state(phys) if _exists(engine, phys) else None
+            state = store.sync_state(phys)  # None for a new collection (drop clears it)
             if state is not None and state.source != source.name:
                 raise InputError(
                     f"collection {coll!r} is synced from {state.source}; refusing to sync it "
@@ -363,16 +363,6 @@ def sync(engine: Engine, source: SyncSource, spec: SourceSpec, *, full: bool = F
                     "latency_histogram": latency_histogram(
                         run.stats.latencies_ms if run is not None else [])})
     return report
-
-
-def _exists(engine: Engine, collection: str) -> bool:
-    from semsearch.errors import NotFoundError
-
-    try:
-        engine.store.get_collection(collection)
-    except NotFoundError:
-        return False
-    return True
 
 
 def _chunks(items: list[str], n: int) -> Iterator[list[str]]:
