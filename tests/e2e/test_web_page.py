@@ -1,6 +1,6 @@
 """The search page in a real headless Chromium against a real server on loopback.
 
-Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them) and the
+Needs Debian's ``chromium`` and ``chromium-driver`` (``scripts/test.sh`` installs them) and the
 ``selenium`` dev extra. Selenium Manager is never consulted: the driver and browser paths
 are given, so nothing is downloaded."""
 
@@ -56,13 +56,13 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
     if missing:
         pytest.fail(f"{', '.join(missing)} not found: the browser test needs Debian's chromium "
-                    "and chromium-driver, which .ci/run installs "
+                    "and chromium-driver, which scripts/test.sh installs "
                     "(apt-get install -y chromium chromium-driver)", pytrace=False)
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        pytest.fail("selenium is not installed: .ci/run installs the dev extras "
+        pytest.fail("selenium is not installed: scripts/test.sh installs the dev extras "
                     "(pip install -e '.[dev]')", pytrace=False)
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)

@@ -28,7 +28,7 @@ def redis_db() -> Iterator[redis.Redis]:
     try:
         client.ping()
     except redis.ConnectionError as exc:
-        pytest.fail(f"Redis must run on 127.0.0.1:6379 for these tests (.ci/run starts it): "
+        pytest.fail(f"Redis must run on 127.0.0.1:6379 for these tests (scripts/test.sh starts it): "
                     f"{exc}")
     client.flushdb()
     yield client

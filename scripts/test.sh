@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The test command: the README's second command, and exactly what .ci/run calls.
+# On a fresh machine of this kind it sets up everything the tests talk to, then runs pytest:
+#   - starts Redis, PostgreSQL and MariaDB on loopback if they are down (the tests use them),
+#   - installs Debian's chromium and chromium-driver if missing (the web page is tested in
+#     a real headless browser),
+#   - installs semsearch with its dev extra,
+#   - runs pytest (ruff and mypy are tests too); arguments are passed on to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export SEMSEARCH_SHARED="${SEMSEARCH_SHARED:-$(cd .. && pwd)/shared}"
+
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  echo "starting Redis on 127.0.0.1:6379"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.2; done
+fi
+
+if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+  echo "starting PostgreSQL on 127.0.0.1:5432"
+  for v in /etc/postgresql/*; do
+    pg_ctlcluster --skip-systemctl-redirect "$(basename "$v")" main start || true
+  done
+  for _ in $(seq 1 50); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 0.2; done
+fi
+
+if ! mysqladmin -h 127.0.0.1 -P 3306 -u root ping >/dev/null 2>&1; then
+  echo "starting MariaDB on 127.0.0.1:3306"
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd >/dev/null 2>&1 \
+    || service mariadb start >/dev/null 2>&1 || (mysqld_safe >/dev/null 2>&1 &)
+  for _ in $(seq 1 100); do mysqladmin -h 127.0.0.1 -P 3306 -u root ping >/dev/null 2>&1 && break; sleep 0.2; done
+fi
+
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "installing chromium and chromium-driver (Debian) for the web page tests"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
+pip install -q -e ".[dev]"
+exec python -m pytest "$@"
