@@ -215,17 +215,19 @@ def reindex(engine: Engine, collection: str, *, model: str | None = None,
             chunker: dict[str, Any] | None = None, gate: Path | None = None,
             tolerance: float = 0.01, gate_modes: Sequence[Mode] = tuple(Mode),
             gate_split: str = "test", swap: bool = True,
+            embedder: CachedEmbedder | None = None,
             on_progress: Callable[[int], None] | None = None) -> ReindexReport:
     """Build the next version of ``collection``, gate it, and swap the name over to it.
     Holds the collection's sync lock so no sync writes to the old version meanwhile;
-    API writes that land during the build are copied over before the swap."""
+    API writes that land during the build are copied over before the swap. ``embedder``
+    (a library caller's own, already wrapped in the cache) takes the place of ``model``."""
     started = time.perf_counter()
     if gate is not None:  # a gate that cannot run should fail before the build, not after
         from semsearch.adapters.sources import beir
 
         if not beir.load_queries(gate, gate_split):  # reads the qrels too
             raise InputError(f"{gate}: no labelled queries for split {gate_split!r}")
-    emb = target_embedder(engine, model)
+    emb = embedder or target_embedder(engine, model)
     with collection_lock(engine, collection):
         plan = plan_reindex(engine, collection, model, chunker, embedder=emb)
         active = plan.active
