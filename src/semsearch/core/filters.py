@@ -7,6 +7,7 @@ with (the contract tests check it)."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,13 @@ from semsearch.errors import InputError
 
 RANGE_OPS = ("gt", "gte", "lt", "lte")
 OPS = ("eq", "in", *RANGE_OPS)
+# Bounds that keep every backend's compiled query small (SQLite refuses an expression tree
+# deeper than 1000 and statements with too many parameters): far above what a person
+# writes, low enough that no filter reaches a backend limit as a 500.
+MAX_CONDITIONS = 100
+MAX_IN_VALUES = 1000
+MAX_TOTAL_VALUES = 5000
+MAX_FIELD_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -36,13 +44,14 @@ def parse_filter(spec: Mapping[str, Any] | None) -> Filter:
     """``{"category": "a", "year": {"gte": 2000}, "tag": {"in": ["x", "y"]}}`` -> Filter."""
     if not spec:
         return Filter()
+    if not isinstance(spec, Mapping):
+        raise InputError(f"a filter is a JSON object of field: condition, not {spec!r:.80}")
     conds: list[Condition] = []
     for field, value in spec.items():
-        if not isinstance(field, str) or not field or not field.replace("_", "").replace(
-            "-", ""
-        ).replace(".", "").isalnum():
-            raise InputError(f"filter field {field!r} must be a non-empty name of letters, "
-                             "digits, '_', '-' or '.'")
+        if not isinstance(field, str) or not field or len(field) > MAX_FIELD_CHARS or \
+                not field.replace("_", "").replace("-", "").replace(".", "").isalnum():
+            raise InputError(f"filter field {field!r:.140} must be a name of 1-"
+                             f"{MAX_FIELD_CHARS} letters, digits, '_', '-' or '.'")
         if isinstance(value, Mapping):
             if not value:
                 raise InputError(f"filter on {field!r} is an empty object")
@@ -52,10 +61,16 @@ def parse_filter(spec: Mapping[str, Any] | None) -> Filter:
                                      f"use one of {', '.join(OPS)}")
                 if op == "in" and (not isinstance(arg, list | tuple) or not arg):
                     raise InputError(f"filter {field!r} 'in' needs a non-empty list")
+                if op == "in":
+                    _check_in(field, arg)
                 if op in RANGE_OPS and not isinstance(arg, int | float | str):
                     raise InputError(f"filter {field!r} {op!r} needs a number or string")
                 conds.append(Condition(field, op, tuple(arg) if op == "in" else arg))
         elif isinstance(value, list | tuple):
+            if not value:
+                raise InputError(f"filter {field!r}: an empty list matches nothing; give at "
+                                 "least one value")
+            _check_in(field, value)
             conds.append(Condition(field, "in", tuple(value)))
         elif value is None:
             # JSON null compares unequal to everything in SQL; refuse it rather than
@@ -64,7 +79,30 @@ def parse_filter(spec: Mapping[str, Any] | None) -> Filter:
                              f"not {json.dumps(value)}")
         else:
             conds.append(Condition(field, "eq", value))
+        if len(conds) > MAX_CONDITIONS:
+            raise InputError(f"the filter has more than {MAX_CONDITIONS} conditions; combine "
+                             "values with 'in' or filter in fewer fields")
+    for c in conds:
+        for v in c.value if c.op == "in" else (c.value,):
+            if isinstance(v, int) and not isinstance(v, bool) and not -2**63 <= v < 2**63:
+                raise InputError(f"filter {c.field!r}: {v} is outside the 64-bit integer range")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise InputError(f"filter {c.field!r}: {v} is not a finite number")
+    values = sum(len(c.value) if c.op == "in" else 1 for c in conds)
+    if values > MAX_TOTAL_VALUES:
+        raise InputError(f"the filter compares with {values:,} values in all; the limit is "
+                         f"{MAX_TOTAL_VALUES:,}")
     return Filter(tuple(conds))
+
+
+def _check_in(field: str, values: Any) -> None:
+    if len(values) > MAX_IN_VALUES:
+        raise InputError(f"filter {field!r} 'in' has {len(values):,} values; the limit is "
+                         f"{MAX_IN_VALUES:,}")
+    for v in values:
+        if isinstance(v, dict | list) or v is None:
+            raise InputError(f"filter {field!r} 'in': values are strings, numbers or "
+                             f"booleans, not {json.dumps(v)}")
 
 
 def parse_cli_filters(items: list[str]) -> Filter:
