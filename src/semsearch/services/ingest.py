@@ -6,6 +6,7 @@ Unchanged documents (same content hash) are skipped without touching the model o
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -44,6 +45,9 @@ class IndexReport:
     embed_seconds: float = 0.0
     skipped: int = 0
     skipped_reasons: list[str] = field(default_factory=list)  # the first MAX_REASONS
+    duplicates: int = 0  # documents whose id came earlier in the same run: the last wins
+    duplicate_ids: list[str] = field(default_factory=list)  # the first MAX_REASONS
+    cache_errors: int = 0  # cache calls that failed (Redis down or slow); embedding went on
     status: str = "ok"
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,15 +60,20 @@ MAX_REASONS = 20
 def ensure_collection(engine: Engine, name: str) -> CollectionInfo:
     """Open the collection (the version its name points at), creating it stamped with the
     configured embedder and chunker."""
+    return _open_or_create(engine, name)[0]
+
+
+def _open_or_create(engine: Engine, name: str) -> tuple[CollectionInfo, bool]:
+    """The collection and whether this call created it."""
     from semsearch.errors import NotFoundError
 
     if "@" not in name:  # name@vN: a version made by reindex, never created here
-        _validate_name(name)
+        validate_name(name)
     name = engine.resolve(name)
     try:
         info = engine.store.get_collection(name)
     except NotFoundError:
-        _validate_name(name)
+        validate_name(name)
         s = engine.settings
         identity = engine.embedder.embedder.identity
         # Chunks must fit the model's window (128 tokens for paraphrase-MiniLM-L3-v2), or
@@ -73,22 +82,35 @@ def ensure_collection(engine: Engine, name: str) -> CollectionInfo:
         overlap = s.chunk_overlap_tokens if size == s.chunk_max_tokens \
             else min(s.chunk_overlap_tokens, size // 4)
         cfg = ChunkerConfig(max_tokens=size, overlap_tokens=overlap, strategy=s.chunk_strategy)
-        return engine.store.create_collection(name, identity, cfg.to_dict())
+        return engine.store.create_collection(name, identity, cfg.to_dict()), True
     engine.check_identity(info)
-    return info
+    return info, False
 
 
-def _validate_name(name: str) -> None:
-    ok = name and len(name) <= 64 and all(c.isalnum() or c in "-_." for c in name)
-    if not ok or name.startswith("."):
+def validate_name(name: str) -> None:
+    """Names start with a letter or digit: one starting with '-' reads as an option on
+    every command line (``-c``), one starting with '.' hides its index folder."""
+    ok = bool(name) and len(name) <= 64 and name[0].isalnum() and \
+        all(c.isalnum() or c in "-_." for c in name)
+    if not ok:
         raise InputError(f"collection name {name!r} must be 1-64 letters, digits, '-', '_' "
-                         "or '.', not starting with '.'")
+                         "or '.', starting with a letter or digit")
 
 
-def _batches(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+def _batches(docs: Iterable[Document], size: int,
+             report: IndexReport) -> Iterator[list[Document]]:
+    """Batches of distinct ids. An id seen before in this run is counted and reported, and
+    its last copy is the one kept (within a batch it replaces the earlier copy; across
+    batches it is written again over it)."""
+    seen: set[str] = set()
     batch: dict[str, Document] = {}
     for doc in docs:
-        batch[doc.id] = doc  # a repeated id within a batch: the last one wins
+        if doc.id in seen:
+            report.duplicates += 1
+            if len(report.duplicate_ids) < MAX_REASONS and doc.id not in report.duplicate_ids:
+                report.duplicate_ids.append(doc.id)
+        seen.add(doc.id)
+        batch[doc.id] = doc
         if len(batch) >= size:
             yield list(batch.values())
             batch = {}
@@ -114,7 +136,7 @@ def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *
     Cranfield contain empty records; one should not sink a 100k-document import)."""
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    info = ensure_collection(engine, collection)
+    info, created = _open_or_create(engine, collection)
     logical, collection = collection, info.name
     cfg = ChunkerConfig.from_dict(dict(info.chunker))
     idx = engine.fresh_indexes(collection)
@@ -125,7 +147,7 @@ def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *
     generation = info.generation
     done = 0
     try:
-        for batch in _batches(docs, batch_size):
+        for batch in _batches(docs, batch_size, report):
             report.documents += len(batch)
             valid = []
             for doc in batch:
@@ -167,6 +189,13 @@ def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *
                 done = report.documents
     except BaseException as exc:
         report.status = f"failed: {exc}"[:500]
+        if created and generation == info.generation:
+            # Nothing was written: a missing path or an unreadable first file must not
+            # leave an empty collection behind.
+            from semsearch.services.collections import drop_collection
+
+            with contextlib.suppress(Exception):
+                drop_collection(engine, collection)
         raise
     finally:
         # Save what was committed, even when the corpus failed part-way.
@@ -193,6 +222,7 @@ def _fill(report: IndexReport, stats: EmbedStats) -> None:
     report.saved_cost = round(stats.saved_cost, 9)
     report.provider_latency_ms = stats.latency()
     report.embed_seconds = round(stats.seconds, 3)
+    report.cache_errors = stats.cache_errors
 
 
 def delete_documents(engine: Engine, collection: str, doc_ids: list[str]) -> int:

@@ -163,6 +163,20 @@ def _iter_jsonl(path: Path) -> Iterator[Document]:
         raise SourceError(f"{path}: the file is empty")
 
 
+def _check_columns(path: Path, columns: list[str]) -> None:
+    """Refuse a CSV whose header lacks the id or the text column once, before any row,
+    instead of skipping every row with the same warning."""
+    missing = []
+    if not any(f in columns for f in ID_FIELDS):
+        missing.append(f"an id column ({', '.join(ID_FIELDS)})")
+    if "text" not in columns:
+        missing.append("a 'text' column")
+    if missing:
+        raise SourceError(f"{path}: the header has no {' and no '.join(missing)}; its columns "
+                          f"are {', '.join(repr(c) for c in columns)}; rename the columns "
+                          "(title and the rest are optional; other columns become metadata)")
+
+
 def _iter_csv(path: Path) -> Iterator[Document]:
     empty = True
     try:
@@ -170,6 +184,7 @@ def _iter_csv(path: Path) -> Iterator[Document]:
             reader = csv.DictReader(fh)
             if not reader.fieldnames:
                 raise SourceError(f"{path}: the file is empty")
+            _check_columns(path, list(reader.fieldnames))
             for row in reader:
                 empty = False
                 yield _record(dict(row), f"{path}:{reader.line_num}")
