@@ -30,9 +30,22 @@ def _engine() -> Iterator[Any]:
 
 @contextmanager
 def _progress(total: int | None, desc: str, unit: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar drawn at the first progress, not before: an error found while
+    checking the input is then printed alone, without a bar above it."""
     from tqdm import tqdm
 
     disable = os.environ.get("SEMSEARCH_NO_PROGRESS") == "1"
-    with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable,
-              dynamic_ncols=True) as bar:
-        yield bar.update
+    bar: Any = None
+
+    def tick(n: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable,
+                       dynamic_ncols=True)
+        bar.update(n)
+
+    try:
+        yield tick
+    finally:
+        if bar is not None:
+            bar.close()

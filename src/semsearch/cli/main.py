@@ -35,13 +35,32 @@ def cli() -> None:
               help="stop at the first invalid document instead of skipping it")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object")
 def index(source: Path, collection: str, batch_size: int, strict: bool, as_json: bool) -> None:
-    """Index a BEIR folder, a folder of .txt/.md/.html files, or a .jsonl/.csv file.
+    """Index SOURCE into a collection (created with the configured model if new).
+
+    \b
+    SOURCE is one of:
+      a BEIR folder       corpus.jsonl (+ queries.jsonl, qrels/) as BEIR publishes it
+      a folder            every .txt, .md, .html file (and .jsonl/.csv) below it; the id is
+                          the path relative to the folder, the title the first '# heading'
+                          (Markdown) or <title> (HTML), metadata {"path", "type"}
+      a .jsonl file       one JSON object per line
+      a .csv file         a header row, then one document per row
+
+    \b
+    Fields read from .jsonl objects and .csv columns:
+      id        "_id", "id" or "doc_id" (required)
+      text      "text" (a .csv must have this column)
+      title     "title" (optional)
+      metadata  "metadata" (a JSON object, .jsonl only), else every other field
 
     Documents with no text (or over SEMSEARCH_MAX_TEXT_CHARS) are skipped and reported,
-    unless --strict; an unreadable file or corpus line stops the run with an error."""
+    unless --strict; a repeated id keeps its last copy and is reported; an unreadable file
+    or corpus line stops the run with an error, keeping what was committed before it."""
     from semsearch.adapters.sources.files import count_documents, iter_documents
-    from semsearch.services.ingest import index_documents
+    from semsearch.services.ingest import index_documents, validate_name
 
+    if "@" not in collection:
+        validate_name(collection)  # before any progress is drawn
     with _engine() as engine, _progress(count_documents(source), "indexing", "doc") as tick:
         report = index_documents(engine, collection, iter_documents(source),
                                  batch_size=batch_size, skip_invalid=not strict,
@@ -51,12 +70,21 @@ def index(source: Path, collection: str, batch_size: int, strict: bool, as_json:
     if report.skipped > len(report.skipped_reasons):
         click.echo(f"warning: skipped {report.skipped - len(report.skipped_reasons)} more",
                    err=True)
+    if report.duplicates:
+        more = report.duplicates - len(report.duplicate_ids)
+        click.echo(f"warning: {report.duplicates} documents repeated an id seen earlier in "
+                   f"this run; the last copy of each was kept: "
+                   f"{', '.join(report.duplicate_ids)}{f' and {more} more' if more > 0 else ''}",
+                   err=True)
+    if report.cache_errors:
+        click.echo(f"warning: the embedding cache failed {report.cache_errors} times (see the "
+                   "log); texts were embedded without it", err=True)
     if as_json:
         _echo_json(report.to_dict())
         return
     click.echo(f"indexed {report.documents} documents into {collection!r}: "
                f"{report.new} new, {report.changed} changed, {report.unchanged} unchanged, "
-               f"{report.skipped} skipped; "
+               f"{report.skipped} skipped, {report.duplicates} repeated ids; "
                f"{report.chunks} chunks written; {report.embedded} texts embedded in "
                f"{report.model_calls} model calls, {report.cache_hits} cache hits, "
                f"{report.tokens} tokens, ${report.cost:.4f} (cache saved "
@@ -108,13 +136,20 @@ def search(query: str, collection: str, mode: str, k: int, filters: tuple[str, .
     _print_hits(result.hits)
 
 
+def _score(value: float) -> str:
+    """Four significant digits: BM25 scores on a small corpus are ~1e-6 and printed as
+    0.000 with fixed decimals, which reads as 'no match'."""
+    return f"{value:.4g}"
+
+
 def _print_hits(hits: list[Any]) -> None:
     if not hits:
         click.echo("no results")
     for i, h in enumerate(hits, start=1):
-        parts = ", ".join(f"{name} #{c.rank} {c.score:.3f}" for name, c in h.components.items())
+        parts = ", ".join(f"{name} #{c.rank} {_score(c.score)}"
+                          for name, c in h.components.items())
         snippet = " ".join(h.text.split())
-        click.echo(f"{i:>2}. {h.doc_id}  {h.score:.4f}  ({parts})")
+        click.echo(f"{i:>2}. {h.doc_id}  {_score(h.score)}  ({parts})")
         if h.title:
             click.echo(f"    {h.title}")
         click.echo(f"    {snippet[:160]}{'...' if len(snippet) > 160 else ''}")
@@ -219,7 +254,8 @@ def stats(collection: str | None, as_json: bool) -> None:
         click.echo(f"{r['collection']}: {r['runs']} runs ({r['failed_runs']} failed), "
                    f"{r['provider_calls']} provider calls, {r['items_embedded']} texts, "
                    f"{r['tokens']} tokens, ${r['cost']:.4f}; cache {r['cache_hits']} hits / "
-                   f"{r['cache_misses']} misses ({r['cache_hit_rate']:.0%}), saved "
+                   f"{r['cache_misses']} misses ({r['cache_hit_rate']:.0%}), "
+                   f"{r['cache_errors']} cache errors, saved "
                    f"${r['saved_cost']:.4f}; provider latency p50 {lat['p50']} ms, "
                    f"p95 {lat['p95']} ms, p99 {lat['p99']} ms")
 

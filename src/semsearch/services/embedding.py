@@ -35,6 +35,7 @@ class EmbedStats:
     cost: float = 0.0
     saved_cost: float = 0.0
     seconds: float = 0.0
+    cache_errors: int = 0  # failed calls to the cache backend (an outage); embedding went on
     latencies_ms: list[float] = field(default_factory=list)
 
     def add_provider(self, delta: MeterSnapshot, latencies_ms: list[float],
@@ -55,7 +56,18 @@ class EmbedStats:
                 "provider_calls": self.provider_calls, "tokens": self.tokens,
                 "truncated": self.truncated, "retries": self.retries,
                 "cost": round(self.cost, 9), "saved_cost": round(self.saved_cost, 9),
-                "provider_latency_ms": self.latency()}
+                "cache_errors": self.cache_errors, "provider_latency_ms": self.latency()}
+
+
+def cache_errors(cache: Any) -> int:
+    """Failed backend calls of a cache and the caches it wraps (an LRU in front of Redis):
+    the outage count a run reports."""
+    total = 0
+    while cache is not None:
+        meter = getattr(cache, "meter", None)
+        total += int(getattr(meter, "errors", 0) or 0)
+        cache = getattr(cache, "inner", None)
+    return total
 
 
 class CachedEmbedder:
@@ -69,6 +81,7 @@ class CachedEmbedder:
               stats: EmbedStats | None = None) -> Vectors:
         identity = self.embedder.identity
         keys = [cache_key(identity, input_type, t) for t in texts]
+        errors_before = cache_errors(self.cache) if stats is not None else 0
         found = self.cache.get_many(keys)
         # A vector of the wrong length is a miss: it gets recomputed and overwritten.
         found = {k: v for k, v in found.items() if v.shape == (identity.dimension,)}
@@ -95,6 +108,7 @@ class CachedEmbedder:
                 stats.add_provider(meter.snapshot().minus(before),
                                    meter.latencies_since(before), self.price_per_mtok)
         if stats is not None:
+            stats.cache_errors += cache_errors(self.cache) - errors_before
             hit_texts = [t for k, t in zip(keys, texts, strict=True) if k not in missing]
             stats.texts += len(texts)
             stats.cache_hits += len(hit_texts)

@@ -8,7 +8,7 @@ from semsearch.core.metering import histogram_percentiles
 from semsearch.wiring import Engine
 
 SUMMED = ("documents", "chunks", "embedded", "cache_hits", "cache_misses", "model_calls",
-          "tokens", "truncated", "retries", "cost", "saved_cost", "seconds")
+          "tokens", "truncated", "retries", "cost", "saved_cost", "seconds", "cache_errors")
 
 
 def collection_stats(engine: Engine, collection: str | None = None) -> list[dict[str, Any]]:
@@ -41,6 +41,7 @@ def collection_stats(engine: Engine, collection: str | None = None) -> list[dict
             "saved_cost": round(totals["saved_cost"], 9),
             "truncated": totals["truncated"],
             "retries": totals["retries"],
+            "cache_errors": totals["cache_errors"],
             "provider_latency_ms": histogram_percentiles(hist),
             "last_run": {k: items[0][k] for k in ("kind", "started_at", "finished_at",
                                                   "status")},
