@@ -77,9 +77,15 @@ def test_unreachable_redis_degrades_to_computing(tmp_path: Path, models_dir: Pat
             hits = search(engine, "s", SearchRequest("burns first aid", k=1)).hits
         meter = engine.embedder.cache.meter  # type: ignore[attr-defined]
         assert meter.errors >= 1 and meter.hits == 0  # the outage is counted, not hidden
+        from semsearch.services.stats import collection_stats
+
+        (stats,) = collection_stats(engine, "s")
     finally:
         engine.close()
     assert report.documents == 12 and report.embedded == report.chunks
+    # ... and reported: in the run's summary (index --json) and the collection's stats.
+    assert 1 <= report.cache_errors <= meter.errors
+    assert stats["cache_errors"] == report.cache_errors
     assert hits[0].doc_id == "first-aid-burns.md"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and str(port) in warnings[0].getMessage()
