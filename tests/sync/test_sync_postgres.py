@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
-from semsearch.errors import BusyError, InputError, SourceError
+from semsearch.errors import BusyError, InputError, NotFoundError, SourceError
 from semsearch.services.sync import collection_lock, sync
 from semsearch.services.sync_audit import audit
 from semsearch.wiring import Engine, make_source
@@ -144,7 +144,13 @@ def test_missing_column_is_named(engine: Engine, pg: SourceDb) -> None:
         run(engine, pg, text=("descr",))
     with pytest.raises(SourceError, match="no table 'nope'"):
         run(engine, pg, table="nope")
-    assert engine.store.list_runs("products") == []  # failed before any run was started
+    # Both are on record as failed runs, and neither created the collection.
+    runs = engine.store.list_runs("products")
+    assert [r["status"] for r in runs] == ["failed", "failed"]
+    assert "no table 'nope'" in runs[0]["stats"]["error"]
+    assert "no column(s) 'descr'" in runs[1]["stats"]["error"]
+    with pytest.raises(NotFoundError):
+        engine.store.get_collection("products")
 
 
 def test_source_going_away_mid_run_keeps_committed_batches(engine: Engine, pg: SourceDb) -> None:

@@ -10,8 +10,8 @@ it is the only way hard deletes can be seen, so an incremental run never deletes
 
 Failure modes handled here rather than in callers: a row that cannot be indexed (NULL or
 oversized text, or refused by the model) is recorded with its reason and skipped; the source
-going away ends the run with an error and everything committed so far kept; a second run on
-the same collection is refused by a lock."""
+going away or failing a statement ends the run with an error, recorded as a failed run, and
+everything committed so far kept; a second run on the same collection is refused by a lock."""
 
 from __future__ import annotations
 
@@ -297,10 +297,13 @@ def sync(engine: Engine, source: SyncSource, spec: SourceSpec, *, full: bool = F
     fail = Failpoints(os.environ.get("SEMSEARCH_FAILPOINTS"))
     with collection_lock(engine, coll):
         store = engine.store
-        source.check()
         run: _Run | None = None
-        run_id = 0
+        # Recorded before the source is first touched, so a run that fails anywhere (the
+        # source's check, count, newest row or any page) is on record as failed.
+        store.mark_interrupted(coll, RUN_KIND)
+        run_id = report.run_id = store.start_run(coll, RUN_KIND, started_at)
         try:
+            source.check()
             phys = engine.resolve(coll)
             state = store.sync_state(phys)  # None for a new collection (drop clears it)
             if state is not None and state.source != source.name:
@@ -309,8 +312,6 @@ def sync(engine: Engine, source: SyncSource, spec: SourceSpec, *, full: bool = F
                     f"from {source.name} (its reconciliation would delete the other source's "
                     "documents). Sync into another collection, or drop this one first.")
             run = _Run(engine, source, spec, report, fail)
-            store.mark_interrupted(coll, RUN_KIND)
-            run_id = report.run_id = store.start_run(coll, RUN_KIND, started_at)
             # A watermark (or, for files, the last read's stamps) unless told to read all.
             since = state.position if state is not None and not full else None
             report.watermark = since if source.incremental else None
@@ -358,10 +359,9 @@ def sync(engine: Engine, source: SyncSource, spec: SourceSpec, *, full: bool = F
             if run is not None:
                 _fill(report, run.stats)
             report.seconds = round(time.perf_counter() - started, 3)
-            if run_id:
-                store.finish_run(run_id, report.status, report.to_dict() | {
-                    "latency_histogram": latency_histogram(
-                        run.stats.latencies_ms if run is not None else [])})
+            store.finish_run(run_id, report.status, report.to_dict() | {
+                "latency_histogram": latency_histogram(
+                    run.stats.latencies_ms if run is not None else [])})
     return report
 
 

@@ -6,7 +6,14 @@ boundary never skips or repeats a row even when many rows share a timestamp. Res
 ``lookback_seconds`` before the watermark: a row committed late with an older timestamp (a
 long transaction that stamped ``now()`` at its start) is still read, and rows re-read that
 way are cheap because unchanged content is skipped by hash. Each page is its own short
-query; a dropped connection is retried, then reported with how far the run got."""
+query; a lost or refused connection is retried, then reported with how far the run got. Any
+other database error (a division by zero in one row, an unknown column) is reported at once
+with the database's own message: retrying cannot change its outcome.
+
+Selected columns are labelled with synthetic names (``id``, ``text0``, ``meta1``, ...), never
+with the source's own: those may hold quotes, backticks, ``%`` or colons, or be longer than
+the database allows an alias to be, and a label the database truncated or rewrote would no
+longer be found in the result."""
 
 from __future__ import annotations
 
@@ -30,6 +37,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _TRUE = {"1", "t", "true", "y", "yes", "on"}
+
+
+class _Unreachable(Exception):
+    """``engine.connect()`` itself failed: the database is down, restarting or refusing
+    connections. Kept apart from errors of a statement, which are never retried."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def normalize_url(url: str) -> str:
@@ -112,6 +128,8 @@ class SqlSource:
             raise InputError(f"source URL {mask_password(spec.source)!r} needs the Python "
                              f"package {exc.name!r}; pip install it") from None
         self._max_chars = max_text_chars
+        self._secret = self._engine.url.password or ""
+        self._connected = False
         self._from: Any = None
         self._cols: dict[str, Any] = {}
         self.rows_read = 0
@@ -135,7 +153,7 @@ class SqlSource:
             want["updated_at"] = s.updated_at
         if s.deleted_flag:
             want["deleted"] = s.deleted_flag
-        want.update({f"meta:{c}": c for c in s.metadata})
+        want.update({f"meta{i}": c for i, c in enumerate(s.metadata)})
         return want
 
     def check(self) -> None:
@@ -143,25 +161,17 @@ class SqlSource:
         s = self.spec
         src: Any
         if s.table:
-            schema, _, table = s.table.rpartition(".")
-            try:
-                src = self._retrying("reading the table's columns", lambda: sa.Table(
-                    table, sa.MetaData(), schema=schema or None, autoload_with=self._engine))
-            except sa_exc.NoSuchTableError:
-                raise SourceError(f"{self.name}: no table {s.table!r}") from None
+            src = self._retrying("reading the table's columns", self._reflect)
             present = {c.name: c for c in src.columns}
         else:
             sub = sa.text(s.query)
 
             def columns() -> list[str]:
-                with self._engine.connect() as conn:
+                with self._connect() as conn:
                     probe = sa.select(sa.text("*")).select_from(
                         sa.text(f"({s.query}) AS semsearch_src")).limit(0)
                     return list(conn.execute(probe).keys())
-            try:
-                names = self._retrying("running the query", columns)
-            except sa_exc.ProgrammingError as exc:
-                raise SourceError(f"{self.name}: the query fails: {_first_line(exc)}") from None
+            names = self._retrying("running the query", columns)
             src = sub.columns(*[sa.column(n) for n in names]).subquery("semsearch_src")
             present = {n: src.c[n] for n in names}
         missing = [c for c in self._wanted().values() if c not in present]
@@ -172,29 +182,77 @@ class SqlSource:
         self._from = src
         self._cols = {key: present[col] for key, col in self._wanted().items()}
 
+    def _reflect(self) -> Any:
+        """The table's columns with their reflected types (which convert values, e.g. SQLite
+        timestamps to datetimes) under their true names: SQLAlchemy's MySQL reflection leaves
+        a backtick in a name doubled (`` we``ird `` for we`ird), so names come from the
+        database's own answer to ``SELECT *``, which lists columns in the same order."""
+        schema, _, table = self.spec.table.rpartition(".")
+        with self._connect() as conn:
+            try:
+                reflected = sa.Table(table, sa.MetaData(), schema=schema or None,
+                                     autoload_with=conn)
+            except sa_exc.NoSuchTableError:
+                raise SourceError(f"{self.name}: no table {self.spec.table!r}") from None
+            names = list(conn.execute(
+                sa.select(sa.text("*")).select_from(reflected).limit(0)).keys())
+        cols = list(reflected.columns)
+        if len(names) != len(cols):
+            return reflected
+        return sa.table(table, *[sa.column(n, c.type) for n, c in zip(names, cols, strict=True)],
+                        schema=schema or None)
+
     # -- reading -----------------------------------------------------------------------
+    def _connect(self) -> sa.Connection:
+        try:
+            conn = self._engine.connect()
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
+            raise _Unreachable(exc) from exc
+        self._connected = True
+        return conn
+
     def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn`` again, after a pause, when the connection was lost (SQLAlchemy marks a
+        disconnect with ``connection_invalidated``) or could not be made; any other error
+        of the database at once, as a SourceError carrying its message."""
         delay = 0.5
         for attempt in range(self.spec.retries + 1):
             try:
                 return fn()
-            except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-                if attempt == self.spec.retries:
-                    raise SourceError(
-                        f"{self.name}: the source database went away while {what} after "
-                        f"{self.rows_read} rows ({self.spec.retries} retries): "
-                        f"{_first_line(exc)}") from None
-                log.warning("source %s: %s; retrying in %.1fs", self.name, _first_line(exc),
-                            delay)
-                self._engine.dispose()
-                time.sleep(delay)
-                delay *= 2
+            except _Unreachable as exc:
+                cause: BaseException = exc.cause
+            except sa_exc.DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise self._failed(what, exc) from None
+                cause = exc
+            except (sa_exc.SQLAlchemyError, UnicodeError) as exc:
+                raise self._failed(what, exc) from None
+            if attempt == self.spec.retries:
+                how = (f"the source database went away while {what} after {self.rows_read} "
+                       "rows") if self._connected else \
+                    f"cannot connect to the source database while {what}"
+                raise SourceError(f"{self.name}: {how} ({self.spec.retries} retries): "
+                                  f"{self._message(cause)}") from None
+            log.warning("source %s: %s; retrying in %.1fs", self.name, self._message(cause),
+                        delay)
+            self._engine.dispose()
+            time.sleep(delay)
+            delay *= 2
         raise AssertionError("unreachable")
+
+    def _failed(self, what: str, exc: BaseException) -> SourceError:
+        after = f" after {self.rows_read} rows" if self.rows_read else ""
+        return SourceError(f"{self.name}: error while {what}{after}: {self._message(exc)}")
+
+    def _message(self, exc: BaseException) -> str:
+        """The database's own first line, with the URL's password never in it."""
+        msg = _first_line(exc)
+        return msg.replace(self._secret, "***") if len(self._secret) >= 4 else msg
 
     def _select(self) -> Any:
         if self._from is None:
             self.check()
-        return sa.select(*[c.label(k.replace(":", "__")) for k, c in self._cols.items()])
+        return sa.select(*[c.label(k) for k, c in self._cols.items()])
 
     def _since_clause(self, since: Mapping[str, Any]) -> tuple[Any, Any, Any]:
         ts = decode_value(since["ts"])
@@ -210,7 +268,7 @@ class SqlSource:
                 self._select().where(up.is_not(None), up >= start).subquery())
 
         def run() -> int:
-            with self._engine.connect() as conn:
+            with self._connect() as conn:
                 return int(conn.execute(q).scalar_one())
         return self._retrying("counting rows", run)
 
@@ -222,7 +280,7 @@ class SqlSource:
         q = sa.select(up, idc).where(up.is_not(None)).order_by(up.desc(), idc.desc()).limit(1)
 
         def run() -> Any:
-            with self._engine.connect() as conn:
+            with self._connect() as conn:
                 return conn.execute(q).first()
         row = self._retrying("finding the newest row", run)
         return None if row is None else {"ts": encode_value(row[0]), "id": encode_value(row[1])}
@@ -271,7 +329,7 @@ class SqlSource:
 
     def _page(self, q: Any) -> list[dict[str, Any]]:
         def run() -> list[dict[str, Any]]:
-            with self._engine.connect() as conn:
+            with self._connect() as conn:
                 return [dict(r._mapping) for r in conn.execute(q)]
         page = self._retrying("reading rows", run)
         self.rows_read += len(page)
@@ -293,7 +351,7 @@ class SqlSource:
             problem = (f"text has {len(text):,} characters; the limit is {self._max_chars:,} "
                        "(SEMSEARCH_MAX_TEXT_CHARS)")
         title = r.get("title")
-        meta = {c: _plain(r[f"meta__{c}"]) for c in s.metadata}
+        meta = {c: _plain(r[f"meta{i}"]) for i, c in enumerate(s.metadata)}
         doc = Document(id=doc_id, text=text, title="" if title is None else str(title),
                        metadata=meta)
         return SourceRow(document=doc, deleted=_truthy(r.get("deleted")), problem=problem,
