@@ -122,3 +122,23 @@ def test_index_help_says_which_fields_are_read(settings: Settings) -> None:
     out = run(settings, "index", "--help").stdout
     for field in ('"_id", "id" or "doc_id"', '"text"', '"title"', '"metadata"', ".csv"):
         assert field in out, out
+
+
+def test_sync_refuses_a_bad_collection_name_and_reports_cache_outages(
+        settings: Settings, tmp_path: Path) -> None:
+    import socket
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.md").write_text("# Anchors\nAnchors hold boats in a storm.", encoding="utf-8")
+    bad = run(settings, "sync", "--source", str(folder), "-c", "../outside")
+    assert bad.returncode == 1 and "collection name '../outside' must be" in bad.stderr
+    assert not (settings.home / "outside.lock").exists() and _collections(settings) == []
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = run(settings, "sync", "--source", str(folder), "-c", "docs",
+              SEMSEARCH_CACHE_URL=f"redis://127.0.0.1:{port}/0")
+    assert out.returncode == 0, out.stderr
+    line = json.loads(out.stdout.splitlines()[-1])
+    assert line["new"] == 1 and line["cache_errors"] >= 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,24 +28,39 @@ def _engine() -> Iterator[Any]:
         engine.close()
 
 
-@contextmanager
-def _progress(total: int | None, desc: str, unit: str) -> Iterator[Callable[[int], None]]:
+class Progress:
     """A progress bar drawn at the first progress, not before: an error found while
-    checking the input is then printed alone, without a bar above it."""
-    from tqdm import tqdm
+    checking the input is then printed alone, without a bar above it. Call it with the
+    items done; ``set_total`` gives the total once it is known."""
 
-    disable = os.environ.get("SEMSEARCH_NO_PROGRESS") == "1"
-    bar: Any = None
+    def __init__(self, total: int | None, desc: str, unit: str) -> None:
+        self._total, self._desc, self._unit = total, desc, unit
+        self._disable = os.environ.get("SEMSEARCH_NO_PROGRESS") == "1"
+        self._bar: Any = None
 
-    def tick(n: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable,
-                       dynamic_ncols=True)
-        bar.update(n)
+    def set_total(self, total: int | None) -> None:
+        self._total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
 
+    def __call__(self, n: int) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self._total, desc=self._desc, unit=self._unit,
+                             file=sys.stderr, disable=self._disable, dynamic_ncols=True)
+        self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@contextmanager
+def _progress(total: int | None, desc: str, unit: str) -> Iterator[Progress]:
+    bar = Progress(total, desc, unit)
     try:
-        yield tick
+        yield bar
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()

@@ -7,14 +7,13 @@ collection, 2 = bad arguments)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from semsearch.cli.common import _echo_json, _engine
+from semsearch.cli.common import _echo_json, _engine, _progress
 from semsearch.errors import BusyError, InputError, SemsearchError
 
 
@@ -94,28 +93,23 @@ def sync(config: Path | None, only: str | None, full: bool, audit: bool, repair:
 
 def _run_one(engine: Any, spec: Any, *, full: bool, audit: bool, repair: bool) -> int:
     """Returns the exit code contribution: 0 ok, 1 failed or drift, 3 busy."""
-    from tqdm import tqdm
-
     from semsearch.services import sync as sync_service
     from semsearch.services.sync_audit import audit as audit_service
     from semsearch.wiring import make_source
 
-    disable = os.environ.get("SEMSEARCH_NO_PROGRESS") == "1"
-    source = make_source(spec, engine.settings)
+    source = None
     try:
-        with tqdm(desc=f"{'auditing' if audit else 'syncing'} {spec.collection}",
-                  unit="row", file=sys.stderr, disable=disable, dynamic_ncols=True) as bar:
-            def total(n: int | None) -> None:
-                bar.total = n
-                bar.refresh()
+        source = make_source(spec, engine.settings)
+        with _progress(None, f"{'auditing' if audit else 'syncing'} {spec.collection}",
+                       "row") as bar:
             if audit:
                 report = audit_service(engine, source, spec, repair=repair,
-                                       on_progress=bar.update)
+                                       on_progress=bar)
                 _echo_json({"event": "sync_audit", **report.to_dict()})
                 _print_audit(report)
                 return 1 if report.drift and not repair else 0
-            result = sync_service.sync(engine, source, spec, full=full, on_total=total,
-                                       on_progress=bar.update)
+            result = sync_service.sync(engine, source, spec, full=full,
+                                       on_total=bar.set_total, on_progress=bar)
     except BusyError as exc:
         click.echo(f"error: {exc}", err=True)
         return 3
@@ -125,7 +119,8 @@ def _run_one(engine: Any, spec: Any, *, full: bool, audit: bool, repair: bool) -
                     "error": str(exc)})
         return 1
     finally:
-        source.close()
+        if source is not None:
+            source.close()
     click.echo(result.json_line())
     for doc_id, reason in result.rejected_reasons.items():
         click.echo(f"warning: skipped row {doc_id}: {reason}", err=True)

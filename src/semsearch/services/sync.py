@@ -34,7 +34,7 @@ from semsearch.errors import BusyError, InputError, SemsearchError
 from semsearch.ports import DocumentWrite, LedgerUpdate, SourceRow, SyncSource, Vectors
 from semsearch.services.embedding import EmbedStats
 from semsearch.services.indexes import CollectionIndexes, doc_vector, split_vectors
-from semsearch.services.ingest import ensure_collection, validate_document
+from semsearch.services.ingest import ensure_collection, validate_document, validate_name
 from semsearch.services.sync_config import SourceSpec
 from semsearch.wiring import Engine
 
@@ -62,6 +62,7 @@ class SyncReport:
     saved_cost: float = 0.0
     cache_hits: int = 0
     cache_misses: int = 0
+    cache_errors: int = 0
     embed_p50_ms: float = 0.0
     embed_p95_ms: float = 0.0
     seconds: float = 0.0
@@ -292,6 +293,8 @@ def sync(engine: Engine, source: SyncSource, spec: SourceSpec, *, full: bool = F
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     coll = spec.collection
+    if "@" not in coll:  # before the name becomes a lock file's name
+        validate_name(coll)
     report = SyncReport(collection=coll, source=source.name,
                         mode="full" if full or not source.incremental else "incremental")
     fail = Failpoints(os.environ.get("SEMSEARCH_FAILPOINTS"))
@@ -379,5 +382,6 @@ def _fill(report: SyncReport, stats: EmbedStats) -> None:
     report.saved_cost = round(stats.saved_cost, 9)
     report.cache_hits = stats.cache_hits
     report.cache_misses = stats.cache_misses
+    report.cache_errors = stats.cache_errors
     report.embed_p50_ms = lat["p50"]
     report.embed_p95_ms = lat["p95"]
