@@ -76,8 +76,16 @@ def _st_embedder(settings: Settings) -> Embedder:
         batch_size=settings.embed_batch_size, threads=settings.embedder_threads)
 
 
+def _fake_embedder(settings: Settings) -> Embedder:
+    from semsearch.adapters.embedders.fake import FakeEmbedder
+
+    return FakeEmbedder(dimension=settings.embedder_dimensions or 384,
+                        max_tokens=settings.chunk_max_tokens)
+
+
 EMBEDDERS: dict[str, Callable[[Settings], Embedder]] = {
     "local": _local_embedder,
+    "fake": _fake_embedder,
     "openai-compatible": _openai_embedder,
     "sentence-transformers": _st_embedder,
 }
