@@ -77,7 +77,11 @@ class Settings(BaseSettings):
 
     api_keys_file: Path | None = Field(default=None, description="hashed API keys (JSON); "
                                        "default <home>/api_keys.json when it exists")
-    api_max_texts: int = Field(default=256, ge=1, description="texts per request")
+    api_max_texts: int = Field(default=2048, ge=1,
+                               description="texts or documents per request (OpenAI's 2,048)")
+    api_max_request_tokens: int = Field(default=300_000, ge=1,
+                                        description="tokens per request, all texts together, "
+                                        "counted with the model's tokenizer (OpenAI's 300,000)")
     api_max_text_chars: int = Field(default=100_000, ge=1,
                                     description="characters per text in /embed and queries")
     api_max_body_bytes: int = Field(default=20_000_000, ge=1024, description="request body")

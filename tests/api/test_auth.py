@@ -1,9 +1,11 @@
 """API keys over a real server: 401 without a (known) key, 403 without the scope, success with
 it; both header forms; per-collection listing; hashes only on disk; and a walk over the app's
-routes so a new endpoint cannot ship without authentication by accident."""
+routes so a new endpoint cannot ship without authentication by accident, and exactly the
+documented public set answers without a key."""
 
 from __future__ import annotations
 
+import re
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,15 +17,18 @@ import pytest
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute, Mount
 
-from semsearch.api.auth import KeyStore, hash_key
+from semsearch.api.app import DOCS_ASSETS
+from semsearch.api.auth import PUBLIC_PATHS, KeyStore, hash_key
 from semsearch.api.routes import principal_of
 from tests.api.conftest import LiveServer
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 # Paths that answer without a key, on purpose. Adding to this list is a security decision.
 PUBLIC = {
     "/healthz", "/readyz",  # probes: kubelets and load balancers carry no key
     "/",  # the static search page; every call it makes goes through the keyed API
-    "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",  # the schema, not data
+    "/openapi.json", "/docs", "/docs/assets/{name}",  # the schema, not data
 }
 
 # A valid request for each protected endpoint, so that a route that lost its auth would
@@ -32,6 +37,7 @@ SAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/metrics"): {},
     ("POST", "/embed"): {"json": {"texts": ["hello"]}},
     ("GET", "/v1/models"): {},
+    ("GET", "/v1/models/{model_id:path}"): {},
     ("POST", "/v1/embeddings"): {"json": {"model": "all-MiniLM-L6-v2", "input": "hello"}},
     ("GET", "/search"): {"params": {"q": "lantern", "collection": "docs"}},
     ("POST", "/search"): {"json": {"query": "lantern", "collection": "docs"}},
@@ -93,12 +99,15 @@ def _endpoints(srv: LiveServer) -> list[tuple[str, str, BaseRoute]]:
 
 
 def _url(path: str) -> str:
-    return path.replace("{name}", "docs").replace("{doc_id}", "d1").replace("{version}", "1")
+    return (path.replace("{name}", "docs").replace("{doc_id}", "d1").replace("{version}", "1")
+            .replace("{model_id:path}", "sentence-transformers/all-MiniLM-L6-v2"))
 
 
 def _assert_error(r: httpx.Response, status: int, code: str, *secrets: str) -> None:
     assert r.status_code == status, (r.request.method, r.request.url, r.text)
-    assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+    error = r.json()["error"]
+    assert error["code"] == code and error["message"]
+    assert set(error) == {"message", "type", "param", "code"}  # OpenAI's shape, everywhere
     assert "Traceback" not in r.text and 'File "' not in r.text
     for s in secrets:
         assert s not in r.text
@@ -169,6 +178,31 @@ def test_public_paths_answer_without_a_key(env: Env) -> None:
         assert c.get("/readyz").json() == {"ready": True}
         assert c.get("/").status_code == 200 and "<html" in c.get("/").text.lower()
         assert c.get("/openapi.json").status_code == 200
+
+
+def test_exactly_the_documented_public_set_answers_without_a_key(env: Env) -> None:
+    """Every route of the app, keys configured, no key sent: the public set answers 200,
+    everything else 401; and that set is the code's, and the README's."""
+    assert set(PUBLIC_PATHS) == PUBLIC
+    sentence = re.search(r"except these, public on purpose(.*?)\(in `/docs`",
+                         README.read_text(encoding="utf-8"), re.DOTALL)
+    assert sentence, "the README's API keys paragraph lists the public paths"
+    assert set(re.findall(r"`(/[^`]*)`", sentence.group(1))) == PUBLIC
+    answered: dict[str, int] = {}
+    with env.srv.client() as c:
+        for method, path, _ in _endpoints(env.srv):
+            if path == "/docs/assets/{name}":
+                urls = [f"/docs/assets/{n}" for n in DOCS_ASSETS]
+            else:
+                urls = [_url(path)]
+            for url in urls:
+                r = c.request(method, url, **SAMPLES.get((method, path), {}))
+                answered[f"{method} {url}"] = r.status_code
+                if path in PUBLIC:
+                    assert r.status_code == 200 and r.content, (method, url, r.text[:200])
+                else:
+                    _assert_error(r, 401, "unauthorized")
+    assert sum(s == 200 for s in answered.values()) == len(PUBLIC) - 1 + len(DOCS_ASSETS)
 
 
 def test_both_header_forms_work(env: Env) -> None:

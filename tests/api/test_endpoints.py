@@ -1,9 +1,13 @@
 """The HTTP API over a real server on loopback: embed, collections, documents, search,
-health and metrics, and the errors each returns."""
+health and metrics, the errors each returns, and documentation pages that load nothing from
+outside."""
 
 from __future__ import annotations
 
 import json
+import re
+from html.parser import HTMLParser
+from importlib import resources
 
 from semsearch.adapters.sources.files import iter_documents
 from semsearch.services.quickstart import sample_dir
@@ -89,7 +93,14 @@ def test_errors_are_json_with_stable_codes_and_change_nothing(live: LiveServer) 
             body = response.json()
             assert response.status_code == status, (code, response.text)
             assert body["error"]["code"] == code and body["error"]["message"]
+            assert set(body["error"]) == {"message", "type", "param", "code"}
             assert "Traceback" not in response.text
+        # The type follows the status; param names the field at fault when there is one.
+        r = c.post("/embed", json={"texts": [], "input_type": "query"})
+        assert r.json()["error"]["type"] == "invalid_request_error"
+        assert r.json()["error"]["param"] == "texts"
+        assert c.post("/collections", json={"name": "err"}).json()["error"]["type"] == (
+            "conflict_error")
         info = c.get("/collections").json()["collections"]
         assert [x["documents"] for x in info if x["name"] == "err"] == [12]
 
@@ -105,3 +116,109 @@ def test_limits_name_the_limit(live_factory: object) -> None:
         r = c.post("/embed", content=json.dumps({"texts": ["y" * 3000]}),
                    headers={"content-type": "application/json"})
         assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+def test_tokens_per_request_are_a_limit(live_factory: object) -> None:
+    srv = live_factory(api_max_request_tokens=20)  # type: ignore[operator]
+    with srv.client() as c:
+        ok = c.post("/embed", json={"texts": ["one two three"] * 4})  # 4 x (3 + 2) = 20
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["tokens"] == 20
+        for path, body in (("/embed", {"texts": ["one two three"] * 5}),
+                           ("/v1/embeddings", {"model": "all-MiniLM-L6-v2",
+                                               "input": ["one two three"] * 5}),
+                           ("/search", {"query": "word " * 19, "collection": "none"})):
+            r = c.post(path, json=body)
+            error = r.json()["error"]
+            assert r.status_code == 413, (path, r.text)
+            assert error["code"] == "too_many_tokens", r.text
+            assert "SEMSEARCH_API_MAX_REQUEST_TOKENS" in error["message"]
+        assert c.post("/collections", json={"name": "t"}).status_code == 201
+        docs = [{"id": f"d{i}", "text": "one two three four five six"} for i in range(3)]
+        r = c.post("/collections/t/documents", json={"documents": docs})
+        assert r.status_code == 413 and r.json()["error"]["param"] == "documents", r.text
+        assert c.get("/collections").json()["collections"][0]["documents"] == 0
+
+
+def test_search_takes_q_or_query_on_both_methods(live: LiveServer) -> None:
+    with live.client() as c:
+        _load_sample(c, "qq")
+        text = "sourdough starter feeding"
+        base = {"collection": "qq", "k": 3, "mode": "keyword"}
+        answers = [c.get("/search", params={**base, "q": text}),
+                   c.get("/search", params={**base, "query": text}),
+                   c.post("/search", json={**base, "query": text}),
+                   c.post("/search", json={**base, "q": text})]
+        ids = [[h["doc_id"] for h in r.json()["hits"]] for r in answers]
+        assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+        assert ids[0] and all(i == ids[0] for i in ids), ids
+        for r in (c.get("/search", params={**base, "q": text, "query": text}),
+                  c.post("/search", json={**base, "q": text, "query": text})):
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["message"] == "give the query as 'query' or as 'q', not both"
+        for r in (c.get("/search", params=base), c.post("/search", json=base)):
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["message"] == (
+                "the query is missing: send it as 'query' (or 'q')")
+
+
+class _Refs(HTMLParser):
+    """Every URL a page makes the browser load: src, href, and url(...) in inline CSS."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.urls += [v for k, v in attrs if k in ("src", "href", "action", "poster", "data")
+                      and v]
+
+    def handle_data(self, data: str) -> None:
+        self.urls += re.findall(r"url\(\s*['\"]?([^'\")]+)", data)
+        self.urls += re.findall(r"@import\s+['\"]([^'\"]+)", data)
+        self.urls += re.findall(r"\burl:\s*'([^']+)'", data)  # SwaggerUIBundle({url: ...})
+
+
+def _refs(html: str) -> list[str]:
+    parser = _Refs()
+    parser.feed(html)
+    return parser.urls
+
+
+def test_docs_page_loads_only_from_this_server(live: LiveServer) -> None:
+    with live.client() as c:
+        r = c.get("/docs")
+        assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+        refs = _refs(r.text)
+        assert {"/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css",
+                "/docs/assets/favicon.png", "/openapi.json"} == set(refs), refs
+        for ref in refs:
+            got = c.get(ref)
+            assert got.status_code == 200 and len(got.content) > 500, (ref, got.text[:200])
+        assert not re.search(r"https?://|//cdn", r.text), r.text
+        assert '"validatorUrl": null' in r.text  # no badge fetched from validator.swagger.io
+        types = {name: c.get(f"/docs/assets/{name}").headers["content-type"].split(";")[0]
+                 for name in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")}
+        assert types == {"swagger-ui-bundle.js": "text/javascript",
+                         "swagger-ui.css": "text/css", "favicon.png": "image/png"}
+        schemes = c.get("/openapi.json").json()["components"]["securitySchemes"]
+        assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}  # Authorize button
+        # ReDoc is off: it always fetches its logo from its vendor's CDN.
+        for gone in ("/redoc", "/docs/oauth2-redirect"):
+            assert c.get(gone).status_code == 404
+        for name in ("__init__.py", "..%2F__init__.py", "core.py", "redoc.standalone.js"):
+            r = c.get(f"/docs/assets/{name}")
+            assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+
+
+def test_search_page_loads_nothing_from_outside(live: LiveServer) -> None:
+    shipped = (resources.files("semsearch") / "web" / "index.html").read_text(encoding="utf-8")
+    with live.client() as c:
+        served = c.get("/").text
+    assert served == shipped
+    assert all(not re.match(r"[a-z]+:|//", ref) for ref in _refs(served)), _refs(served)
+    assert not re.search(r"https?://", served)
+    # Its only requests are fetch() calls to this server's own API paths.
+    calls = re.findall(r"""api\(\s*"[A-Z]+"\s*,\s*["'`]([^"'`]+)""", served)
+    assert calls and all(path.startswith("/") for path in calls), calls

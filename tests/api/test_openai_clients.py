@@ -1,6 +1,7 @@
 """Off-the-shelf OpenAI clients against ``/v1`` on a real loopback server: the official
-``openai`` package and LangChain's ``OpenAIEmbeddings`` work unchanged, and nothing they do
-reaches past loopback (no tokenizer download, no tracing, no default base URL)."""
+``openai`` package and LangChain's ``OpenAIEmbeddings`` work unchanged, errors land in the
+client's own exception classes, and nothing they do reaches past loopback (no tokenizer
+download, no tracing, no default base URL)."""
 
 from __future__ import annotations
 
@@ -120,9 +121,12 @@ def test_dimensions_equal_to_the_model_is_accepted(live: LiveServer) -> None:
     with _client(live) as client:
         response = client.embeddings.create(model=MODEL, input=TEXTS[:2], dimensions=384)
         assert _vectors(response).shape == (2, 384)
-        with pytest.raises(openai.APIStatusError) as info:
+        with pytest.raises(openai.BadRequestError) as info:
             client.embeddings.create(model=MODEL, input=TEXTS[:2], dimensions=128)
-        assert info.value.status_code == 422
+        assert info.value.status_code == 400
+        assert info.value.code == "dimensions_unsupported"
+        assert info.value.param == "dimensions"
+        assert info.value.type == "invalid_request_error"
 
 
 def test_models_list(live: LiveServer) -> None:
@@ -131,20 +135,81 @@ def test_models_list(live: LiveServer) -> None:
     assert set(ids) == {MODEL, SHORT}
 
 
+def test_models_retrieve_including_an_id_with_a_slash(live: LiveServer) -> None:
+    with _client(live) as client:
+        for model_id in (MODEL, SHORT):
+            model = client.models.retrieve(model_id)
+            assert model.id == model_id and model.object == "model"
+        for unknown in ("text-embedding-3-small", "sentence-transformers/nope", "a/b/c"):
+            with pytest.raises(openai.NotFoundError) as info:
+                client.models.retrieve(unknown)
+            assert info.value.code == "model_not_found"
+            assert info.value.type == "invalid_request_error"
+            assert unknown in info.value.message and "GET /v1/models" in info.value.message
+
+
 def test_unknown_model_is_not_found(live: LiveServer) -> None:
     with _client(live) as client, pytest.raises(openai.NotFoundError) as info:
         client.embeddings.create(model="text-embedding-3-small", input=["hi"])
     assert info.value.status_code == 404
     assert info.value.code == "model_not_found"
+    assert info.value.param == "model"
     assert "GET /v1/models" in info.value.message
 
 
-@pytest.mark.parametrize("bad", ["", [""], ["ok", "   "]], ids=["empty", "list-empty", "blank"])
-def test_empty_input_is_a_client_error(live: LiveServer, bad: Any) -> None:
-    with _client(live) as client, pytest.raises(openai.APIStatusError) as info:
+@pytest.mark.parametrize("bad", ["", [""], ["ok", "   "], []],
+                         ids=["empty", "list-empty", "blank", "no-inputs"])
+def test_empty_input_is_a_bad_request(live: LiveServer, bad: Any) -> None:
+    with _client(live) as client, pytest.raises(openai.BadRequestError) as info:
         client.embeddings.create(model=MODEL, input=bad)
-    assert 400 <= info.value.status_code < 500
-    assert not isinstance(info.value, openai.InternalServerError)
+    assert info.value.status_code == 400
+    assert info.value.type == "invalid_request_error" and info.value.param == "input"
+
+
+def test_invalid_bodies_are_bad_requests_in_openais_shape(live: LiveServer) -> None:
+    """What pydantic refuses is 400 under /v1 (422 on the native endpoints)."""
+    with live.client() as c:
+        for body, param in (({"model": MODEL}, "input"), ({"input": "x"}, "model"),
+                            ({"model": MODEL, "input": 5}, "input"),
+                            ({"model": MODEL, "input": "x", "encoding_format": "int8"},
+                             "encoding_format"),
+                            ({"model": MODEL, "input": "x", "dimensions": 0}, "dimensions")):
+            r = c.post("/v1/embeddings", json=body)
+            assert r.status_code == 400, (body, r.text)
+            assert r.json()["error"]["param"] == param, r.text
+            assert r.json()["error"]["type"] == "invalid_request_error"
+            assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+        r = c.post("/embed", json={"texts": 5})
+        assert r.status_code == 422 and r.json()["error"]["param"] == "texts"
+        assert c.get("/v1/nowhere").json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("ids", [[1820, 8415, 7731], [[1820, 8415], [7731]]],
+                         ids=["one", "batch"])
+def test_token_arrays_are_refused_plainly(live: LiveServer, ids: Any) -> None:
+    """LangChain's default sends tiktoken ids: say what to set instead, not 'not a string'."""
+    with _client(live) as client, pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model=MODEL, input=ids)
+    assert info.value.code == "token_arrays_unsupported" and info.value.param == "input"
+    message = info.value.message
+    assert "token ids" in message and "check_embedding_ctx_length=False" in message
+    assert "valid string" not in message
+
+
+def test_many_inputs_in_one_request_like_langchain_sends(live: LiveServer) -> None:
+    """LangChain sends 1,000 inputs per request by default; OpenAI takes up to 2,048."""
+    texts = [f"note {i} about kites" for i in range(2048)]
+    with _client(live) as client:
+        response = client.embeddings.create(model=SHORT, input=texts, encoding_format="float")
+        assert len(response.data) == 2048 and [d.index for d in response.data] == list(
+            range(2048))
+        with pytest.raises(openai.APIStatusError) as info:
+            client.embeddings.create(model=SHORT, input=[*texts, "one too many"])
+        assert info.value.status_code == 413 and info.value.code == "too_many_texts"
+        assert "SEMSEARCH_API_MAX_TEXTS" in info.value.message
+    np.testing.assert_allclose(_vectors(response)[[0, 1999]], _ours(live, [texts[0],
+                                                                         texts[1999]]),
+                               atol=1e-6)
 
 
 def test_langchain_openai_embeddings(live: LiveServer) -> None:
@@ -161,6 +226,19 @@ def test_langchain_openai_embeddings(live: LiveServer) -> None:
 
     for got, want in zip([*docs, query], expected, strict=True):
         assert cos(got, want) > 0.999
+
+
+def test_langchain_default_batch_of_1000_inputs(live: LiveServer) -> None:
+    """Over 1,000 chunks: LangChain's default chunk_size sends 1,000 per request."""
+    lc = pytest.importorskip("langchain_openai")
+    emb = lc.OpenAIEmbeddings(model=SHORT, base_url=live.url + "/v1", api_key="x",
+                              check_embedding_ctx_length=False, max_retries=0)
+    assert emb.chunk_size == 1000
+    texts = [f"passage {i}: kites fly best in steady wind" for i in range(1100)]
+    docs = np.asarray(emb.embed_documents(texts), dtype=np.float32)
+    assert docs.shape == (1100, 384)
+    np.testing.assert_allclose(docs[[0, 1099]], _ours(live, [texts[0], texts[1099]]),
+                               atol=1e-5)
 
 
 def test_api_keys_right_key_works_wrong_key_is_refused(

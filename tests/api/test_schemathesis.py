@@ -3,9 +3,9 @@ schemathesis sends, valid or not, the answer is never a 5xx.
 
 A collection "docs" holding the sample corpus exists first. In the fuzzing phase, generated
 collection names are often swapped for "docs" (and OpenAI model ids for a served one) so
-search, get, upsert and /v1/embeddings reach real data, not only 404s; "docs" is never the
-target of a collection drop, so it survives the run. The coverage phase (schema boundary
-cases) runs unmodified."""
+search, get, upsert, /v1/embeddings and /v1/models/{id} reach real data, not only 404s;
+"docs" is never the target of a collection drop, so it survives the run. The coverage phase
+(schema boundary cases) runs unmodified."""
 
 from __future__ import annotations
 
@@ -66,6 +66,8 @@ def api_schema(live: LiveServer) -> Any:
     def real_collection_in_path(context: Any, params: Any) -> Any:
         if isinstance(params, dict) and "name" in params and not _is_drop(context):
             return st.sampled_from([params, {**params, "name": REAL}])
+        if isinstance(params, dict) and "model_id" in params:
+            return st.sampled_from([params, *({**params, "model_id": m} for m in MODELS)])
         return st.just(params)
 
     @schema.hook("filter_path_parameters")

@@ -154,6 +154,68 @@ def test_keys_list_when_there_are_none(settings: Settings) -> None:
     assert out.returncode == 0 and "no API keys" in out.stdout
 
 
+def test_keys_revoke(settings: Settings) -> None:
+    for name in ("ci", "ops"):
+        assert run(settings, "keys", "create", name, "--scope", "*:read").returncode == 0
+    gone = run(settings, "keys", "revoke", "ci")
+    assert gone.returncode == 0, gone.stderr
+    assert "revoked 'ci'" in gone.stderr and "open" not in gone.stderr
+    assert run(settings, "keys", "list").stdout.splitlines() == ["ops: *:read"]
+
+    unknown = run(settings, "keys", "revoke", "ci")
+    assert unknown.returncode == 2
+    assert "no API key named 'ci'" in unknown.stderr and "ops" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+
+    last = run(settings, "keys", "revoke", "ops")  # allowed, but it opens the API: say so
+    assert last.returncode == 0 and "open to anyone" in last.stderr
+    assert "no API keys" in run(settings, "keys", "list").stdout
+    assert not list(settings.home.glob("*.tmp")) and not list(settings.home.glob(".*.tmp"))
+
+
+def test_keys_file_changes_reach_a_running_server(home: Settings, tmp_path: Path) -> None:
+    """Create, use, revoke, add: a running server follows the keys file with no restart;
+    a broken file keeps the last good keys (and logs why), never a 500 or a lock-out."""
+    def make(name: str, scope: str) -> str:
+        made = run(home, "keys", "create", name, "--scope", scope)
+        assert made.returncode == 0, made.stderr
+        return made.stdout.strip()
+
+    ops = make("ops", "*:admin")
+    reader = make("reader", "docs:read")
+    path = home.home / "api_keys.json"
+    log = tmp_path / "serve.log"
+    params = {"q": "sourdough starter feeding", "collection": "docs", "k": 3}
+    with serving(home, log) as (url, _proc), httpx.Client(base_url=url, timeout=60) as c:
+        def status(key: str | None) -> int:
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            return c.get("/search", params=params, headers=headers).status_code
+
+        assert (status(reader), status(ops), status(None)) == (200, 200, 401)
+        assert run(home, "keys", "revoke", "reader").returncode == 0
+        assert (status(reader), status(ops)) == (401, 200)
+        later = make("later", "docs:read")
+        assert (status(later), status(reader)) == (200, 401)
+
+        good = path.read_text()
+        path.write_text('{"keys": [')  # a bad edit: the last good keys stay in force
+        assert (status(later), status(ops), status(reader), status(None)) == (200, 200, 401, 401)
+        path.write_text('{"keys": [{"name": "x", "sha256": "ab", "scopes": {"*": "owner"}}]}')
+        assert (status(later), status(None)) == (200, 401)
+        path.write_text(good)  # fixed: read again
+        assert (status(later), status(ops), status(None)) == (200, 200, 401)
+
+        path.unlink()  # no file is no keys, as at start-up: open, and logged as such
+        assert status(None) == 200
+        assert make("again", "docs:read") and status(None) == 401
+    text = log.read_text()
+    assert text.count("is invalid") == 2, text  # once per bad version, not per request
+    assert text.count("ERROR:") == 2 and "keeping the 2 key(s) read before" in text, text
+    assert "WARNING:" in text and "open to anyone" in text and "(it was removed)" in text
+    assert "INFO:     API keys reloaded from" in text
+    assert "Traceback" not in text
+
+
 def test_serve_answers_searches_and_stops_cleanly(home: Settings, tmp_path: Path) -> None:
     key = run(home, "keys", "create", "reader", "--scope", "docs:read").stdout.strip()
     with serving(home, tmp_path / "serve.log") as (url, proc):

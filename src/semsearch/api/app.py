@@ -1,7 +1,11 @@
 """The HTTP service: a thin layer over the library, built by ``create_app``.
 
 The engine (store, cache, model) is opened once in the app's lifespan, never at import or
-per request; ``/readyz`` turns true only after the model has embedded a first text."""
+per request; ``/readyz`` turns true only after the model has embedded a first text.
+
+``/docs`` loads Swagger UI from this server (files shipped by the ``fastapi-offline``
+package), not from a CDN, so it works offline and behind firewalls. There is no ``/redoc``:
+ReDoc always fetches its logo from its vendor's CDN."""
 
 from __future__ import annotations
 
@@ -12,12 +16,13 @@ from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from semsearch.api import errors
 from semsearch.api.auth import KeyStore
-from semsearch.api.errors import error_response
+from semsearch.api.errors import ApiError, error_response
 from semsearch.api.metrics import Metrics
 from semsearch.config import Settings
 from semsearch.core.types import InputType
@@ -50,6 +55,21 @@ class BodyCap:
         await self.app(scope, counted, send)
 
 
+# The documentation pages' assets, by the name they are served under: a fixed list, so the
+# public asset route can hand out nothing else.
+DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+               "favicon.png": "image/png"}
+
+# Swagger UI needs its inline start-up script and styles and data: images; anything else
+# from elsewhere is blocked by the browser before a request leaves.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; "
+            "style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'")
+
+
+def _docs_asset(name: str) -> Path:
+    return Path(str(resources.files("fastapi_offline") / "static" / name))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -68,7 +88,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.close()
 
     app = FastAPI(title="semsearch", version="0.1.0", lifespan=lifespan,
-                  description="Embedding and semantic search: dense, BM25 and hybrid.")
+                  description="Embedding and semantic search: dense, BM25 and hybrid. With "
+                  "API keys configured, use Authorize with a key from `semsearch keys create`.",
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.ready = False
     app.state.engine = None
@@ -85,7 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.metrics.errors.labels(code="body_too_large").inc()
             return error_response(413, "body_too_large",
                                   f"request body of {int(length):,} bytes is over the limit of "
-                                  f"{settings.api_max_body_bytes:,} (SEMSEARCH_API_MAX_BODY_BYTES)")
+                                  f"{settings.api_max_body_bytes:,} (SEMSEARCH_API_MAX_BODY_BYTES)",
+                                  path=request.url.path)
         started = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")
@@ -103,5 +126,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def page() -> HTMLResponse:
         html = Path(str(resources.files("semsearch") / "web" / "index.html"))
         return HTMLResponse(html.read_text(encoding="utf-8"))
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        page = get_swagger_ui_html(
+            openapi_url="/openapi.json", title="semsearch API", oauth2_redirect_url=None,
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon.png",
+            # No validator badge: it would send the schema to validator.swagger.io.
+            swagger_ui_parameters={"validatorUrl": None})
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    def docs_asset(name: str) -> FileResponse:
+        media_type = DOCS_ASSETS.get(name)
+        if media_type is None:
+            raise ApiError(404, "not_found", f"no documentation asset {name!r}")
+        return FileResponse(_docs_asset(name), media_type=media_type,
+                            headers={"Cache-Control": "public, max-age=86400"})
 
     return app

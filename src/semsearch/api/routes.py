@@ -6,13 +6,15 @@ import base64
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from semsearch.api.auth import Principal, require
 from semsearch.api.errors import ApiError
 from semsearch.api.schemas import (
+    QUERY_NAMES,
     CollectionCreate,
     DeleteRequest,
     EmbedRequest,
@@ -44,11 +46,18 @@ def engine_of(request: Request) -> Engine:
     return engine
 
 
-def principal_of(request: Request, authorization: Annotated[str | None, Header()] = None,
-                 x_api_key: Annotated[str | None, Header()] = None) -> Principal:
-    presented = x_api_key
-    if authorization and authorization.lower().startswith("bearer "):
-        presented = authorization[7:].strip()
+# Declared as security schemes (not plain headers) so /docs offers an Authorize button that
+# sends the key; neither refuses by itself: authenticate() decides, with our 401 body.
+_bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
+                     description="an API key from `semsearch keys create`, as a Bearer token")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey",
+                        description="the same API key, in the X-API-Key header")
+
+
+def principal_of(request: Request,
+                 bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+                 x_api_key: Annotated[str | None, Depends(_api_key)]) -> Principal:
+    presented = bearer.credentials.strip() if bearer is not None else x_api_key
     principal: Principal = request.app.state.keys.authenticate(presented)
     return principal
 
@@ -62,26 +71,51 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-def _check_texts(request: Request, texts: list[str], what: str = "texts") -> None:
+def _check_texts(request: Request, engine: Engine, texts: list[str], what: str = "texts",
+                 param: str | None = None) -> list[int]:
+    """Refuse what is over a limit or empty; return each text's tokens (with the model's
+    special tokens, before truncation), counted once here and reused for ``usage``."""
     s = _settings(request)
     if len(texts) > s.api_max_texts:
-        raise ApiError(413, "too_many_texts", f"{len(texts)} {what} in one request; the limit "
-                       f"is {s.api_max_texts} (SEMSEARCH_API_MAX_TEXTS)")
+        raise ApiError(413, "too_many_texts", f"{len(texts):,} {what} in one request; the limit "
+                       f"is {s.api_max_texts:,} (SEMSEARCH_API_MAX_TEXTS)", param=param)
     for i, t in enumerate(texts):
         if len(t) > s.api_max_text_chars:
             raise ApiError(413, "text_too_long", f"{what} #{i} has {len(t):,} characters; the "
-                           f"limit is {s.api_max_text_chars:,} (SEMSEARCH_API_MAX_TEXT_CHARS)")
+                           f"limit is {s.api_max_text_chars:,} (SEMSEARCH_API_MAX_TEXT_CHARS)",
+                           param=param)
         if not t.strip():
-            raise ApiError(422, "empty_text", f"{what} #{i} is empty; nothing to embed")
+            raise ApiError(422, "empty_text", f"{what} #{i} is empty; nothing to embed",
+                           param=param)
+    return _count_tokens(request, engine, texts, what, param)
 
 
-def _embed(request: Request, engine: Engine, texts: list[str],
-           input_type: InputType) -> tuple[np.ndarray, int, EmbedStats]:
+def _count_tokens(request: Request, engine: Engine, texts: list[str], what: str,
+                  param: str | None) -> list[int]:
+    """Token counts, stopping at the first text past SEMSEARCH_API_MAX_REQUEST_TOKENS so an
+    oversized request costs no more than the limit to refuse."""
+    limit = _settings(request).api_max_request_tokens
+    tok = engine.embedder.embedder.tokenizer
+    counts: list[int] = []
+    total = 0
+    for t in texts:
+        counts.append(tok.count_tokens(t) + 2)  # + the model's [CLS] and [SEP]
+        total += counts[-1]
+        if total > limit:
+            raise ApiError(413, "too_many_tokens", f"the {what} in this request hold over "
+                           f"{limit:,} tokens ({total:,} in the first {len(counts):,} of "
+                           f"{len(texts):,}); the limit is {limit:,} per request "
+                           "(SEMSEARCH_API_MAX_REQUEST_TOKENS): send fewer per request",
+                           param=param)
+    return counts
+
+
+def _embed(request: Request, engine: Engine, texts: list[str], input_type: InputType,
+           counts: list[int]) -> tuple[np.ndarray, int, EmbedStats]:
     stats = EmbedStats()
     vectors = engine.embedder.embed(texts, input_type, stats)
-    identity = engine.embedder.embedder.identity
-    tok = engine.embedder.embedder.tokenizer
-    tokens = sum(min(tok.count_tokens(t) + 2, identity.max_tokens) for t in texts)
+    window = engine.embedder.embedder.identity.max_tokens
+    tokens = sum(min(n, window) for n in counts)  # what the model sees: truncated to its window
     request.app.state.metrics.observe_embedding(stats.tokens, stats.cost, stats.cache_hits,
                                                 stats.cache_misses)
     return vectors, tokens, stats
@@ -112,8 +146,9 @@ def metrics(request: Request, who: Who) -> Response:
 def embed(body: EmbedRequest, request: Request, engine: EngineDep, who: Who) -> EmbedResponse:
     """Embed a batch of texts as queries or passages (through the cache)."""
     require(who, None, "read")
-    _check_texts(request, body.texts)
-    vectors, tokens, stats = _embed(request, engine, body.texts, InputType(body.input_type))
+    counts = _check_texts(request, engine, body.texts, param="texts")
+    vectors, tokens, stats = _embed(request, engine, body.texts, InputType(body.input_type),
+                                    counts)
     identity = engine.embedder.embedder.identity
     return EmbedResponse(model=identity.to_dict(), dimension=identity.dimension,
                          vectors=vectors.tolist(), tokens=tokens, cache_hits=stats.cache_hits)
@@ -125,12 +160,29 @@ def _served_models(engine: Engine) -> list[str]:
     return [model] if short == model else [model, short]
 
 
+def _model(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "semsearch"}
+
+
+def _model_not_found(engine: Engine, model_id: str) -> ApiError:
+    return ApiError(404, "model_not_found", f"model {model_id!r} is not served here; "
+                    f"GET /v1/models lists {', '.join(_served_models(engine))}", param="model")
+
+
 @router.get("/v1/models", tags=["openai"])
 def openai_models(engine: EngineDep, who: Who) -> dict[str, Any]:
     """The model ids ``/v1/embeddings`` accepts."""
     require(who, None, "read")
-    return {"object": "list", "data": [{"id": m, "object": "model", "created": 0,
-                                        "owned_by": "semsearch"} for m in _served_models(engine)]}
+    return {"object": "list", "data": [_model(m) for m in _served_models(engine)]}
+
+
+@router.get("/v1/models/{model_id:path}", tags=["openai"])
+def openai_model(model_id: str, engine: EngineDep, who: Who) -> dict[str, Any]:
+    """One model (``client.models.retrieve``); ids may hold a '/'."""
+    require(who, None, "read")
+    if model_id not in _served_models(engine):
+        raise _model_not_found(engine, model_id)
+    return _model(model_id)
 
 
 @router.post("/v1/embeddings", tags=["openai"])
@@ -139,18 +191,17 @@ def openai_embeddings(body: OpenAIEmbeddingsRequest, request: Request, engine: E
     """OpenAI's embeddings API: the official clients work unchanged against this base URL."""
     require(who, None, "read")
     if body.model not in _served_models(engine):
-        raise ApiError(404, "model_not_found", f"model {body.model!r} is not served here; "
-                       f"GET /v1/models lists {', '.join(_served_models(engine))}")
+        raise _model_not_found(engine, body.model)
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
     if not texts:
-        raise ApiError(422, "empty_input", "input is an empty list")
-    _check_texts(request, texts, "input")
+        raise ApiError(422, "empty_input", "input is an empty list", param="input")
     dim = engine.embedder.embedder.identity.dimension
     if body.dimensions is not None and body.dimensions != dim:
         raise ApiError(422, "dimensions_unsupported",
                        f"model {body.model!r} produces {dim} dimensions and was not trained to "
-                       f"be shortened; omit 'dimensions' or pass {dim}")
-    vectors, tokens, _ = _embed(request, engine, texts, InputType.PASSAGE)
+                       f"be shortened; omit 'dimensions' or pass {dim}", param="dimensions")
+    counts = _check_texts(request, engine, texts, "input", param="input")
+    vectors, tokens, _ = _embed(request, engine, texts, InputType.PASSAGE, counts)
     data = []
     for i, v in enumerate(vectors):
         vec = np.ascontiguousarray(v, dtype="<f4")
@@ -165,8 +216,8 @@ def _search(request: Request, engine: Engine, who: Principal, body: SearchBody) 
     from semsearch.services.search import SearchRequest, search
 
     require(who, body.collection, "read")
-    _check_texts(request, [body.query], "query")
-    req = SearchRequest(query=body.query, mode=Mode(body.mode), k=body.k,
+    _check_texts(request, engine, [body.text], "query", param="query" if body.query else "q")
+    req = SearchRequest(query=body.text, mode=Mode(body.mode), k=body.k,
                         filter=parse_filter(body.filter), fusion=body.fusion,
                         weights=body.weights, rrf_k=body.rrf_k, candidates=body.candidates,
                         group=body.group)
@@ -179,13 +230,19 @@ def _search(request: Request, engine: Engine, who: Principal, body: SearchBody) 
 
 
 @router.get("/search", response_model=SearchResponse, tags=["search"])
-def search_get(request: Request, engine: EngineDep, who: Who,
-               q: Annotated[str, Query(min_length=1)], collection: str,
+def search_get(request: Request, engine: EngineDep, who: Who, collection: str,
+               q: Annotated[str | None, Query(min_length=1, description=(
+                   "the query text; 'query' is accepted too (give one)"))] = None,
+               query: Annotated[str | None, Query(min_length=1, description=(
+                   "the query text under POST /search's name; same as 'q'"))] = None,
                k: Annotated[int, Query(ge=1, le=1000)] = 10, mode: ModeName = "hybrid",
                fusion: FusionName = "rrf") -> SearchResponse:
     """Search a collection (filters and weights: use POST /search)."""
-    return _search(request, engine, who, SearchBody(query=q, collection=collection, k=k,
-                                                    mode=mode, fusion=fusion))
+    if (q is None) == (query is None):
+        raise ApiError(422, "invalid_request", QUERY_NAMES[0] if q is not None else
+                       QUERY_NAMES[1], param="q")
+    return _search(request, engine, who, SearchBody(q=q, query=query, collection=collection,
+                                                    k=k, mode=mode, fusion=fusion))
 
 
 @router.post("/search", response_model=SearchResponse, tags=["search"])
@@ -267,8 +324,11 @@ def upsert_documents(name: str, body: UpsertRequest, request: Request, engine: E
     engine.store.get_collection(engine.resolve(name))  # unknown -> 404, not a create
     s = _settings(request)
     if len(body.documents) > s.api_max_texts:
-        raise ApiError(413, "too_many_documents", f"{len(body.documents)} documents in one "
-                       f"request; the limit is {s.api_max_texts} (SEMSEARCH_API_MAX_TEXTS)")
+        raise ApiError(413, "too_many_documents", f"{len(body.documents):,} documents in one "
+                       f"request; the limit is {s.api_max_texts:,} (SEMSEARCH_API_MAX_TEXTS)",
+                       param="documents")
+    _count_tokens(request, engine, [f"{d.title}\n{d.text}" for d in body.documents],
+                  "documents", "documents")
     docs = [Document(d.id, d.text, d.title, d.metadata) for d in body.documents]
     report = index_documents(engine, name, docs)
     request.app.state.metrics.observe_embedding(report.tokens, report.cost, report.cache_hits,

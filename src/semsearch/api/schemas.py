@@ -6,15 +6,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from semsearch.api.errors import TOKEN_ARRAYS
 
 ModeName = Literal["hybrid", "dense", "keyword"]
 FusionName = Literal["rrf", "minmax", "zscore"]
 
 
 class ErrorBody(BaseModel):
-    code: str = Field(description="stable machine-readable error code")
     message: str = Field(description="what was wrong and what to do")
+    type: str = Field(description="OpenAI's error class: invalid_request_error, "
+                      "authentication_error, permission_error, conflict_error, server_error")
+    param: str | None = Field(default=None, description="the request field at fault, if one")
+    code: str = Field(description="stable machine-readable error code")
 
 
 class ErrorResponse(BaseModel):
@@ -35,9 +41,16 @@ class EmbedResponse(BaseModel):
     cache_hits: int
 
 
+QUERY_NAMES = ("give the query as 'query' or as 'q', not both", "the query is missing: send "
+               "it as 'query' (or 'q')")
+
+
 class SearchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    query: str = Field(min_length=1)
+    query: str | None = Field(default=None, min_length=1,
+                              description="the query text; 'q' is accepted too (give one)")
+    q: str | None = Field(default=None, min_length=1,
+                          description="the query text under GET /search's name; same as 'query'")
     collection: str
     k: int = Field(default=10, ge=1, le=1000)
     mode: ModeName = "hybrid"
@@ -47,6 +60,20 @@ class SearchBody(BaseModel):
     rrf_k: int | None = Field(default=None, ge=1)
     candidates: int | None = Field(default=None, ge=1, le=10000)
     group: bool = True
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchBody:
+        if self.query is not None and self.q is not None:
+            raise PydanticCustomError("query_names", QUERY_NAMES[0])
+        if self.query is None and self.q is None:
+            raise PydanticCustomError("query_missing", QUERY_NAMES[1])
+        return self
+
+    @property
+    def text(self) -> str:
+        text = self.query if self.query is not None else self.q
+        assert text is not None  # the validator saw to it
+        return text
 
 
 class HitOut(BaseModel):
@@ -89,11 +116,36 @@ class CollectionCreate(BaseModel):
     name: str
 
 
-class OpenAIEmbeddingsRequest(BaseModel):
-    """OpenAI's /v1/embeddings body; ``input`` may also be token arrays, refused with 422."""
+TOKEN_ARRAYS_MESSAGE = (
+    "input holds token ids, which this server does not accept: it tokenizes text itself, with "
+    "its own model's tokenizer (OpenAI's token ids mean nothing to it). Send the texts as "
+    "strings; in LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False)")
 
-    input: str | list[str]
+
+def _is_token_array(value: Any) -> bool:
+    def ints(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in v)
+
+    return ints(value) or (isinstance(value, list) and bool(value)
+                           and all(ints(v) for v in value))
+
+
+class OpenAIEmbeddingsRequest(BaseModel):
+    """OpenAI's /v1/embeddings body. OpenAI also takes token-id arrays for ``input``; they are
+    refused with a 400 that says what to send instead (a validation error would only say
+    "Input should be a valid string")."""
+
+    input: str | list[str] = Field(description="a text or a list of texts (strings only; "
+                                   "token-id arrays are refused)")
     model: str
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _no_token_arrays(cls, value: Any) -> Any:
+        if _is_token_array(value):
+            raise PydanticCustomError(TOKEN_ARRAYS, TOKEN_ARRAYS_MESSAGE)
+        return value

@@ -5,6 +5,9 @@ commands so ``semsearch --help`` stays instant."""
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import click
 
 APP_FACTORY = "semsearch.api.app:create_app"
@@ -22,8 +25,9 @@ APP_FACTORY = "semsearch.api.app:create_app"
 def serve(host: str | None, port: int | None, workers: int, log_level: str) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs; probes at /healthz and /readyz).
 
-    With any API key created (semsearch keys create) every endpoint but the health probes
-    needs one; keys are read at start-up, so restart after adding a key."""
+    With any API key created (semsearch keys create) every data endpoint needs one; only the
+    probes, the search page at /, /docs and /openapi.json stay open. Running servers pick up
+    keys created or revoked without a restart."""
     import uvicorn
 
     from semsearch.api.auth import KeyStore
@@ -40,7 +44,18 @@ def serve(host: str | None, port: int | None, workers: int, log_level: str) -> N
     # each worker builds its own app, reading the same SEMSEARCH_* settings.
     uvicorn.run(APP_FACTORY, factory=True, host=host,
                 port=settings.port if port is None else port, workers=workers,
-                log_level=log_level)
+                log_level=log_level, log_config=_log_config(log_level))
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging set-up plus semsearch's own logger (key reloads, unexpected errors),
+    so those lines carry a level and follow --log-level like uvicorn's."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["semsearch"] = {"handlers": ["default"], "level": level.upper(),
+                                      "propagate": False}
+    return config
 
 
 def _is_loopback(host: str) -> bool:
@@ -67,7 +82,9 @@ def _parse_scope(text: str) -> tuple[str, str]:
 
 @click.group()
 def keys() -> None:
-    """Create and list API keys (only their SHA-256 hashes are stored)."""
+    """Create, list and revoke API keys (only their SHA-256 hashes are stored).
+
+    Running servers see every change on their next request: no restart."""
 
 
 @keys.command(name="create")
@@ -85,7 +102,23 @@ def keys_create(name: str, scopes: tuple[str, ...]) -> None:
     key = store.create(name, granted)
     click.echo(key)
     click.echo(f"note: this is the only time the key is shown; {store.path} keeps only its "
-               "SHA-256 hash. Restart running servers to pick it up.", err=True)
+               "SHA-256 hash. Running servers accept it from now on.", err=True)
+
+
+@keys.command(name="revoke")
+@click.argument("name")
+def keys_revoke(name: str) -> None:
+    """Delete the key NAME: running servers refuse it (401) from their next request on."""
+    from semsearch.api.auth import KeyStore
+    from semsearch.config import Settings
+
+    store = KeyStore(Settings().keys_path)
+    store.revoke(name)  # an unknown name: NotFoundError, exit 2 with the names there are
+    click.echo(f"revoked {name!r}", err=True)
+    if not store.enabled:
+        click.echo(f"warning: {store.path} holds no key now: the API is open to anyone who can "
+                   "reach it; create one with: semsearch keys create NAME --scope '*:admin'",
+                   err=True)
 
 
 @keys.command(name="list")
