@@ -68,6 +68,35 @@ def test_delete_and_metrics(live: LiveServer) -> None:
         assert c.get("/search", params={"q": "x", "collection": "del"}).status_code == 404
 
 
+def test_documents_whose_ids_hold_slashes_are_reachable(live: LiveServer) -> None:
+    """Folder indexing makes ids like ``sub/file.md``: they must be fetched and deleted."""
+    ids = ["sub/file.md", "a b/ü/deep.md", "/leading.md", "delete"]
+    with live.client() as c:
+        assert c.post("/collections", json={"name": "paths"}).status_code == 201
+        docs = [{"id": i, "text": f"note number {n} about kites"} for n, i in enumerate(ids)]
+        assert c.post("/collections/paths/documents",
+                      json={"documents": docs}).json()["new"] == len(ids)
+        for i in ids:
+            assert c.get(f"/collections/paths/documents/{i}").json()["id"] == i
+        assert c.delete("/collections/paths/documents/sub%2Ffile.md").json() == {"deleted": 1}
+        for i in ids[1:]:
+            assert c.delete(f"/collections/paths/documents/{i}").json() == {"deleted": 1}, i
+        for i in ids:
+            r = c.get(f"/collections/paths/documents/{i}")
+            assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_filters_past_any_backend_limit_are_4xx(live: LiveServer) -> None:
+    with live.client() as c:
+        _load_sample(c, "flt")
+        for spec in ({f"k{i}": i for i in range(1001)}, {"type": list(range(5000))},
+                     {"year": 10**30}, {"type": []}):
+            r = c.post("/search", json={"query": "garden", "collection": "flt",
+                                        "filter": spec})
+            assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input", \
+                (spec, r.text)
+
+
 def test_errors_are_json_with_stable_codes_and_change_nothing(live: LiveServer) -> None:
     with live.client() as c:
         _load_sample(c, "err")

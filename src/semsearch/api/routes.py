@@ -336,7 +336,7 @@ def upsert_documents(name: str, body: UpsertRequest, request: Request, engine: E
     return report.to_dict()
 
 
-@router.get("/collections/{name}/documents/{doc_id}", tags=["documents"])
+@router.get("/collections/{name}/documents/{doc_id:path}", tags=["documents"])
 def get_document(name: str, doc_id: str, engine: EngineDep, who: Who) -> dict[str, Any]:
     require(who, name, "read")
     name = engine.resolve(name)
@@ -344,7 +344,7 @@ def get_document(name: str, doc_id: str, engine: EngineDep, who: Who) -> dict[st
     return engine.store.get_document(name, doc_id)
 
 
-@router.delete("/collections/{name}/documents/{doc_id}", tags=["documents"])
+@router.delete("/collections/{name}/documents/{doc_id:path}", tags=["documents"])
 def delete_document(name: str, doc_id: str, engine: EngineDep, who: Who) -> dict[str, Any]:
     from semsearch.services.ingest import delete_documents
 
