@@ -114,8 +114,9 @@ class SyncState:
     updated_at: str
 
 
-class DocumentStore(Protocol):
-    """The canonical store: documents, metadata, chunks, hashes, collection identity."""
+class CollectionCatalog(Protocol):
+    """Collections, their stamped identity and generation, and the names (aliases) that point
+    at one version each. Swaps are compare-and-swap so two cannot interleave."""
 
     def create_collection(self, name: str, identity: EmbedderIdentity,
                           chunker: Mapping[str, Any]) -> CollectionInfo: ...
@@ -137,20 +138,22 @@ class DocumentStore(Protocol):
 
     def drop_alias(self, alias: str) -> None: ...
 
-    def iter_documents(self, collection: str, batch: int = 500) -> Iterator[list[Document]]: ...
 
-    def disk_usage(self) -> dict[str, int]: ...
-
-    def vacuum(self) -> None: ...
+class DocumentStore(Protocol):
+    """Documents, metadata, content hashes and chunks of one collection at a time. ``write``
+    is the one atomic write: a batch of documents with their chunks, deletions, and (for a
+    sync) the ledger entries describing the batch, in one transaction."""
 
     def content_hashes(self, collection: str, doc_ids: Sequence[str]) -> dict[str, str]: ...
 
     def write(self, collection: str, writes: Sequence[DocumentWrite],
               deletes: Sequence[str] = (), ledger: LedgerUpdate | None = None) -> WriteResult: ...
 
-    def sync_state(self, collection: str) -> SyncState | None: ...
+    def get_document(self, collection: str, doc_id: str) -> dict[str, Any]: ...
 
-    def rejects(self, collection: str) -> dict[str, str]: ...
+    def all_doc_ids(self, collection: str) -> list[str]: ...
+
+    def iter_documents(self, collection: str, batch: int = 500) -> Iterator[list[Document]]: ...
 
     def chunks_by_label(self, collection: str, labels: Sequence[int]) -> dict[int, StoredChunk]: ...
 
@@ -160,9 +163,18 @@ class DocumentStore(Protocol):
 
     def labels_matching(self, collection: str, filt: Filter) -> set[int]: ...
 
-    def all_doc_ids(self, collection: str) -> list[str]: ...
 
-    def get_document(self, collection: str, doc_id: str) -> dict[str, Any]: ...
+class SyncLedger(Protocol):
+    """Where a collection's sync stands: its source binding, watermark and refused rows
+    (written by ``DocumentStore.write`` with the batch they describe)."""
+
+    def sync_state(self, collection: str) -> SyncState | None: ...
+
+    def rejects(self, collection: str) -> dict[str, str]: ...
+
+
+class RunLog(Protocol):
+    """History of index and sync runs: what each did and cost. Survives collection drops."""
 
     def record_run(self, collection: str, kind: str, started_at: str, status: str,
                    stats: Mapping[str, Any]) -> int: ...
@@ -175,6 +187,14 @@ class DocumentStore(Protocol):
 
     def list_runs(self, collection: str | None = None,
                   limit: int = 1000) -> list[dict[str, Any]]: ...
+
+
+class Store(CollectionCatalog, DocumentStore, SyncLedger, RunLog, Protocol):
+    """The canonical store: every role above, over one database, plus its upkeep."""
+
+    def disk_usage(self) -> dict[str, int]: ...
+
+    def vacuum(self) -> None: ...
 
     def close(self) -> None: ...
 

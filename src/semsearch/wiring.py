@@ -14,10 +14,10 @@ from semsearch.config import Settings
 from semsearch.errors import IdentityMismatchError, InputError
 from semsearch.ports import (
     CollectionInfo,
-    DocumentStore,
     Embedder,
     EmbeddingCache,
     KeywordIndex,
+    Store,
     SyncSource,
     VectorIndex,
 )
@@ -186,7 +186,7 @@ class Engine:
     use) and the derived indexes of the collections it touched."""
 
     settings: Settings
-    store: DocumentStore
+    store: Store
     embedder: CachedEmbedder
     _indexes: dict[str, CollectionIndexes] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
