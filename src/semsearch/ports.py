@@ -15,19 +15,13 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+# The chunker (core) defines what it needs of a tokenizer; re-exported for backends.
+from semsearch.core.chunking import Tokenizer as Tokenizer
 from semsearch.core.filters import Filter
 from semsearch.core.metering import ProviderMeter
 from semsearch.core.types import Chunk, Document, EmbedderIdentity, InputType
 
 Vectors = npt.NDArray[np.float32]
-
-
-class Tokenizer(Protocol):
-    """What the chunker needs from a model's tokenizer: character spans of its tokens."""
-
-    def token_spans(self, text: str) -> list[tuple[int, int]]: ...
-
-    def count_tokens(self, text: str) -> int: ...
 
 
 class Embedder(Protocol):

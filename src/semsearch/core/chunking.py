@@ -16,11 +16,18 @@ import re
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from semsearch.core.types import Chunk, Document
 from semsearch.errors import InputError
-from semsearch.ports import Tokenizer
+
+
+class Tokenizer(Protocol):
+    """What the chunker needs from a model's tokenizer: character spans of its tokens."""
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]: ...
+
+    def count_tokens(self, text: str) -> int: ...
 
 STRATEGIES = ("sentence", "paragraph", "window")
 SPECIAL_TOKENS = 2  # [CLS] and [SEP]

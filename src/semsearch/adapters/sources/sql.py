@@ -28,10 +28,10 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
+from semsearch.core.sources import SourceSpec, mask_password
 from semsearch.core.types import Document
 from semsearch.errors import InputError, SourceError
 from semsearch.ports import SourceRow
-from semsearch.services.sync_config import SourceSpec, mask_password
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
