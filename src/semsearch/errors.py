@@ -9,6 +9,7 @@ one-line message (and, later, a stable error code) without a stack trace::
     ├── NotFoundError         unknown collection, document or model
     ├── IdentityMismatchError collection built with another embedder (model, dimension, ...)
     ├── BackendError          a backend failed (model file, database, index)
+    │   └── StorageFullError  a write found the disk full (the path and cause are named)
     └── BusyError             another run holds the collection (sync lock)
 """
 
@@ -39,6 +40,13 @@ class IdentityMismatchError(SemsearchError):
 
 class BackendError(SemsearchError, RuntimeError):
     code = "backend_error"
+
+
+class StorageFullError(BackendError):
+    """No space left where a file must be written. Reads keep working; the message names
+    the file and the cause, and the write can simply be retried once space is freed."""
+
+    code = "storage_full"
 
 
 class BusyError(SemsearchError):

@@ -30,6 +30,7 @@ from semsearch.adapters.caches.sqlite import SqliteEmbeddingCache
 from semsearch.core.metering import CacheMeter
 from semsearch.errors import BackendError
 from semsearch.ports import EmbeddingCache, Vectors
+from tests import full_disk
 
 REDIS_HOST, REDIS_PORT, REDIS_DB = "127.0.0.1", 6379, 15
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
@@ -696,3 +697,77 @@ def test_lru_thread_safety_smoke() -> None:
     got = lru.get_many(list(vectors))
     assert all(np.array_equal(got[k], vectors[k]) for k in got)
     assert set(got) == set(inner.data)
+
+
+# -- SQLite on a full disk ------------------------------------------------------------------
+
+
+def test_sqlite_write_failures_are_one_warning_never_an_error(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A cache speeds searches and ingest up; a disk too full to store a vector must not
+    fail them. The warning names the file and the cause, once per outage."""
+    cache = SqliteEmbeddingCache(tmp_path / "cache.db", retry_interval=0.3)
+    cache.put_many({key(0): vec(0)})
+    conn = cache._conn
+    assert conn is not None
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count={pages}")  # SQLite's own SQLITE_FULL
+    big = {key(i): vec(i) for i in range(1, 200)}
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        cache.put_many(big)
+        cache.put_many(big)  # not even tried: within retry_interval of the failure
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert f"the embedding cache {tmp_path / 'cache.db'}: database or disk is full" in \
+        warnings[0]
+    assert set(cache.get_many([key(0), key(1)])) == {key(0)}  # reads go on; nothing half-in
+    time.sleep(0.35)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        cache.put_many(big)  # reopened (without the page limit) and stored
+    assert "stores vectors again" in caplog.text
+    assert len(cache.get_many(list(big))) == len(big)
+    cache.close()
+
+
+def test_sqlite_on_a_full_disk_serves_hits_and_resumes_storing_when_space_is_freed(
+        tmp_path: Path) -> None:
+    if reason := full_disk.unavailable(tmp_path):
+        pytest.skip(f"no private tmpfs to fill: {reason}")
+    code = f"""
+import logging
+import numpy as np
+from semsearch.adapters.caches.sqlite import SqliteEmbeddingCache
+warnings = []
+handler = logging.Handler()
+handler.emit = lambda record: warnings.append(record.getMessage())
+logging.getLogger("{LOGGER}").addHandler(handler)
+v = {{k: np.full(4, float(i), dtype=np.float32) for i, k in enumerate(["a", "b", "c"])}}
+first = SqliteEmbeddingCache(mnt / "cache.db")
+first.put_many({{"a": v["a"]}})
+first.close()
+fill()
+cache = SqliteEmbeddingCache(mnt / "cache.db", retry_interval=0)
+result["hit"] = sorted(cache.get_many(["a", "b"]))
+cache.put_many({{"b": v["b"]}})
+cache.put_many({{"c": v["c"]}})
+result["dropped"] = sorted(cache.get_many(["b", "c"]))
+empty = SqliteEmbeddingCache(mnt / "missing.db")  # cannot even be created: no cache
+empty.put_many({{"a": v["a"]}})
+result["empty"] = [len(empty), sorted(empty.get_many(["a"]))]
+result["warnings"] = list(warnings)
+free()
+cache.put_many({{"b": v["b"]}})
+result["stored"] = sorted(cache.get_many(["a", "b"]))
+"""
+    (out,) = full_disk.run(tmp_path / "mnt", [{"py": code}], size="1m")
+    assert "error" not in out, out["error"]
+    r = out["result"]
+    assert r["hit"] == ["a"]
+    assert r["dropped"] == []
+    assert r["empty"] == [0, []]
+    mine = [w for w in r["warnings"] if "cache.db" in w]
+    assert len(mine) == 1, r["warnings"]
+    assert f"the embedding cache {tmp_path / 'mnt' / 'cache.db'}: " in mine[0]
+    assert "full" in mine[0]
+    assert r["stored"] == ["a", "b"]

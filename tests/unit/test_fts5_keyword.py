@@ -11,6 +11,8 @@ import pytest
 
 from semsearch.adapters.keyword.fts5 import Fts5KeywordIndex, match_expression
 from semsearch.core.analysis import ENGLISH_STOP_WORDS, Analyzer
+from semsearch.errors import BackendError, StorageFullError
+from tests import full_disk
 
 DOCS = [
     (1, "The quick brown fox jumps over the lazy dog."),
@@ -196,3 +198,78 @@ def test_ranking_agrees_with_rank_bm25(tmp_path: Path) -> None:
             assert score == pytest.approx(scores[label], rel=1e-4)
     assert sum(overlaps) / len(overlaps) >= 0.9
     idx.close()
+
+
+def test_writes_sqlite_threw_away_on_a_full_database_are_never_saved(tmp_path: Path) -> None:
+    """SQLite rolls the whole pending transaction back on SQLITE_FULL: the index must not
+    go on to save a state missing those writes under a newer generation."""
+    idx = Fts5KeywordIndex(tmp_path / "kw.db")
+    idx.add(DOCS)
+    idx.save(1)
+    idx.add([(9, "zebras graze on the savanna")])  # pending, then lost
+    pages = idx._db.execute("PRAGMA page_count").fetchone()[0]
+    idx._db.execute(f"PRAGMA max_page_count={pages}")  # SQLite's own SQLITE_FULL
+    with pytest.raises(StorageFullError, match=r"keyword index .*kw\.db: database or disk"):
+        idx.add([(i, f"word{i} " * 50) for i in range(10, 2000)])
+    assert idx.generation == -1  # unknown: whoever opens it next rebuilds
+    assert sorted(labels(idx.search("fox", 5))) == [1, 2]  # what the file holds
+    for write in (lambda: idx.add([(9, "zebra")]), lambda: idx.save(2)):
+        with pytest.raises(BackendError, match="lost its unsaved writes"):
+            write()
+    idx._db.execute("PRAGMA max_page_count=1073741823")
+    idx.clear()  # a rebuild starts here, and needs nothing that was lost
+    idx.add([*DOCS, (9, "zebras graze on the savanna")])
+    idx.save(2)
+    idx.close()
+    again = Fts5KeywordIndex(tmp_path / "kw.db")
+    assert again.generation == 2 and labels(again.search("zebra", 5)) == [9]
+    again.close()
+
+
+def test_on_a_full_disk_it_searches_and_keeps_changes_in_memory_until_saved(
+        tmp_path: Path) -> None:
+    if reason := full_disk.unavailable(tmp_path):
+        pytest.skip(f"no private tmpfs to fill: {reason}")
+    code = f"""
+from semsearch.adapters.keyword.fts5 import Fts5KeywordIndex
+from semsearch.errors import StorageFullError
+first = Fts5KeywordIndex(mnt / "kw.db")
+first.add({DOCS!r})
+first.save(1)
+first.close()
+fill()
+idx = Fts5KeywordIndex(mnt / "kw.db")
+result["generation"] = idx.generation
+result["fox"] = [label for label, _ in idx.search("fox", 5)]
+idx.add([(9, "zebras graze on the savanna")])
+idx.remove([1])
+result["zebra"] = [label for label, _ in idx.search("zebra", 5)]
+try:
+    idx.save(2)
+except StorageFullError as exc:
+    result["save"] = str(exc)
+result["generation_after_failed_save"] = idx.generation
+result["fox_after_failed_save"] = [label for label, _ in idx.search("fox", 5)]
+try:
+    idx.compact()
+except Exception as exc:
+    result["compact"] = str(exc)
+free()
+idx.save(2)
+result["generation_saved"] = idx.generation
+idx.close()
+again = Fts5KeywordIndex(mnt / "kw.db")
+result["reopened"] = [again.generation, [label for label, _ in again.search("zebra fox", 5)]]
+"""
+    (out,) = full_disk.run(tmp_path / "mnt", [{"py": code}], size="1m")
+    assert "error" not in out, out["error"]
+    r = out["result"]
+    assert r["generation"] == 1 and sorted(r["fox"]) == [1, 2]
+    assert r["zebra"] == [9]
+    assert r["save"].startswith(f"cannot write the keyword index {tmp_path / 'mnt' / 'kw.db'}: ")
+    assert "full" in r["save"]
+    assert r["generation_after_failed_save"] == 1  # the file still holds generation 1
+    assert r["fox_after_failed_save"] == [2]  # searches see the changes all the same
+    assert "unsaved writes" in r["compact"]
+    assert r["generation_saved"] == 2
+    assert r["reopened"][0] == 2 and sorted(r["reopened"][1]) == [2, 9]

@@ -22,6 +22,7 @@ from semsearch.errors import (
     InputError,
     NotFoundError,
     SemsearchError,
+    StorageFullError,
 )
 
 log = logging.getLogger("semsearch.api")
@@ -65,6 +66,8 @@ def status_of(exc: SemsearchError) -> int:
         return 409
     if isinstance(exc, InputError):
         return 422
+    if isinstance(exc, StorageFullError):
+        return 507  # Insufficient Storage: the server's disk is full; reads still work
     if isinstance(exc, BackendError):
         return 502
     return 500

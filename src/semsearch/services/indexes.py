@@ -19,6 +19,7 @@ import numpy as np
 
 from semsearch.core.rwlock import RWLock
 from semsearch.core.types import Chunk, InputType
+from semsearch.errors import StorageFullError
 from semsearch.ports import DocumentStore, KeywordIndex, VectorIndex, Vectors, WriteResult
 from semsearch.services.embedding import CachedEmbedder, EmbedStats
 
@@ -103,7 +104,7 @@ class CollectionIndexes:
                 self.vectors, self.keyword = self.opener()
                 self.applied = self._saved_generation()
             if self.applied != generation:
-                self._rebuild_locked(store, embedder, generation)
+                self._rebuild_locked(store, embedder, generation, must_save=False)
 
     def rebuild(self, store: DocumentStore, embedder: CachedEmbedder, generation: int,
                 on_progress: Callable[[int], None] | None = None) -> EmbedStats:
@@ -111,7 +112,8 @@ class CollectionIndexes:
             return self._rebuild_locked(store, embedder, generation, on_progress)
 
     def _rebuild_locked(self, store: DocumentStore, embedder: CachedEmbedder, generation: int,
-                        on_progress: Callable[[int], None] | None = None) -> EmbedStats:
+                        on_progress: Callable[[int], None] | None = None, *,
+                        must_save: bool = True) -> EmbedStats:
         stats = EmbedStats()
         log.info("rebuilding derived indexes of %r at generation %d", self.name, generation)
         self.vectors.clear()
@@ -124,8 +126,15 @@ class CollectionIndexes:
             self.keyword.add([(s.label, keyword_text(s.chunk)) for s in batch])
             if on_progress is not None:
                 on_progress(len(batch))
-        self.vectors.save(generation)
-        self.keyword.save(generation)
+        try:
+            self.vectors.save(generation)
+            self.keyword.save(generation)
+        except StorageFullError as exc:
+            if must_save:
+                raise
+            # A reader catching up on a full disk: serve the rebuilt indexes from memory; the
+            # next save (or the next process, seeing the old generation on disk) writes them.
+            log.warning("%s; %r is served from memory until then", exc, self.name)
         self.applied = generation
         return stats
 

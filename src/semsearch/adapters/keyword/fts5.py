@@ -7,23 +7,39 @@ the returned score is ``-bm25()`` so that higher is better.
 
 Writes (``add``/``remove``/``clear``) run inside one open transaction that ``save(generation)``
 commits together with the generation; closing without ``save`` discards them, so the file
-always holds a state matching its recorded generation."""
+always holds a state matching its recorded generation.
+
+On a full disk the file opens read-only (``adapters.storage``) and searches work. Writes then
+go to an in-memory copy of the file, so a rebuild (a store written by a run whose index save
+failed) still serves searches; ``save`` commits them in memory and copies the whole index back
+into the file once there is room, raising ``StorageFullError`` (naming the file) until then.
+``generation`` is always the one the file holds. If SQLite itself rolls the pending
+transaction of the file back (it does on SQLITE_FULL), the unsaved writes are gone: the index
+then reports generation -1 and refuses further writes until ``clear`` or a reopen, so it is
+rebuilt from the store instead of saving a state that lacks them under a newer
+generation."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from semsearch.adapters.storage import open_sqlite, write_error
 from semsearch.core.analysis import Analyzer
-from semsearch.errors import BackendError
+from semsearch.errors import BackendError, StorageFullError
 
 # Allowed-label sets up to this size are bound as SQL parameters (under SQLite's historical
 # 999-variable limit); larger ones travel as one JSON array through json_each().
 _INLINE_ALLOWED = 900
+_WHAT = "the keyword index"
+
+log = logging.getLogger(__name__)
 
 
 def match_expression(terms: Iterable[str]) -> str:
@@ -40,40 +56,107 @@ class Fts5KeywordIndex:
             raise ValueError(f"invalid FTS5 detail option: {detail!r}")
         self._analyzer = analyzer or Analyzer()
         self._lock = threading.RLock()
+        self._path = Path(path)
+        self._detail = detail
+        self._lost: str | None = None  # why SQLite rolled back unsaved writes, if it did
+        self._db, self._read_only = self._open()
+        self._in_memory = False
+        self._file_generation = -1  # what the file holds, while the index lives in memory
+
+    def _open(self) -> tuple[sqlite3.Connection, StorageFullError | None]:
+        def setup(db: sqlite3.Connection) -> None:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA temp_store=MEMORY")
+            db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS terms USING fts5("
+                       f"body, tokenize='unicode61', detail={self._detail})")
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)")
+
+        db, read_only = open_sqlite(self._path, _WHAT, setup)
+        if read_only is not None:
+            db.execute("PRAGMA temp_store=MEMORY")
+        return db, read_only
+
+    def _writable(self, *, memory: bool = True) -> None:
+        """Reopen read-write if the file was opened read-only (full disk). If it still cannot
+        be written, carry on in memory (``memory``) or raise. Only between transactions."""
+        if self._read_only is None or self._in_memory:
+            return
+        db, read_only = self._open()
+        self._db.close()
+        self._db, self._read_only = db, read_only
+        if read_only is None:
+            return
+        if not memory:
+            raise read_only
+        mem = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        self._db.backup(mem)
+        self._file_generation = self._stored_generation()
+        self._db.close()
+        self._db, self._in_memory = mem, True
+        log.info("%s; changes to it are kept in memory until then", read_only)
+
+    def _persist(self) -> None:
+        """Copy the in-memory index into the file, in one transaction, and go back to it."""
+        db, read_only = self._open()
+        if read_only is not None:
+            db.close()
+            self._read_only = read_only
+            raise read_only
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA temp_store=MEMORY")
-            self._db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS terms USING fts5("
-                             f"body, tokenize='unicode61', detail={detail})")
-            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)")
+            self._db.backup(db)
         except sqlite3.Error as e:
-            raise BackendError(f"cannot open keyword index {path}: {e}") from e
+            db.close()
+            raise write_error(_WHAT, self._path, e) from e
+        self._db.close()
+        self._db, self._read_only, self._in_memory = db, None, False
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, after_loss: bool = False) -> Iterator[sqlite3.Connection]:
         """Atomic step inside the pending transaction (opened on first write)."""
         with self._lock:
+            if self._lost is not None and not after_loss:
+                raise BackendError(f"{_WHAT} {self._path} lost its unsaved writes "
+                                   f"({self._lost}); reopen it to rebuild from the store")
+            pending = self._db.in_transaction
             try:
-                if not self._db.in_transaction:
+                if not pending:
+                    self._writable()
                     self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute("SAVEPOINT step")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK TO step")
-                    raise
-                finally:
-                    self._db.execute("RELEASE step")
             except sqlite3.Error as e:
-                raise BackendError(f"keyword index write failed: {e}") from e
+                raise self._failed(e, pending) from e
+            try:
+                yield self._db
+            except BaseException as exc:
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK TO step")
+                        self._db.execute("RELEASE step")
+                if isinstance(exc, sqlite3.Error):
+                    raise self._failed(exc, pending) from exc
+                raise
+            try:
+                self._db.execute("RELEASE step")
+            except sqlite3.Error as e:
+                raise self._failed(e, pending) from e
+
+    def _failed(self, exc: sqlite3.Error, pending: bool) -> BackendError:
+        """The error to raise for a failed write. If SQLite threw away the whole transaction
+        with it (it does on a full disk) and it held earlier unsaved writes, they are lost."""
+        if pending and not self._db.in_transaction:
+            self._lost = str(exc)
+        return write_error(_WHAT, self._path, exc)
 
     @property
     def generation(self) -> int:
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+            if self._lost is not None:
+                return -1
+            return self._file_generation if self._in_memory else self._stored_generation()
+
+    def _stored_generation(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
         return -1 if row is None else int(row[0])
 
     def __len__(self) -> int:
@@ -93,10 +176,12 @@ class Fts5KeywordIndex:
             db.executemany("DELETE FROM terms WHERE rowid = ?", [(int(x),) for x in labels])
 
     def clear(self) -> None:
-        """Empty the index (and forget the generation) until the next ``save``."""
-        with self._write() as db:
+        """Empty the index (and forget the generation) until the next ``save``. Allowed
+        after lost writes: what follows a clear does not depend on them."""
+        with self._write(after_loss=True) as db:
             db.execute("DELETE FROM terms")
             db.execute("DELETE FROM meta WHERE key = 'generation'")
+            self._lost = None
 
     def save(self, generation: int) -> None:
         with self._write() as db:
@@ -106,7 +191,9 @@ class Fts5KeywordIndex:
             try:
                 self._db.execute("COMMIT")
             except sqlite3.Error as e:
-                raise BackendError(f"keyword index commit failed: {e}") from e
+                raise self._failed(e, pending=True) from e
+            if self._in_memory:
+                self._persist()
 
     def search(self, query: str, k: int,
                allowed: set[int] | None = None) -> list[tuple[int, float]]:
@@ -142,15 +229,16 @@ class Fts5KeywordIndex:
         """Merge FTS5 segments (dropping deleted entries) and return free pages to the OS.
         Only between saves: pending writes are committed by ``save`` first."""
         with self._lock:
-            if self._db.in_transaction:
+            if self._db.in_transaction or self._in_memory:
                 raise BackendError("keyword index has unsaved writes; save before compacting")
+            self._writable(memory=False)
             try:
                 self._db.execute("INSERT INTO terms(terms) VALUES ('optimize')")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self._db.execute("VACUUM")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as e:
-                raise BackendError(f"keyword index compaction failed: {e}") from e
+                raise write_error(_WHAT, self._path, e, "compact") from e
 
     def close(self) -> None:
         """Close the file; writes not yet ``save``d are rolled back."""

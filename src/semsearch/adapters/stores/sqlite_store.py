@@ -4,13 +4,20 @@ Everything else (vectors, keyword index) is derived from what is here. Chunk lab
 an AUTOINCREMENT key so a label is never reused: a stale derived index can hold a dead label
 but never one that now means another chunk. ``generation`` counts committed writes per
 collection; derived indexes record the generation they were saved at, and a mismatch on open
-means "rebuild"."""
+means "rebuild".
+
+On a full disk the store still opens, read-only (see ``adapters.storage``): searches and
+listings work, and every write fails with ``StorageFullError`` naming the file and the cause,
+after first trying to reopen normally (so freeing space is all it takes to write again)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -19,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from semsearch.adapters.storage import open_sqlite, write_error
 from semsearch.core.filters import Filter
 from semsearch.core.types import Chunk, Document, EmbedderIdentity
-from semsearch.errors import InputError, NotFoundError
+from semsearch.errors import BackendError, InputError, NotFoundError, StorageFullError
 from semsearch.ports import (
     CollectionInfo,
     DocumentWrite,
@@ -99,6 +107,10 @@ CREATE TABLE IF NOT EXISTS rejects (
 """
 
 _BATCH = 900  # below SQLite's default limit of host parameters per statement
+_WHAT = "the canonical store"
+_RECOVER_EVERY = 5.0  # seconds between attempts to leave read-only mode while only reading
+
+log = logging.getLogger(__name__)
 
 
 def _in_batches(values: Sequence[Any]) -> Iterator[tuple[str, list[Any]]]:
@@ -112,22 +124,79 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _pragmas(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")
+
+
+def _needs_migration(conn: sqlite3.Connection) -> bool:
+    return "documents" not in {r[1] for r in conn.execute("PRAGMA table_info(collections)")}
+
+
 class SqliteDocumentStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.execute("PRAGMA busy_timeout=10000")
-        self._conn.executescript(SCHEMA)
-        self._migrate()
+        self._path = Path(path)
         self._lock = threading.RLock()
+        self._read_only: StorageFullError | None = None
+        self._conn = self._open()
+        if self._read_only is not None:
+            log.warning("the disk is full: %s %s is open read-only; searches work, writes "
+                        "fail until space is freed", _WHAT, self._path)
 
-    def _migrate(self) -> None:
+    def _open(self) -> sqlite3.Connection:
+        """A read-write connection, or a read-only one with ``_read_only`` set to the error
+        writes meet (the disk is full)."""
+        conn, self._read_only = open_sqlite(self._path, _WHAT, self._setup)
+        self._retry_at = time.monotonic() + _RECOVER_EVERY
+        if self._read_only is not None:
+            _pragmas(conn)
+            if _needs_migration(conn):  # an old store cannot be read before its upgrade
+                conn.close()
+                raise self._read_only
+        return conn
+
+    @staticmethod
+    def _setup(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA journal_mode=WAL")
+        _pragmas(conn)
+        conn.executescript(SCHEMA)
+        SqliteDocumentStore._migrate(conn)
+
+    def _recover(self) -> None:
+        """Leave read-only mode if the disk has room again; raise the write error if not.
+        Callers hold the lock, outside any transaction."""
+        if self._read_only is None:
+            return
+        old = self._conn
+        self._conn = self._open()
+        old.close()
+        if self._read_only is not None:
+            raise self._read_only
+        log.info("%s %s is writable again", _WHAT, self._path)
+
+    def _maybe_recover(self) -> None:
+        """While only reading, retry now and then: a long-lived reader (the server) should
+        not stay on a read-only view once space is freed."""
+        if self._read_only is not None and time.monotonic() >= self._retry_at:
+            with self._lock, contextlib.suppress(BackendError):
+                self._recover()
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """The connection for a write; SQLite's failures come out naming the file and the
+        cause (``StorageFullError`` for a full disk)."""
+        with self._lock:
+            self._recover()
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise write_error(_WHAT, self._path, exc) from exc
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
         """Stores written before collections carried their counts get them added."""
-        cols = {r[1] for r in self._conn.execute("PRAGMA table_info(collections)")}
-        if "documents" not in cols:
-            self._conn.executescript(
+        if _needs_migration(conn):
+            conn.executescript(
                 "ALTER TABLE collections ADD COLUMN documents INTEGER NOT NULL DEFAULT 0;"
                 "ALTER TABLE collections ADD COLUMN chunks INTEGER NOT NULL DEFAULT 0;"
                 "UPDATE collections SET documents = (SELECT COUNT(*) FROM documents d "
@@ -137,8 +206,8 @@ class SqliteDocumentStore:
     # -- collections -------------------------------------------------------------------
     def create_collection(self, name: str, identity: EmbedderIdentity,
                           chunker: Mapping[str, Any]) -> CollectionInfo:
-        with self._lock:
-            self._conn.execute(
+        with self._writing() as c:
+            c.execute(
                 "INSERT INTO collections (name, identity, chunker, generation, created_at) "
                 "VALUES (?, ?, ?, 0, ?)",
                 (name, json.dumps(identity.to_dict()), json.dumps(dict(chunker)), _now()))
@@ -147,16 +216,17 @@ class SqliteDocumentStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken at once (no upgrade deadlock), rolled back on any
-        error so a failed write leaves nothing behind."""
-        with self._lock:
-            c = self._conn
+        error so a failed write leaves nothing behind (a failed COMMIT included)."""
+        with self._writing() as c:
             c.execute("BEGIN IMMEDIATE")
             try:
                 yield c
+                c.execute("COMMIT")
             except BaseException:
-                c.execute("ROLLBACK")
+                if c.in_transaction:  # SQLite may already have rolled back (disk full)
+                    with contextlib.suppress(sqlite3.Error):
+                        c.execute("ROLLBACK")
                 raise
-            c.execute("COMMIT")
 
     # -- aliases (versioned collections) ---------------------------------------------------
     def resolve(self, name: str) -> str:
@@ -208,11 +278,12 @@ class SqliteDocumentStore:
                           "collection = ?", (target, current))
 
     def drop_alias(self, alias: str) -> None:
-        with self._lock:
-            self._conn.execute("DELETE FROM aliases WHERE alias = ?", (alias,))
+        with self._writing() as c:
+            c.execute("DELETE FROM aliases WHERE alias = ?", (alias,))
 
     def get_collection(self, name: str) -> CollectionInfo:
         # On every search's path: one indexed row, counts kept up to date by write().
+        self._maybe_recover()
         with self._lock:
             row = self._conn.execute(
                 "SELECT name, identity, chunker, generation, created_at, documents, chunks "
@@ -428,10 +499,10 @@ class SqliteDocumentStore:
         return {"bytes": page * pages, "reclaimable_bytes": page * free}
 
     def vacuum(self) -> None:
-        with self._lock:
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._conn.execute("VACUUM")
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with self._writing() as c:
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            c.execute("VACUUM")
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def all_doc_ids(self, collection: str) -> list[str]:
         with self._lock:
@@ -441,8 +512,8 @@ class SqliteDocumentStore:
     def record_run(self, collection: str, kind: str, started_at: str, status: str,
                    stats: Mapping[str, Any]) -> int:
         """Run history survives collection drops: it is what the run cost."""
-        with self._lock:
-            cur = self._conn.execute(
+        with self._writing() as c:
+            cur = c.execute(
                 "INSERT INTO runs (collection, kind, started_at, finished_at, status, stats) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (collection, kind, started_at, _now(), status, json.dumps(dict(stats))))
@@ -451,20 +522,20 @@ class SqliteDocumentStore:
     def start_run(self, collection: str, kind: str, started_at: str) -> int:
         """A run is visible while it works; one killed outright stays 'running' until the
         next run of its collection marks it 'interrupted'."""
-        with self._lock:
-            cur = self._conn.execute(
+        with self._writing() as c:
+            cur = c.execute(
                 "INSERT INTO runs (collection, kind, started_at, finished_at, status, stats) "
                 "VALUES (?, ?, ?, '', 'running', '{}')", (collection, kind, started_at))
             return int(cur.lastrowid or 0)
 
     def finish_run(self, run_id: int, status: str, stats: Mapping[str, Any]) -> None:
-        with self._lock:
-            self._conn.execute("UPDATE runs SET finished_at = ?, status = ?, stats = ? "
+        with self._writing() as c:
+            c.execute("UPDATE runs SET finished_at = ?, status = ?, stats = ? "
                                "WHERE id = ?", (_now(), status, json.dumps(dict(stats)), run_id))
 
     def mark_interrupted(self, collection: str, kind: str) -> int:
-        with self._lock:
-            cur = self._conn.execute(
+        with self._writing() as c:
+            cur = c.execute(
                 "UPDATE runs SET status = 'interrupted' WHERE collection = ? AND kind = ? "
                 "AND status = 'running'", (collection, kind))
             return cur.rowcount

@@ -10,6 +10,7 @@ matrix instead of failing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,10 +23,12 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
+from semsearch.adapters.storage import write_error
 from semsearch.errors import InputError
 from semsearch.ports import Vectors
 
 log = logging.getLogger(__name__)
+_WHAT = "the vector index"
 Labels = npt.NDArray[np.int64]
 Hits = list[tuple[int, float]]
 
@@ -239,37 +242,57 @@ class LocalVectorIndex:
         """Persist and stamp ``generation``. Above the threshold the graph is built first so a
         restart does not pay for it. The old manifest is unlinked before any file is replaced
         and the new one written last: a crash in between leaves no manifest, so the next load
-        starts empty at -1 (rebuild) instead of mixing files from two saves."""
+        starts empty at -1 (rebuild) instead of mixing files from two saves. Every new file is
+        written in full before that point, so a write that fails (a full disk) removes what it
+        staged and leaves the previous save whole; it raises naming the folder and the cause,
+        and the contents in memory stay as they are for the next save."""
         with self._lock:
             if self._n >= self.ann_threshold and self._n > 0:
                 self._ensure_ann()
-            self._path.mkdir(parents=True, exist_ok=True)
             staged: list[tuple[Path, Path]] = []
 
             def stage(name: str, write: Callable[[Path], object]) -> None:
                 tmp = self._path / f".tmp-{name}"
+                staged.append((tmp, self._path / name))
                 write(tmp)
                 with tmp.open("rb+") as fh:
                     os.fsync(fh.fileno())
-                staged.append((tmp, self._path / name))
 
-            stage("vectors.npy", lambda p: np.save(p, self._vecs[: self._n], allow_pickle=False))
-            stage("labels.npy", lambda p: np.save(p, self._labels[: self._n], allow_pickle=False))
             hnsw = self._hnsw
-            if hnsw is not None:
-                stage("hnsw.bin", lambda p: hnsw.index.save_index(str(p)))
             manifest = {"generation": generation, "dimension": self._dim, "count": self._n,
                         "ann": hnsw is not None}
-            stage("manifest.json", lambda p: p.write_text(json.dumps(manifest)))
-            (self._path / "manifest.json").unlink(missing_ok=True)
-            if hnsw is None:
-                (self._path / "hnsw.bin").unlink(missing_ok=True)
-            for tmp, final in staged:  # manifest.json is last
-                os.replace(tmp, final)
-            fd = os.open(self._path, os.O_RDONLY)  # make the renames durable
-            os.fsync(fd)
-            os.close(fd)
+            try:
+                self._path.mkdir(parents=True, exist_ok=True)
+                stage("vectors.npy",
+                      lambda p: np.save(p, self._vecs[: self._n], allow_pickle=False))
+                stage("labels.npy",
+                      lambda p: np.save(p, self._labels[: self._n], allow_pickle=False))
+                if hnsw is not None:
+                    stage("hnsw.bin", lambda p: hnsw.index.save_index(str(p)))
+                stage("manifest.json", lambda p: p.write_text(json.dumps(manifest)))
+            except (OSError, RuntimeError) as exc:
+                for tmp, _ in staged:
+                    with contextlib.suppress(OSError):
+                        tmp.unlink(missing_ok=True)
+                raise write_error(_WHAT, self._path, exc) from exc
+            try:
+                self._swap(staged, ann=hnsw is not None)
+            except OSError as exc:
+                raise write_error(_WHAT, self._path, exc) from exc
             self._generation = generation
+
+    def _swap(self, staged: list[tuple[Path, Path]], *, ann: bool) -> None:
+        """Put staged files in place, manifest last (see ``save``)."""
+        (self._path / "manifest.json").unlink(missing_ok=True)
+        if not ann:
+            (self._path / "hnsw.bin").unlink(missing_ok=True)
+        for tmp, final in staged:  # manifest.json is last
+            os.replace(tmp, final)
+        fd = os.open(self._path, os.O_RDONLY)  # make the renames durable
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _load(self) -> None:
         manifest_path = self._path / "manifest.json"
