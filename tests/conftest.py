@@ -1,5 +1,7 @@
-"""Shared fixtures. The model is built once per test session into a temporary models folder
-(so tests never depend on a developer's home) and shared by every test that embeds."""
+"""Shared fixtures. The model is built once per test session into a temporary model cache
+(so tests never depend on, or write to, a developer's ~/.cache) and shared by every test that
+embeds, in-process or through a CLI subprocess: SEMSEARCH_MODEL_CACHE_DIR points there for
+the whole session."""
 
 from __future__ import annotations
 
@@ -23,6 +25,19 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_model_cache(models_dir: Path) -> Iterator[None]:
+    previous = os.environ.get("SEMSEARCH_MODEL_CACHE_DIR")
+    os.environ["SEMSEARCH_MODEL_CACHE_DIR"] = str(models_dir)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("SEMSEARCH_MODEL_CACHE_DIR", None)
+        else:
+            os.environ["SEMSEARCH_MODEL_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def embedder(models_dir: Path) -> LocalOnnxEmbedder:
     return LocalOnnxEmbedder(models_dir, precision="int8", threads=2)
@@ -32,9 +47,9 @@ def embedder(models_dir: Path) -> LocalOnnxEmbedder:
 def settings(tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     home = tmp_path / "home"
     home.mkdir()
-    # Every engine in a test shares the session's built model instead of rebuilding it.
-    (home / "models").symlink_to(models_dir, target_is_directory=True)
     monkeypatch.setenv("SEMSEARCH_HOME", str(home))
+    # Every engine in a test shares the session's built model instead of rebuilding it.
+    monkeypatch.setenv("SEMSEARCH_MODEL_CACHE_DIR", str(models_dir))
     monkeypatch.setenv("SEMSEARCH_EMBEDDER_THREADS", "2")
     return Settings()
 

