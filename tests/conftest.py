@@ -13,7 +13,8 @@ import pytest
 
 from semsearch.adapters.embedders.onnx_local import LocalOnnxEmbedder
 from semsearch.config import Settings
-from semsearch.wiring import Engine, open_engine
+from semsearch.runtime.engine import Engine
+from semsearch.wiring import open_engine
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SEMSEARCH_SHARED", REPO.parent / "shared"))

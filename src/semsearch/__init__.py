@@ -31,7 +31,7 @@ _EXPORTS = {
     "SearchRequest": "semsearch.services.search",
     "SearchResult": "semsearch.services.search",
     "search": "semsearch.services.search",
-    "Engine": "semsearch.wiring",
+    "Engine": "semsearch.runtime.engine",
     "open_engine": "semsearch.wiring",
 }
 
@@ -74,10 +74,11 @@ if TYPE_CHECKING:
         SemsearchError,
         SourceError,
     )
+    from semsearch.runtime.engine import Engine
     from semsearch.services.evaluate import evaluate_collection
     from semsearch.services.ingest import IndexReport, delete_documents, index_documents
     from semsearch.services.search import SearchRequest, SearchResult, search
-    from semsearch.wiring import Engine, open_engine
+    from semsearch.wiring import open_engine
 
 
 def __getattr__(name: str) -> Any:

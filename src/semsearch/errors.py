@@ -7,6 +7,7 @@ one-line message (and, later, a stable error code) without a stack trace::
     ├── InputError            bad user input: empty text, malformed corpus line, bad filter
     │   └── SourceError       a corpus or source that cannot be read
     ├── NotFoundError         unknown collection, document or model
+    ├── AlreadyExistsError    creating a collection that exists
     ├── IdentityMismatchError collection built with another embedder (model, dimension, ...)
     ├── BackendError          a backend failed (model file, database, index)
     │   └── StorageFullError  a write found the disk full (the path and cause are named)
@@ -32,6 +33,10 @@ class SourceError(InputError):
 
 class NotFoundError(SemsearchError, LookupError):
     code = "not_found"
+
+
+class AlreadyExistsError(SemsearchError):
+    code = "collection_exists"
 
 
 class IdentityMismatchError(SemsearchError):

@@ -9,7 +9,9 @@ so derived indexes can always be rebuilt from it."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -280,3 +282,53 @@ class SyncSource(Protocol):
     def head(self) -> Mapping[str, Any] | None: ...
 
     def close(self) -> None: ...
+
+
+class IndexStorage(Protocol):
+    """Where a collection version's derived indexes live (files under the home, or tables
+    in a shared database): opened, measured and removed by collection name, so the runtime
+    never knows paths."""
+
+    def open(self, collection: str, dimension: int) -> tuple[VectorIndex, KeywordIndex]: ...
+
+    def lock(self, collection: str) -> AbstractContextManager[None]:
+        """Held by whoever saves or rebuilds the collection's indexes, across processes."""
+        ...
+
+    def exists(self, collection: str) -> bool: ...
+
+    def disk_bytes(self, collection: str) -> int: ...
+
+    def remove(self, collection: str) -> None: ...
+
+
+class CollectionLocks(Protocol):
+    """One writer run (sync, re-index, swap) per collection at a time, across processes. A
+    killed holder must never leave the lock behind."""
+
+    def hold(self, collection: str) -> AbstractContextManager[None]:
+        """Raises ``BusyError`` (naming the holder) when another run holds it."""
+        ...
+
+
+class EmbedderFactory(Protocol):
+    """Builds embedders other than the configured one: the one that made a stamped
+    identity (to serve a collection built with another local model), or a named model (to
+    re-index with)."""
+
+    def for_identity(self, identity: EmbedderIdentity) -> Embedder | None: ...
+
+    def for_model(self, model: str) -> Embedder: ...
+
+
+class Corpora(Protocol):
+    """Documents and labelled queries read from a path (a BEIR folder, a folder of files, a
+    .jsonl or .csv file)."""
+
+    def documents(self, path: Path) -> Iterator[Document]: ...
+
+    def count(self, path: Path) -> int | None: ...
+
+    def queries(self, path: Path, split: str) -> dict[str, str]: ...
+
+    def qrels(self, path: Path, split: str) -> dict[str, dict[str, int]]: ...

@@ -3,27 +3,18 @@ registries so an unknown name fails with the list of known ones."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from importlib import metadata, util
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from semsearch.config import Settings
-from semsearch.errors import IdentityMismatchError, InputError
-from semsearch.ports import (
-    CollectionInfo,
-    Embedder,
-    EmbeddingCache,
-    KeywordIndex,
-    Store,
-    SyncSource,
-    VectorIndex,
-)
-from semsearch.services.embedding import CachedEmbedder
-from semsearch.services.indexes import CollectionIndexes
-from semsearch.services.sync_config import SourceSpec
+from semsearch.core.sources import SourceSpec
+from semsearch.core.types import EmbedderIdentity
+from semsearch.errors import InputError
+from semsearch.ports import Embedder, EmbeddingCache, Store, SyncSource
+from semsearch.runtime.embedding import CachedEmbedder
+from semsearch.runtime.engine import Engine
 
 
 def _local_embedder(settings: Settings) -> Embedder:
@@ -114,13 +105,6 @@ CACHES: dict[str, Callable[[Settings, str], EmbeddingCache]] = {
     "sqlite": _sqlite_cache, "redis": _redis_cache, "none": _null_cache}
 
 
-# Settings that choose the embedder: when any is given, collections stamped with another
-# identity are refused instead of served with the model they were built with.
-EXPLICIT_EMBEDDER_FIELDS = frozenset({"embedder", "embedder_model", "embedder_precision",
-                                      "embedder_base_url", "embedder_dimensions",
-                                      "embedder_revision"})
-
-
 def settings_for_model(settings: Settings, model: str) -> Settings:
     """The settings with the embedder switched to ``model``: a local model's name, else an
     API model on the configured OpenAI-compatible endpoint."""
@@ -134,7 +118,7 @@ def settings_for_model(settings: Settings, model: str) -> Settings:
     return settings.model_copy(update={"embedder_model": model})
 
 
-def _local_for_identity(settings: Settings, identity: Any) -> Embedder | None:
+def _local_for_identity(settings: Settings, identity: EmbedderIdentity) -> Embedder | None:
     """A local embedder producing exactly ``identity``, or None if this install has none."""
     from semsearch.adapters.embedders.onnx_local import LOCAL_MODELS
 
@@ -180,135 +164,52 @@ def make_cache(settings: Settings) -> EmbeddingCache:
     return cache
 
 
-@dataclass
-class Engine:
-    """What a process holds open: the store, the cache, the embedder (model loaded on first
-    use) and the derived indexes of the collections it touched."""
+class SettingsEmbedders:
+    """``EmbedderFactory`` from the settings: other local models, or the configured API's
+    other models."""
 
-    settings: Settings
-    store: Store
-    embedder: CachedEmbedder
-    _indexes: dict[str, CollectionIndexes] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _executor: ThreadPoolExecutor | None = None
-    _embedders: dict[str, CachedEmbedder] = field(default_factory=dict)
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
 
-    def executor(self) -> ThreadPoolExecutor:
-        """A small pool for overlapping the halves of a hybrid query; made on first use."""
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=4,
-                                                    thread_name_prefix="semsearch")
-            return self._executor
+    def for_identity(self, identity: EmbedderIdentity) -> Embedder | None:
+        return _local_for_identity(self._settings, identity)
 
-    def resolve(self, name: str) -> str:
-        """A collection name as the user gives it -> the version it means now. ``x@v1`` is
-        the collection first created as ``x`` (later versions are ``x@v2``, ...)."""
-        if name.endswith("@v1"):
-            return name[:-3]
-        return self.store.resolve(name)
+    def for_model(self, model: str) -> Embedder:
+        return make_embedder(settings_for_model(self._settings, model))
 
-    def adopt_embedder(self, embedder: CachedEmbedder) -> None:
-        """Serve collections stamped with this embedder's identity (a re-index's target)."""
-        with self._lock:
-            self._embedders[embedder.embedder.identity.key()] = embedder
 
-    def embedder_for(self, info: CollectionInfo) -> CachedEmbedder:
-        """The embedder of a collection's stamped identity. The configured one if it
-        matches; otherwise, unless the embedder was configured explicitly, the local model
-        the collection was built with (so a swap to a version built with another local
-        model serves at once). An explicit configuration that disagrees, or a remote model
-        that is not configured, fails and names both."""
-        mine = self.embedder.embedder.identity
-        if info.identity == mine:
-            return self.embedder
-        with self._lock:
-            adopted = self._embedders.get(info.identity.key())
-        if adopted is not None and adopted.embedder.identity == info.identity:
-            return adopted
-        explicit = self.settings.model_fields_set & EXPLICIT_EMBEDDER_FIELDS
-        if explicit or info.identity.provider != "local":
-            self._mismatch(info, mine)
-        built = _local_for_identity(self.settings, info.identity)
-        if built is None:
-            self._mismatch(info, mine)
-        cached = CachedEmbedder(built, self.embedder.cache, price_per_mtok=0.0)
-        self.adopt_embedder(cached)
-        return cached
+def make_store(settings: Settings) -> Store:
+    from semsearch.adapters.stores.sqlite_store import SqliteDocumentStore
 
-    def _mismatch(self, info: CollectionInfo, mine: Any) -> NoReturn:
-        raise IdentityMismatchError(
-            f"collection {info.name!r} was built with {info.identity.key()} but the "
-            f"configured embedder is {mine.key()}; configure the collection's embedder, or "
-            f"re-index the collection with this one: semsearch reindex -c "
-            f"{info.name.split('@')[0]} --model {mine.model}")
-
-    def check_identity(self, info: CollectionInfo) -> None:
-        self.embedder_for(info)
-
-    def indexes(self, name: str) -> CollectionIndexes:
-        with self._lock:
-            if name not in self._indexes:
-                info = self.store.get_collection(name)
-                base = self.settings.index_dir(name)
-                base.mkdir(parents=True, exist_ok=True)
-
-                def opener() -> tuple[VectorIndex, KeywordIndex]:
-                    from semsearch.adapters.keyword.fts5 import Fts5KeywordIndex
-                    from semsearch.adapters.vectors.local import LocalVectorIndex
-
-                    return (LocalVectorIndex(base / "vectors", dimension=info.identity.dimension,
-                                             ann_threshold=self.settings.ann_threshold,
-                                             ef_search=self.settings.hnsw_ef_search),
-                            Fts5KeywordIndex(base / "keyword.db"))
-
-                vectors, keyword = opener()
-                self._indexes[name] = CollectionIndexes(
-                    name=name, vectors=vectors, keyword=keyword, opener=opener,
-                    lock_path=base / ".lock")
-            return self._indexes[name]
-
-    def fresh_indexes(self, name: str) -> CollectionIndexes:
-        """Indexes that reflect the store's current state, caught up first if they do not
-        (another process wrote, files were deleted, a crash left them behind)."""
-        info = self.store.get_collection(name)
-        idx = self.indexes(name)
-        if not idx.is_fresh(info.generation):
-            self.check_identity(info)
-            with idx.rw.write():
-                info = self.store.get_collection(name)
-                if not idx.is_fresh(info.generation):
-                    idx.refresh(self.store, self.embedder_for(info), info.generation)
-        return idx
-
-    def has_indexes(self, name: str) -> bool:
-        with self._lock:
-            return name in self._indexes
-
-    def forget_indexes(self, name: str) -> None:
-        with self._lock:
-            idx = self._indexes.pop(name, None)
-        if idx is not None:
-            idx.close()
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-        for name in list(self._indexes):
-            self.forget_indexes(name)
-        self.embedder.cache.close()
-        self.store.close()
+    return SqliteDocumentStore(settings.store_path)
 
 
 def open_engine(settings: Settings | None = None) -> Engine:
-    from semsearch.adapters.stores.sqlite_store import SqliteDocumentStore
+    from semsearch.adapters.index_storage import LocalIndexStorage
+    from semsearch.adapters.locks import FileLocks
+    from semsearch.adapters.sources.corpora import FileCorpora
 
     settings = settings or Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    store = SqliteDocumentStore(settings.store_path)
-    return Engine(settings=settings, store=store,
-                  embedder=CachedEmbedder(make_embedder(settings), make_cache(settings),
-                                          price_per_mtok=settings.embedder_price_per_mtok))
+    store = make_store(settings)
+    try:
+        embedder = CachedEmbedder(make_embedder(settings), make_cache(settings),
+                                  price_per_mtok=settings.embedder_price_per_mtok)
+    except BaseException:
+        store.close()
+        raise
+    return Engine(
+        settings=settings, store=store, embedder=embedder,
+        index_storage=LocalIndexStorage(settings.home / "indexes",
+                                        ann_threshold=settings.ann_threshold,
+                                        ef_search=settings.hnsw_ef_search),
+        locks=FileLocks(settings.home / "locks"), embedders=SettingsEmbedders(settings),
+        corpora=FileCorpora())
+
+
+def open_source(engine: Engine, spec: SourceSpec) -> SyncSource:
+    """The sync source for ``spec``, with the engine's limits."""
+    return make_source(spec, engine.settings)
 
 
 def make_source(spec: SourceSpec, settings: Settings) -> SyncSource:
@@ -320,3 +221,53 @@ def make_source(spec: SourceSpec, settings: Settings) -> SyncSource:
     from semsearch.adapters.sources.file_sync import FileSource
 
     return FileSource(Path(spec.source))
+
+
+# -- what `semsearch models` lists: the registry's embedders and whether each is usable here
+def _installed(dist: str) -> bool:
+    try:
+        metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def available_models(settings: Settings) -> list[dict[str, Any]]:
+    from semsearch.adapters.embedders.onnx_local import (
+        DEFAULT_MODEL,
+        LOCAL_MODEL_NAMES,
+        PRECISIONS,
+    )
+
+    selected = (LOCAL_MODEL_NAMES.get(settings.embedder_model)
+                if settings.embedder_model else DEFAULT_MODEL)
+    rows: list[dict[str, Any]] = []
+    for model in dict.fromkeys(LOCAL_MODEL_NAMES.values()):
+        installed = _installed(model.weights_package)
+        choose = "" if model is DEFAULT_MODEL else f" SEMSEARCH_EMBEDDER_MODEL={model.name}"
+        install = "" if installed else f"{model.install}; "
+        rows += [
+            {"id": model.id, "provider": "local", "precision": p,
+             "dimension": model.dimension,
+             "max_tokens": min(model.window, settings.chunk_max_tokens),
+             "installed": installed,
+             "configured": (settings.embedder == "local" and selected is model
+                            and settings.embedder_precision == p),
+             "how": f"{install}SEMSEARCH_EMBEDDER=local{choose} "
+                    f"SEMSEARCH_EMBEDDER_PRECISION={p}"}
+            for p in PRECISIONS]
+    rows.append({
+        "id": settings.embedder_model or "<SEMSEARCH_EMBEDDER_MODEL>",
+        "provider": "openai-compatible", "dimension": settings.embedder_dimensions,
+        "installed": util.find_spec("httpx") is not None,
+        "configured": settings.embedder == "openai-compatible",
+        "how": "SEMSEARCH_EMBEDDER=openai-compatible SEMSEARCH_EMBEDDER_BASE_URL=... "
+               "SEMSEARCH_EMBEDDER_MODEL=..."})
+    rows.append({
+        "id": settings.embedder_model or "<local model folder>",
+        "provider": "sentence-transformers", "dimension": None,
+        "installed": util.find_spec("sentence_transformers") is not None,
+        "configured": settings.embedder == "sentence-transformers",
+        "how": 'pip install -e ".[sentence-transformers]"; SEMSEARCH_EMBEDDER='
+               "sentence-transformers SEMSEARCH_EMBEDDER_MODEL=/path/to/model"})
+    return rows

@@ -46,8 +46,8 @@ SAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("DELETE", "/collections/{name}"): {},
     ("POST", "/collections/{name}/documents"):
         {"json": {"documents": [{"id": "d9", "text": "a lantern by the sea"}]}},
-    ("GET", "/collections/{name}/documents/{doc_id}"): {},
-    ("DELETE", "/collections/{name}/documents/{doc_id}"): {},
+    ("GET", "/collections/{name}/documents/{doc_id:path}"): {},
+    ("DELETE", "/collections/{name}/documents/{doc_id:path}"): {},
     ("POST", "/collections/{name}/documents/delete"): {"json": {"ids": ["d9"]}},
     ("POST", "/collections/{name}/rollback"): {},
     ("POST", "/collections/{name}/activate/{version}"): {},
@@ -99,7 +99,8 @@ def _endpoints(srv: LiveServer) -> list[tuple[str, str, BaseRoute]]:
 
 
 def _url(path: str) -> str:
-    return (path.replace("{name}", "docs").replace("{doc_id}", "d1").replace("{version}", "1")
+    return (path.replace("{name}", "docs").replace("{doc_id:path}", "sub/d1.md")
+            .replace("{version}", "1")
             .replace("{model_id:path}", "sentence-transformers/all-MiniLM-L6-v2"))
 
 

@@ -52,7 +52,7 @@ def _check(kind: str, b: int, response: httpx.Response, problems: list[str],
 
 def test_searches_never_see_a_partial_batch(
         live_factory: Callable[..., LiveServer], caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="semsearch.services.indexes")
+    caplog.set_level(logging.INFO, logger="semsearch.runtime.indexes")
     srv = live_factory()
     with srv.client() as c:
         assert c.post("/collections", json={"name": "docs"}).status_code == 201

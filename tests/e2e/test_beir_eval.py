@@ -17,10 +17,11 @@ from semsearch.adapters.vectors.local import LocalVectorIndex
 from semsearch.config import Settings
 from semsearch.core.metrics import evaluate
 from semsearch.core.types import InputType, Mode
+from semsearch.runtime.engine import Engine
 from semsearch.services.evaluate import evaluate_collection
 from semsearch.services.ingest import index_documents
 from semsearch.services.search import SearchRequest, search
-from semsearch.wiring import Engine, open_engine
+from semsearch.wiring import open_engine
 from tests.conftest import DATA
 
 MEDLINE = DATA / "medline"

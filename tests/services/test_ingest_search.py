@@ -13,10 +13,11 @@ from semsearch.config import Settings
 from semsearch.core.filters import parse_filter
 from semsearch.core.types import Document, Mode
 from semsearch.errors import IdentityMismatchError, InputError, NotFoundError, SourceError
+from semsearch.runtime.engine import Engine
 from semsearch.services.ingest import delete_documents, index_documents
 from semsearch.services.quickstart import sample_dir
 from semsearch.services.search import SearchRequest, search
-from semsearch.wiring import Engine, open_engine
+from semsearch.wiring import open_engine
 
 VEG = "how do I keep vegetables fresh"
 

@@ -13,7 +13,7 @@ from semsearch.adapters.embedders.onnx_local import LocalOnnxEmbedder
 from semsearch.adapters.sources.files import iter_documents
 from semsearch.config import Settings
 from semsearch.core.types import Mode
-from semsearch.errors import BackendError, IdentityMismatchError
+from semsearch.errors import BackendError, IdentityMismatchError, NotFoundError
 from semsearch.services.ingest import index_documents
 from semsearch.services.quickstart import sample_dir
 from semsearch.services.search import SearchRequest, search
@@ -85,8 +85,9 @@ def test_wrong_key_fails_fast_and_stores_nothing(settings: Settings,
         with pytest.raises(BackendError, match="SEMSEARCH_EMBEDDER_API_KEY"):
             index_documents(engine, "denied", iter_documents(sample_dir()))
         assert len(server.embedding_requests) - before == 1  # no retries on 401
-        info = engine.store.get_collection("denied")
-        assert info.documents == 0 and info.chunks == 0
+        # Nothing was written, so the collection the run created is gone again.
+        with pytest.raises(NotFoundError):
+            engine.store.get_collection("denied")
         assert engine.store.list_runs("denied")[0]["status"] == "failed"
     finally:
         engine.close()

@@ -12,18 +12,19 @@ from semsearch.adapters.sources.files import iter_documents
 from semsearch.config import Settings
 from semsearch.core.types import Document, Mode
 from semsearch.errors import IdentityMismatchError, InputError, NotFoundError
+from semsearch.runtime.embedding import CachedEmbedder
+from semsearch.runtime.engine import Engine
 from semsearch.services.collections import (
     compact_collection,
     describe_collections,
     drop_collection,
     versions,
 )
-from semsearch.services.embedding import CachedEmbedder
 from semsearch.services.ingest import delete_documents, index_documents
 from semsearch.services.quickstart import sample_dir
 from semsearch.services.search import SearchRequest, search
 from semsearch.services.versions import activate, plan_reindex, reindex, rollback
-from semsearch.wiring import Engine, open_engine
+from semsearch.wiring import open_engine
 from tests.fakes.embedders import NoiseEmbedder
 
 VEG = "how do I keep vegetables fresh"
@@ -128,7 +129,7 @@ def test_a_failed_gate_keeps_the_old_version_serving(engine: Engine, docs: list[
     # A model that knows nothing (vectors seeded by each text's hash, identical on every CPU)
     # ranks by chance: dense nDCG@10 falls far below the real model's, everywhere. A smaller
     # change, such as 16-token chunks, moved nDCG by a few hundredths either way by CPU.
-    noise = CachedEmbedder(NoiseEmbedder(engine.embedder.embedder.tokenizer),
+    noise = CachedEmbedder(NoiseEmbedder(engine.embedder.tokenizer),
                            engine.embedder.cache)
     report = reindex(engine, "s", embedder=noise, gate=data, tolerance=0.1,
                      gate_modes=[Mode.DENSE])

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from semsearch.runtime.engine import Engine
 from semsearch.services.sync_config import SourceSpec
-from semsearch.wiring import Engine
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 MARIA_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/"
@@ -128,7 +128,7 @@ def collection_state(engine: Engine, collection: str) -> dict[str, Any]:
             chunks.append((s.chunk.doc_id, s.chunk.id, s.chunk.ordinal, s.chunk.text))
             labels.append(s.label)
     assert len({c[1] for c in chunks}) == len(chunks), "duplicate chunk ids"
-    idx = engine.fresh_indexes(collection)
+    idx = engine.collection(collection).indexes()
     assert len(idx.vectors) == len(labels), "vector index disagrees with the store"
     assert len(idx.keyword) == len(labels), "keyword index disagrees with the store"
     return {"docs": {k: (v["title"], v["text"], v["metadata"], v["content_hash"])

@@ -22,9 +22,10 @@ import sqlalchemy as sa
 
 from semsearch.config import Settings
 from semsearch.errors import SourceError
+from semsearch.runtime.engine import Engine
 from semsearch.services.sync import SyncReport, sync
 from semsearch.services.sync_config import SourceSpec
-from semsearch.wiring import Engine, make_source, open_engine
+from semsearch.wiring import make_source, open_engine
 from tests.sync.conftest import T0, SourceDb, describe
 
 

@@ -9,9 +9,10 @@ import pytest
 import sqlalchemy as sa
 
 from semsearch.errors import BusyError, InputError, NotFoundError, SourceError
+from semsearch.runtime.engine import Engine
 from semsearch.services.sync import collection_lock, sync
 from semsearch.services.sync_audit import audit
-from semsearch.wiring import Engine, make_source
+from semsearch.wiring import make_source
 from tests.sync.conftest import T0, SourceDb, collection_state, describe, search_ids
 
 

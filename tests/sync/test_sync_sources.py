@@ -15,9 +15,10 @@ from click.testing import CliRunner
 
 from semsearch.cli.main import cli
 from semsearch.errors import InputError
+from semsearch.runtime.engine import Engine
 from semsearch.services.sync import sync
 from semsearch.services.sync_config import SourceSpec, load_sync_file
-from semsearch.wiring import Engine, make_source
+from semsearch.wiring import make_source
 from tests.sync.conftest import T0, SourceDb, describe
 
 

@@ -18,8 +18,7 @@ from semsearch.adapters.embedders.onnx_local import (
 from semsearch.config import Settings
 from semsearch.core.types import InputType
 from semsearch.errors import InputError
-from semsearch.services.models import available_models
-from semsearch.wiring import make_embedder, settings_for_model
+from semsearch.wiring import available_models, make_embedder, settings_for_model
 from tests.conftest import DATA
 
 L3 = "paraphrase-MiniLM-L3-v2"

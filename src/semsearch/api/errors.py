@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from semsearch.errors import (
+    AlreadyExistsError,
     BackendError,
     BusyError,
     IdentityMismatchError,
@@ -62,7 +63,7 @@ def error_response(status: int, code: str, message: str,
 def status_of(exc: SemsearchError) -> int:
     if isinstance(exc, NotFoundError):
         return 404
-    if isinstance(exc, IdentityMismatchError | BusyError):
+    if isinstance(exc, IdentityMismatchError | BusyError | AlreadyExistsError):
         return 409
     if isinstance(exc, InputError):
         return 422

@@ -30,8 +30,8 @@ from semsearch.api.schemas import (
 from semsearch.config import Settings
 from semsearch.core.filters import parse_filter
 from semsearch.core.types import Document, InputType, Mode
-from semsearch.services.embedding import EmbedStats
-from semsearch.wiring import Engine
+from semsearch.runtime.embedding import EmbedStats
+from semsearch.runtime.engine import Engine
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 502)}
@@ -95,7 +95,7 @@ def _count_tokens(request: Request, engine: Engine, texts: list[str], what: str,
     """Token counts, stopping at the first text past SEMSEARCH_API_MAX_REQUEST_TOKENS so an
     oversized request costs no more than the limit to refuse."""
     limit = _settings(request).api_max_request_tokens
-    tok = engine.embedder.embedder.tokenizer
+    tok = engine.embedder.tokenizer
     counts: list[int] = []
     total = 0
     for t in texts:
@@ -112,9 +112,11 @@ def _count_tokens(request: Request, engine: Engine, texts: list[str], what: str,
 
 def _embed(request: Request, engine: Engine, texts: list[str], input_type: InputType,
            counts: list[int]) -> tuple[np.ndarray, int, EmbedStats]:
+    from semsearch.services.search import embed_texts
+
     stats = EmbedStats()
-    vectors = engine.embedder.embed(texts, input_type, stats)
-    window = engine.embedder.embedder.identity.max_tokens
+    vectors = embed_texts(engine, texts, input_type, stats)
+    window = engine.embedder.identity.max_tokens
     tokens = sum(min(n, window) for n in counts)  # what the model sees: truncated to its window
     request.app.state.metrics.observe_embedding(stats.tokens, stats.cost, stats.cache_hits,
                                                 stats.cache_misses)
@@ -149,13 +151,13 @@ def embed(body: EmbedRequest, request: Request, engine: EngineDep, who: Who) -> 
     counts = _check_texts(request, engine, body.texts, param="texts")
     vectors, tokens, stats = _embed(request, engine, body.texts, InputType(body.input_type),
                                     counts)
-    identity = engine.embedder.embedder.identity
+    identity = engine.embedder.identity
     return EmbedResponse(model=identity.to_dict(), dimension=identity.dimension,
                          vectors=vectors.tolist(), tokens=tokens, cache_hits=stats.cache_hits)
 
 
 def _served_models(engine: Engine) -> list[str]:
-    model = engine.embedder.embedder.identity.model
+    model = engine.embedder.identity.model
     short = model.rsplit("/", 1)[-1]
     return [model] if short == model else [model, short]
 
@@ -195,7 +197,7 @@ def openai_embeddings(body: OpenAIEmbeddingsRequest, request: Request, engine: E
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
     if not texts:
         raise ApiError(422, "empty_input", "input is an empty list", param="input")
-    dim = engine.embedder.embedder.identity.dimension
+    dim = engine.embedder.identity.dimension
     if body.dimensions is not None and body.dimensions != dim:
         raise ApiError(422, "dimensions_unsupported",
                        f"model {body.model!r} produces {dim} dimensions and was not trained to "
@@ -263,16 +265,10 @@ def list_collections(engine: EngineDep, who: Who) -> dict[str, Any]:
 @router.post("/collections", status_code=201, tags=["collections"])
 def create_collection(body: CollectionCreate, engine: EngineDep, who: Who) -> dict[str, Any]:
     """Create an empty collection stamped with the served embedder and chunker."""
-    from semsearch.errors import NotFoundError
-    from semsearch.services.ingest import ensure_collection
+    from semsearch.services.collections import create_collection as create
 
     require(who, body.name, "admin")
-    try:
-        engine.store.get_collection(engine.resolve(body.name))
-        raise ApiError(409, "collection_exists", f"collection {body.name!r} already exists")
-    except NotFoundError:
-        pass
-    info = ensure_collection(engine, body.name)
+    info = create(engine, body.name)
     return {"name": info.name, "identity": info.identity.to_dict(),
             "chunker": dict(info.chunker)}
 
@@ -321,7 +317,6 @@ def upsert_documents(name: str, body: UpsertRequest, request: Request, engine: E
     from semsearch.services.ingest import index_documents
 
     require(who, name, "write")
-    engine.store.get_collection(engine.resolve(name))  # unknown -> 404, not a create
     s = _settings(request)
     if len(body.documents) > s.api_max_texts:
         raise ApiError(413, "too_many_documents", f"{len(body.documents):,} documents in one "
@@ -330,7 +325,7 @@ def upsert_documents(name: str, body: UpsertRequest, request: Request, engine: E
     _count_tokens(request, engine, [f"{d.title}\n{d.text}" for d in body.documents],
                   "documents", "documents")
     docs = [Document(d.id, d.text, d.title, d.metadata) for d in body.documents]
-    report = index_documents(engine, name, docs)
+    report = index_documents(engine, name, docs, create=False)  # unknown -> 404
     request.app.state.metrics.observe_embedding(report.tokens, report.cost, report.cache_hits,
                                                 report.cache_misses)
     return report.to_dict()
@@ -338,10 +333,10 @@ def upsert_documents(name: str, body: UpsertRequest, request: Request, engine: E
 
 @router.get("/collections/{name}/documents/{doc_id:path}", tags=["documents"])
 def get_document(name: str, doc_id: str, engine: EngineDep, who: Who) -> dict[str, Any]:
+    from semsearch.services.collections import get_document as get
+
     require(who, name, "read")
-    name = engine.resolve(name)
-    engine.store.get_collection(name)
-    return engine.store.get_document(name, doc_id)
+    return get(engine, name, doc_id)
 
 
 @router.delete("/collections/{name}/documents/{doc_id:path}", tags=["documents"])

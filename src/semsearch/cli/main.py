@@ -56,15 +56,14 @@ def index(source: Path, collection: str, batch_size: int, strict: bool, as_json:
     Documents with no text (or over SEMSEARCH_MAX_TEXT_CHARS) are skipped and reported,
     unless --strict; a repeated id keeps its last copy and is reported; an unreadable file
     or corpus line stops the run with an error, keeping what was committed before it."""
-    from semsearch.adapters.sources.files import count_documents, iter_documents
-    from semsearch.services.ingest import index_documents, validate_name
+    from semsearch.services.ingest import index_path, validate_name
 
     if "@" not in collection:
         validate_name(collection)  # before any progress is drawn
-    with _engine() as engine, _progress(count_documents(source), "indexing", "doc") as tick:
-        report = index_documents(engine, collection, iter_documents(source),
-                                 batch_size=batch_size, skip_invalid=not strict,
-                                 on_progress=tick)
+    with _engine() as engine, _progress(None, "indexing", "doc") as tick:
+        report = index_path(engine, collection, source, batch_size=batch_size,
+                            skip_invalid=not strict, on_total=tick.set_total,
+                            on_progress=tick)
     for reason in report.skipped_reasons:
         click.echo(f"warning: skipped: {reason}", err=True)
     if report.skipped > len(report.skipped_reasons):
@@ -165,8 +164,8 @@ def embed(texts: tuple[str, ...], as_query: bool) -> None:
 
     with _engine() as engine:
         vectors = embed_texts(engine, list(texts),
-                              InputType.QUERY if as_query else InputType.PASSAGE)
-        identity = engine.embedder.embedder.identity
+                              InputType.QUERY if as_query else InputType.PASSAGE).tolist()
+        identity = engine.embedder.identity
     if len(vectors) == 1:
         _echo_json(vectors[0])
     else:
@@ -183,17 +182,16 @@ def embed(texts: tuple[str, ...], as_query: bool) -> None:
 def eval_(dataset: Path, collection: str, modes: str, split: str, fusion: str,
           as_json: bool) -> None:
     """Measure nDCG@10, MRR@10, Recall@100 and MAP@100 on a BEIR dataset."""
-    from semsearch.adapters.sources import beir
     from semsearch.core.types import Mode
     from semsearch.errors import InputError
-    from semsearch.services.evaluate import evaluate_collection
+    from semsearch.services.evaluate import count_queries, evaluate_collection
 
     try:
         mode_list = [Mode(m.strip()) for m in modes.split(",") if m.strip()]
     except ValueError:
         raise InputError(f"--modes {modes!r}: use a comma list of {', '.join(MODES)}") from None
-    n = len(beir.load_queries(dataset, split)) * len(mode_list)
-    with _engine() as engine, _progress(n, "evaluating", "query") as tick:
+    with _engine() as engine, _progress(None, "evaluating", "query") as tick:
+        tick.set_total(count_queries(engine, dataset, split) * len(mode_list))
         reports = evaluate_collection(engine, collection, dataset, mode_list, split=split,
                                       fusion=fusion, on_progress=tick)
     if as_json:
@@ -265,7 +263,7 @@ def stats(collection: str | None, as_json: bool) -> None:
 def models(as_json: bool) -> None:
     """List the embedders available here (and which one is configured)."""
     from semsearch.config import Settings
-    from semsearch.services.models import available_models
+    from semsearch.wiring import available_models
 
     rows = available_models(Settings())
     if as_json:
@@ -286,12 +284,11 @@ def rebuild(collection: str, as_json: bool) -> None:
     """Drop and rebuild a collection's derived indexes from the canonical store."""
     from dataclasses import asdict
 
-    from semsearch.services.maintenance import rebuild_indexes
+    from semsearch.services.maintenance import chunk_count, rebuild_indexes
 
-    with _engine() as engine:
-        total = engine.store.get_collection(engine.resolve(collection)).chunks
-        with _progress(total, "rebuilding", "chunk") as tick:
-            report = rebuild_indexes(engine, collection, on_progress=tick)
+    with _engine() as engine, _progress(None, "rebuilding", "chunk") as tick:
+        tick.set_total(chunk_count(engine, collection))
+        report = rebuild_indexes(engine, collection, on_progress=tick)
     if as_json:
         _echo_json(asdict(report))
         return

@@ -24,14 +24,16 @@ def _spec_from_flags(opts: dict[str, Any], engine: Any) -> Any:
     collection = given.get("collection")
     if not collection:
         raise InputError("give --collection (or --config FILE)")
+    from semsearch.services.sync import stored_spec
+
     state = None
     with contextlib.suppress(SemsearchError):
-        state = engine.store.sync_state(collection)
+        state = stored_spec(engine, collection)
     if "source" not in given:
         if state is None:
             raise InputError(f"collection {collection!r} has not been synced yet: give "
                              "--source and the column options")
-        stored = dict(state.spec)
+        stored = dict(state)
         if has_password(stored.get("source", "")) and "***" in stored["source"]:
             raise InputError(f"the stored source of {collection!r} had a password, which is "
                              "never stored; give --source again")
@@ -95,11 +97,11 @@ def _run_one(engine: Any, spec: Any, *, full: bool, audit: bool, repair: bool) -
     """Returns the exit code contribution: 0 ok, 1 failed or drift, 3 busy."""
     from semsearch.services import sync as sync_service
     from semsearch.services.sync_audit import audit as audit_service
-    from semsearch.wiring import make_source
+    from semsearch.wiring import open_source
 
     source = None
     try:
-        source = make_source(spec, engine.settings)
+        source = open_source(engine, spec)
         with _progress(None, f"{'auditing' if audit else 'syncing'} {spec.collection}",
                        "row") as bar:
             if audit:
@@ -157,8 +159,10 @@ def _print_audit(report: Any) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def runs(collection: str | None, limit: int, as_json: bool) -> None:
     """History of index and sync runs: start, end, status, counts, tokens, cost."""
+    from semsearch.services.stats import list_runs
+
     with _engine() as engine:
-        rows = engine.store.list_runs(collection, limit=limit)
+        rows = list_runs(engine, collection, limit=limit)
     if as_json:
         _echo_json({"runs": rows})
         return

@@ -39,6 +39,7 @@ def reindex(collection: str, model: str | None, chunk_max_tokens: int | None,
     """Re-index a collection with another model or chunker into a new version, while the
     current version keeps serving; then gate it and swap the name over atomically."""
     from semsearch.core.types import Mode
+    from semsearch.services.collections import document_count
     from semsearch.services.versions import plan_reindex
     from semsearch.services.versions import reindex as run_reindex
 
@@ -59,7 +60,7 @@ def reindex(collection: str, model: str | None, chunk_max_tokens: int | None,
                        f"cached, {plan.tokens_to_embed} tokens to embed, "
                        f"${plan.estimated_cost:.4f}, {secs}")
             return
-        total = engine.store.get_collection(engine.resolve(collection)).documents
+        total = document_count(engine, collection)
         with _progress(total, "re-indexing", "doc") as tick:
             report = run_reindex(engine, collection, model=model, chunker=chunker, gate=gate,
                                  tolerance=tolerance, gate_modes=modes, gate_split=split,

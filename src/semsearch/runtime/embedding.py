@@ -15,9 +15,9 @@ import numpy as np
 
 from semsearch.core.cache_keys import cache_key
 from semsearch.core.metering import MeterSnapshot, percentiles
-from semsearch.core.types import InputType
+from semsearch.core.types import EmbedderIdentity, InputType
 from semsearch.errors import BackendError
-from semsearch.ports import Embedder, EmbeddingCache, Vectors
+from semsearch.ports import Embedder, EmbeddingCache, Tokenizer, Vectors
 
 
 @dataclass
@@ -77,6 +77,19 @@ class CachedEmbedder:
         self.cache = cache
         self.price_per_mtok = price_per_mtok
 
+    @property
+    def identity(self) -> EmbedderIdentity:
+        return self.embedder.identity
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.embedder.tokenizer
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the model sees for ``text``: special tokens added, clamped to its window."""
+        return min(self.embedder.tokenizer.count_tokens(text) + 2,
+                   self.embedder.identity.max_tokens)
+
     def embed(self, texts: Sequence[str], input_type: InputType,
               stats: EmbedStats | None = None) -> Vectors:
         identity = self.embedder.identity
@@ -114,9 +127,7 @@ class CachedEmbedder:
             stats.cache_hits += len(hit_texts)
             stats.cache_misses += len(texts) - len(hit_texts)
             if hit_texts and self.price_per_mtok > 0:
-                tok = self.embedder.tokenizer
-                saved = sum(min(tok.count_tokens(t) + 2, identity.max_tokens)
-                            for t in hit_texts)
+                saved = sum(self.count_tokens(t) for t in hit_texts)
                 stats.saved_cost += saved * self.price_per_mtok / 1e6
         out = np.empty((len(texts), identity.dimension), dtype=np.float32)
         for i, k in enumerate(keys):

@@ -7,13 +7,11 @@ the canonical chunks, with vectors coming back from the embedding cache."""
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +19,7 @@ from semsearch.core.rwlock import RWLock
 from semsearch.core.types import Chunk, InputType
 from semsearch.errors import StorageFullError
 from semsearch.ports import DocumentStore, KeywordIndex, VectorIndex, Vectors, WriteResult
-from semsearch.services.embedding import CachedEmbedder, EmbedStats
+from semsearch.runtime.embedding import CachedEmbedder, EmbedStats
 
 log = logging.getLogger(__name__)
 
@@ -30,22 +28,9 @@ def keyword_text(chunk: Chunk) -> str:
     return chunk.embed_text
 
 
-@contextmanager
-def file_lock(path: Path | None) -> Iterator[None]:
-    """Across processes (``serve --workers N``): one saver or rebuilder per collection."""
-    if path is None:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 Opener = Callable[[], tuple[VectorIndex, KeywordIndex]]
+# Across processes (``serve --workers N``): one saver or rebuilder per collection.
+SharedLock = Callable[[], AbstractContextManager[None]]
 
 
 @dataclass
@@ -59,7 +44,7 @@ class CollectionIndexes:
     vectors: VectorIndex
     keyword: KeywordIndex
     opener: Opener | None = None
-    lock_path: Path | None = None
+    shared_lock: SharedLock = nullcontext
     lock: threading.RLock = field(default_factory=threading.RLock)
     rw: RWLock = field(default_factory=RWLock)  # searches read; batch writes write
     applied: int = -1
@@ -85,7 +70,7 @@ class CollectionIndexes:
             self.applied = result.generation if self.applied == result.generation - 1 else -1
 
     def save(self, generation: int) -> None:
-        with self.lock, file_lock(self.lock_path):
+        with self.lock, self.shared_lock():
             self.vectors.save(generation)
             self.keyword.save(generation)
 
@@ -98,7 +83,7 @@ class CollectionIndexes:
     def refresh(self, store: DocumentStore, embedder: CachedEmbedder, generation: int) -> None:
         """Catch up with ``generation``: reload another process's saved files if they are
         current, else rebuild. Callers hold ``rw.write()`` so no search is inside."""
-        with self.lock, file_lock(self.lock_path):
+        with self.lock, self.shared_lock():
             if self.opener is not None:
                 self.keyword.close()
                 self.vectors, self.keyword = self.opener()
@@ -108,7 +93,7 @@ class CollectionIndexes:
 
     def rebuild(self, store: DocumentStore, embedder: CachedEmbedder, generation: int,
                 on_progress: Callable[[int], None] | None = None) -> EmbedStats:
-        with self.lock, file_lock(self.lock_path):
+        with self.lock, self.shared_lock():
             return self._rebuild_locked(store, embedder, generation, on_progress)
 
     def _rebuild_locked(self, store: DocumentStore, embedder: CachedEmbedder, generation: int,

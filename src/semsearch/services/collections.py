@@ -7,30 +7,14 @@ Nothing here touches another collection's files."""
 
 from __future__ import annotations
 
-import re
-import shutil
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from semsearch.errors import InputError
+from semsearch.errors import AlreadyExistsError, InputError, NotFoundError
 from semsearch.ports import CollectionInfo
-from semsearch.wiring import Engine
-
-_VERSION = re.compile(r"^(?P<base>.+)@v(?P<n>\d+)$")
-
-
-def _dir_bytes(path: Path) -> int:
-    if not path.exists():
-        return 0
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def version_of(physical: str) -> tuple[str, int]:
-    """``docs@v3`` -> (``docs``, 3); a plain name is version 1 of itself."""
-    m = _VERSION.match(physical)
-    return (m["base"], int(m["n"])) if m else (physical, 1)
+from semsearch.runtime.engine import Engine
+from semsearch.runtime.naming import base_version, version_of
 
 
 def versions(engine: Engine, name: str) -> list[CollectionInfo]:
@@ -51,8 +35,8 @@ def _version_row(engine: Engine, info: CollectionInfo, active: str) -> dict[str,
     vectors_deleted: int | None = None
     vector_entries: int | None = None
     if engine.has_indexes(info.name) or (
-            info.name == active and engine.settings.index_dir(info.name).exists()):
-        idx = engine.indexes(info.name)  # as saved: listing never rebuilds or embeds
+            info.name == active and engine.index_storage.exists(info.name)):
+        idx = engine.indexes(info)  # as saved: listing never rebuilds or embeds
         vectors_deleted = idx.vectors.deleted
         vector_entries = len(idx.vectors)
     return {
@@ -62,7 +46,7 @@ def _version_row(engine: Engine, info: CollectionInfo, active: str) -> dict[str,
         "documents": info.documents, "chunks": info.chunks,
         "vectors_live": vector_entries, "vectors_deleted": vectors_deleted,
         "generation": info.generation, "created_at": info.created_at,
-        "bytes_on_disk": _dir_bytes(engine.settings.index_dir(info.name)),
+        "bytes_on_disk": engine.index_storage.disk_bytes(info.name),
     }
 
 
@@ -89,10 +73,29 @@ def describe_collections(engine: Engine) -> list[dict[str, Any]]:
     return rows
 
 
+def create_collection(engine: Engine, name: str) -> CollectionInfo:
+    """A new, empty collection stamped with the configured embedder and chunker."""
+    try:
+        engine.collection(name)
+    except NotFoundError:
+        return engine.collection(name, create=True).info
+    raise AlreadyExistsError(f"collection {name!r} already exists")
+
+
+def document_count(engine: Engine, name: str) -> int:
+    """Documents in the version ``name`` points at (a progress total)."""
+    return engine.collection(name).info.documents
+
+
+def get_document(engine: Engine, name: str, doc_id: str) -> dict[str, Any]:
+    """One stored document of the version ``name`` points at: id, title, text, metadata
+    and content hash."""
+    return engine.store.get_document(engine.collection(name).version, doc_id)
+
+
 def physical_name(name: str) -> str:
     """``docs@v1`` is the collection created under the plain name ``docs``."""
-    base, n = version_of(name)
-    return base if n == 1 else name
+    return base_version(name)
 
 
 def drop_collection(engine: Engine, name: str) -> list[str]:
@@ -125,7 +128,7 @@ def _drop_physical(engine: Engine, physical: str) -> None:
     engine.store.get_collection(physical)  # unknown -> NotFoundError before touching files
     engine.forget_indexes(physical)
     engine.store.drop_collection(physical)
-    shutil.rmtree(engine.settings.index_dir(physical), ignore_errors=True)
+    engine.drop_indexes(physical)
 
 
 @dataclass
@@ -148,8 +151,9 @@ def compact_collection(engine: Engine, name: str, store: bool = True) -> Compact
     keyword postings, and (``store``) free pages of the canonical store, which is shared by
     every collection. Results are the same before and after."""
     started = time.perf_counter()
-    physical = engine.resolve(name)
-    idx = engine.fresh_indexes(physical)
+    handle = engine.collection(name)
+    physical = handle.version
+    idx = handle.indexes()
 
     def sizes() -> dict[str, int]:
         out = {"vectors": idx.vectors.disk_bytes(), "keyword": idx.keyword.disk_bytes()}

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from semsearch.adapters.sources import beir
 from semsearch.core.metrics import evaluate
 from semsearch.core.types import InputType, Mode
+from semsearch.runtime.engine import Engine
 from semsearch.services.search import SearchRequest, search
-from semsearch.wiring import Engine
 
 MEASURES = ("ndcg@10", "mrr@10", "recall@100", "map@100")
 
@@ -27,23 +26,28 @@ class ModeReport:
     latency_ms: dict[str, float]
 
 
+def count_queries(engine: Engine, dataset: Path, split: str = "test") -> int:
+    """Labelled queries of a dataset split (for a progress total)."""
+    return len(engine.corpora.queries(dataset, split))
+
+
 def evaluate_collection(engine: Engine, collection: str, dataset: Path,
                         modes: Sequence[Mode], *, split: str = "test", depth: int = 100,
                         fusion: str = "rrf",
                         on_progress: Callable[[int], None] | None = None) -> list[ModeReport]:
-    queries = beir.load_queries(dataset, split)
-    qrels = beir.load_qrels(dataset, split)
+    queries = engine.corpora.queries(dataset, split)
+    qrels = engine.corpora.qrels(dataset, split)
+    handle = engine.collection(collection)
     if any(m != Mode.KEYWORD for m in modes):
         # One batched pass fills the cache, so per-query searches don't embed one by one.
-        info = engine.store.get_collection(engine.resolve(collection))
-        engine.embedder_for(info).embed(list(queries.values()), InputType.QUERY)
+        handle.embedder.embed(list(queries.values()), InputType.QUERY)
     reports: list[ModeReport] = []
     for mode in modes:
         run: dict[str, dict[str, float]] = {}
         latencies: list[float] = []
         for qid, text in queries.items():
             started = time.perf_counter()
-            result = search(engine, collection,
+            result = search(engine, handle,
                             SearchRequest(query=text, mode=mode, k=depth, fusion=fusion))
             latencies.append((time.perf_counter() - started) * 1000)
             # Scores of fused runs can tie; rank order is what the measures must see.

@@ -1,8 +1,10 @@
-"""Indexing: documents -> chunks -> vectors (through the cache) -> store -> derived indexes.
+"""Indexing documents into a collection, and deleting them: the ``index`` use case.
 
-Work is done in batches of documents; each batch is one store transaction, so an error in
-the corpus stops the run with everything before it committed and nothing half-written.
-Unchanged documents (same content hash) are skipped without touching the model or cache."""
+Documents go through the one write path (``runtime.writer``) in batches; each batch is one
+store transaction, so an error in the corpus stops the run with everything before it
+committed and nothing half-written. Unchanged documents (same content hash) are skipped
+without touching the model or cache. A run that fails before writing anything into a
+collection it created removes that collection again."""
 
 from __future__ import annotations
 
@@ -11,16 +13,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from semsearch.core.chunking import ChunkerConfig, chunk_document
 from semsearch.core.metering import latency_histogram
-from semsearch.core.types import Document, InputType
-from semsearch.errors import InputError
-from semsearch.ports import CollectionInfo, DocumentWrite
-from semsearch.services.embedding import EmbedStats
-from semsearch.services.indexes import doc_vector, split_vectors
-from semsearch.wiring import Engine
+from semsearch.core.types import Document
+from semsearch.ports import CollectionInfo
+from semsearch.runtime.engine import Engine
+from semsearch.runtime.naming import validate_name as validate_name
+from semsearch.runtime.writer import Batch, BatchWriter, WriteCounts
+from semsearch.runtime.writer import validate_document as validate_document
 
 
 @dataclass
@@ -53,52 +55,32 @@ class IndexReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
-MAX_REASONS = 20
+    def fill(self, counts: WriteCounts) -> None:
+        """Copy a run's counters in: the write path's and the embedder's."""
+        for name in ("new", "changed", "unchanged", "chunks", "duplicates"):
+            setattr(self, name, getattr(counts, name))
+        self.duplicate_ids = list(counts.duplicate_ids)
+        self.skipped = counts.rejected
+        self.skipped_reasons = list(counts.reasons.values())
+        e = counts.embed
+        self.embedded, self.cache_hits, self.cache_misses = e.embedded, e.cache_hits, \
+            e.cache_misses
+        self.model_calls, self.tokens, self.truncated, self.retries = e.provider_calls, \
+            e.tokens, e.truncated, e.retries
+        self.cost, self.saved_cost = round(e.cost, 9), round(e.saved_cost, 9)
+        self.provider_latency_ms = e.latency()
+        self.embed_seconds = round(e.seconds, 3)
+        self.cache_errors = e.cache_errors
 
 
 def ensure_collection(engine: Engine, name: str) -> CollectionInfo:
     """Open the collection (the version its name points at), creating it stamped with the
     configured embedder and chunker."""
-    return _open_or_create(engine, name)[0]
-
-
-def _open_or_create(engine: Engine, name: str) -> tuple[CollectionInfo, bool]:
-    """The collection and whether this call created it."""
-    from semsearch.errors import NotFoundError
-
-    if "@" not in name:  # name@vN: a version made by reindex, never created here
-        validate_name(name)
-    name = engine.resolve(name)
-    try:
-        info = engine.store.get_collection(name)
-    except NotFoundError:
-        validate_name(name)
-        s = engine.settings
-        identity = engine.embedder.embedder.identity
-        # Chunks must fit the model's window (128 tokens for paraphrase-MiniLM-L3-v2), or
-        # the model silently cuts every chunk's tail.
-        size = min(s.chunk_max_tokens, identity.max_tokens)
-        overlap = s.chunk_overlap_tokens if size == s.chunk_max_tokens \
-            else min(s.chunk_overlap_tokens, size // 4)
-        cfg = ChunkerConfig(max_tokens=size, overlap_tokens=overlap, strategy=s.chunk_strategy)
-        return engine.store.create_collection(name, identity, cfg.to_dict()), True
-    engine.check_identity(info)
-    return info, False
-
-
-def validate_name(name: str) -> None:
-    """Names start with a letter or digit: one starting with '-' reads as an option on
-    every command line (``-c``), one starting with '.' hides its index folder."""
-    ok = bool(name) and len(name) <= 64 and name[0].isalnum() and \
-        all(c.isalnum() or c in "-_." for c in name)
-    if not ok:
-        raise InputError(f"collection name {name!r} must be 1-64 letters, digits, '-', '_' "
-                         "or '.', starting with a letter or digit")
+    return engine.collection(name, create=True).info
 
 
 def _batches(docs: Iterable[Document], size: int,
-             report: IndexReport) -> Iterator[list[Document]]:
+             counts: WriteCounts) -> Iterator[list[Document]]:
     """Batches of distinct ids. An id seen before in this run is counted and reported, and
     its last copy is the one kept (within a batch it replaces the earlier copy; across
     batches it is written again over it)."""
@@ -106,9 +88,7 @@ def _batches(docs: Iterable[Document], size: int,
     batch: dict[str, Document] = {}
     for doc in docs:
         if doc.id in seen:
-            report.duplicates += 1
-            if len(report.duplicate_ids) < MAX_REASONS and doc.id not in report.duplicate_ids:
-                report.duplicate_ids.append(doc.id)
+            counts.repeated(doc.id)
         seen.add(doc.id)
         batch[doc.id] = doc
         if len(batch) >= size:
@@ -118,125 +98,64 @@ def _batches(docs: Iterable[Document], size: int,
         yield list(batch.values())
 
 
-def validate_document(doc: Document, max_chars: int) -> None:
-    if not isinstance(doc.id, str) or not doc.id.strip():
-        raise InputError("a document has an empty id")
-    if not doc.text.strip() and not doc.title.strip():
-        raise InputError(f"document {doc.id!r} has no text and no title")
-    if len(doc.text) > max_chars:
-        raise InputError(f"document {doc.id!r} has {len(doc.text):,} characters; the limit is "
-                         f"{max_chars:,} (SEMSEARCH_MAX_TEXT_CHARS)")
-
-
 def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *,
-                    batch_size: int = 256, skip_invalid: bool = False,
+                    batch_size: int = 256, skip_invalid: bool = False, create: bool = True,
                     on_progress: Callable[[int], None] | None = None) -> IndexReport:
     """Index ``docs``. An invalid document (no text, too long) raises InputError, or, with
     ``skip_invalid``, is left out and counted with its reason (real corpora such as
-    Cranfield contain empty records; one should not sink a 100k-document import)."""
+    Cranfield contain empty records; one should not sink a 100k-document import).
+    ``create=False`` refuses an unknown collection (NotFoundError) instead of making it."""
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    info, created = _open_or_create(engine, collection)
-    logical, collection = collection, info.name
-    cfg = ChunkerConfig.from_dict(dict(info.chunker))
-    idx = engine.fresh_indexes(collection)
-    embedder = engine.embedder_for(info)
-    tokenizer = embedder.embedder.tokenizer
-    report = IndexReport(collection=collection)
-    stats = EmbedStats()
-    generation = info.generation
-    done = 0
+    handle = engine.collection(collection, create=create)
+    report = IndexReport(collection=handle.version)
+    counts = WriteCounts()
+    writer = BatchWriter(handle, counts, invalid="reject" if skip_invalid else "raise")
     try:
-        for batch in _batches(docs, batch_size, report):
+        for batch in _batches(docs, batch_size, counts):
             report.documents += len(batch)
-            valid = []
-            for doc in batch:
-                try:
-                    validate_document(doc, engine.settings.max_text_chars)
-                    valid.append(doc)
-                except InputError as exc:
-                    if not skip_invalid:
-                        raise
-                    report.skipped += 1
-                    if len(report.skipped_reasons) < MAX_REASONS:
-                        report.skipped_reasons.append(str(exc))
-            batch = valid
-            hashes = {d.id: d.content_hash() for d in batch}
-            stored = engine.store.content_hashes(collection, list(hashes))
-            todo = [d for d in batch if stored.get(d.id) != hashes[d.id]]
-            report.unchanged += len(batch) - len(todo)
-            report.changed += sum(1 for d in todo if d.id in stored)
-            report.new += sum(1 for d in todo if d.id not in stored)
-            if todo:
-                chunk_lists = [chunk_document(d, tokenizer, cfg) for d in todo]
-                texts = [c.embed_text for cl in chunk_lists for c in cl]
-                vectors = embedder.embed(texts, InputType.PASSAGE, stats)
-                per_doc = split_vectors(vectors, [len(cl) for cl in chunk_lists])
-                writes = [DocumentWrite(d, hashes[d.id], cl, doc_vector(v))
-                          for d, cl, v in zip(todo, chunk_lists, per_doc, strict=True)]
-                with idx.rw.write():  # searches see the batch whole or not at all
-                    result = engine.store.write(collection, writes)
-                    try:
-                        idx.apply(result, vectors)
-                    except BaseException:
-                        # Half-applied: drop it; the next open sees the gap and rebuilds.
-                        engine.forget_indexes(collection)
-                        raise
-                generation = result.generation
-                report.chunks += len(texts)
+            writer.write(Batch(upserts=batch))
             if on_progress is not None:
-                on_progress(report.documents - done)
-                done = report.documents
+                on_progress(len(batch))
     except BaseException as exc:
         report.status = f"failed: {exc}"[:500]
-        if created and generation == info.generation:
+        if handle.created and writer.generation == handle.info.generation:
             # Nothing was written: a missing path or an unreadable first file must not
             # leave an empty collection behind.
             from semsearch.services.collections import drop_collection
 
             with contextlib.suppress(Exception):
-                drop_collection(engine, collection)
+                drop_collection(engine, handle.version)
         raise
     finally:
-        # Save what was committed, even when the corpus failed part-way.
-        if engine.has_indexes(collection) and idx.is_fresh(generation) \
-                and not idx.is_saved(generation):
-            idx.save(generation)
-        _fill(report, stats)
-        report.seconds = round(time.perf_counter() - started, 3)
-        engine.store.record_run(logical, "index", started_at,
-                                "ok" if report.status == "ok" else "failed", report.to_dict()
-                                | {"latency_histogram": latency_histogram(stats.latencies_ms)})
+        try:
+            # Save what was committed, even when the corpus failed part-way.
+            writer.save()
+        finally:
+            report.fill(counts)
+            report.seconds = round(time.perf_counter() - started, 3)
+            engine.store.record_run(
+                collection, "index", started_at, "ok" if report.status == "ok" else "failed",
+                report.to_dict() | {"latency_histogram": latency_histogram(
+                    counts.embed.latencies_ms)})
     return report
 
 
-def _fill(report: IndexReport, stats: EmbedStats) -> None:
-    report.embedded = stats.embedded
-    report.cache_hits = stats.cache_hits
-    report.cache_misses = stats.cache_misses
-    report.model_calls = stats.provider_calls
-    report.tokens = stats.tokens
-    report.truncated = stats.truncated
-    report.retries = stats.retries
-    report.cost = round(stats.cost, 9)
-    report.saved_cost = round(stats.saved_cost, 9)
-    report.provider_latency_ms = stats.latency()
-    report.embed_seconds = round(stats.seconds, 3)
-    report.cache_errors = stats.cache_errors
+def index_path(engine: Engine, collection: str, source: Path, *, batch_size: int = 256,
+               skip_invalid: bool = False,
+               on_total: Callable[[int | None], None] | None = None,
+               on_progress: Callable[[int], None] | None = None) -> IndexReport:
+    """Index a BEIR folder, a folder of text files, or a .jsonl/.csv file."""
+    if on_total is not None:
+        on_total(engine.corpora.count(source))
+    return index_documents(engine, collection, engine.corpora.documents(source),
+                           batch_size=batch_size, skip_invalid=skip_invalid,
+                           on_progress=on_progress)
 
 
 def delete_documents(engine: Engine, collection: str, doc_ids: list[str]) -> int:
-    collection = engine.resolve(collection)
-    engine.store.get_collection(collection)
-    idx = engine.fresh_indexes(collection)
-    present = set(engine.store.content_hashes(collection, doc_ids))
-    if not present:
-        return 0
-    import numpy as np
-
-    with idx.rw.write():
-        result = engine.store.write(collection, [], deletes=sorted(present))
-        idx.apply(result, np.zeros((0, 0), dtype=np.float32))
-    if idx.is_fresh(result.generation):
-        idx.save(result.generation)
-    return len(present)
+    handle = engine.collection(collection)
+    writer = BatchWriter(handle)
+    writer.write(Batch(deletes=list(dict.fromkeys(doc_ids))))
+    writer.save()
+    return writer.counts.deleted

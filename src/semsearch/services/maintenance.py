@@ -6,12 +6,11 @@ The vector and keyword indexes are derived data: deleting their files loses noth
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from semsearch.wiring import Engine
+from semsearch.runtime.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -23,19 +22,22 @@ class RebuildReport:
     seconds: float
 
 
+def chunk_count(engine: Engine, collection: str) -> int:
+    """Chunks of the version a name points at (a rebuild's progress total)."""
+    return engine.collection(collection).info.chunks
+
+
 def rebuild_indexes(engine: Engine, collection: str,
                     on_progress: Callable[[int], None] | None = None) -> RebuildReport:
     started = time.perf_counter()
-    collection = engine.resolve(collection)
-    info = engine.store.get_collection(collection)
-    embedder = engine.embedder_for(info)
+    handle = engine.collection(collection)
+    embedder = handle.embedder
     # Start from nothing on disk, so a corrupt file cannot survive a rebuild.
-    engine.forget_indexes(collection)
-    shutil.rmtree(engine.settings.index_dir(collection), ignore_errors=True)
-    idx = engine.indexes(collection)
+    engine.drop_indexes(handle.version)
+    idx = engine.indexes(handle.info)
     with idx.rw.write():
-        info = engine.store.get_collection(collection)
+        info = handle.reload()
         stats = idx.rebuild(engine.store, embedder, info.generation, on_progress)
-    return RebuildReport(collection=collection, chunks=info.chunks, embedded=stats.embedded,
+    return RebuildReport(collection=handle.version, chunks=info.chunks, embedded=stats.embedded,
                          cache_hits=stats.cache_hits,
                          seconds=round(time.perf_counter() - started, 3))

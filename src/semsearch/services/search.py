@@ -17,8 +17,10 @@ from semsearch.core.fusion import FUSIONS, fuse
 from semsearch.core.types import ComponentScore, Hit, InputType, Mode
 from semsearch.errors import InputError
 from semsearch.ports import Vectors
-from semsearch.services.indexes import CollectionIndexes
-from semsearch.wiring import Engine
+from semsearch.runtime.collection import Collection
+from semsearch.runtime.embedding import EmbedStats
+from semsearch.runtime.engine import Engine
+from semsearch.runtime.indexes import CollectionIndexes
 
 MAX_K = 1000
 
@@ -92,29 +94,31 @@ def _retrieve(engine: Engine, idx: CollectionIndexes, req: SearchRequest, qv: Ve
     return {"dense": dense_hits, "keyword": pending.result()}
 
 
-def search(engine: Engine, collection: str, req: SearchRequest) -> SearchResult:
+def search(engine: Engine, collection: str | Collection, req: SearchRequest) -> SearchResult:
+    """Search a collection by name, or through a handle already open (an evaluation runs
+    hundreds of queries against one)."""
     req.validate()
     started = time.perf_counter()
-    collection = engine.resolve(collection)
-    info = engine.store.get_collection(collection)
-    embedder = engine.embedder_for(info)
-    idx = engine.fresh_indexes(collection)
+    handle = collection if isinstance(collection, Collection) else engine.collection(collection)
+    embedder = handle.embedder  # another model's collection is refused in every mode
+    idx = handle.indexes()
+    version = handle.version
     timings: dict[str, float] = {}
     allowed: set[int] | None = None
     if req.filter:
-        allowed = engine.store.labels_matching(collection, req.filter)
+        allowed = engine.store.labels_matching(version, req.filter)
         if not allowed:
-            return SearchResult([], {"total": time.perf_counter() - started}, collection)
+            return SearchResult([], {"total": time.perf_counter() - started}, version)
     qv = None
     if req.mode != Mode.KEYWORD:  # embed outside the lock: it is the slow part
         t = time.perf_counter()
         qv = embedder.embed([req.query], InputType.QUERY)[0]
         timings["embed"] = time.perf_counter() - t
     with idx.rw.read():  # a concurrent batch upsert is seen whole or not at all
-        return _search_locked(engine, collection, idx, req, qv, allowed, timings, started)
+        return _search_locked(engine, version, idx, req, qv, allowed, timings, started)
 
 
-def _search_locked(engine: Engine, collection: str, idx: CollectionIndexes,
+def _search_locked(engine: Engine, version: str, idx: CollectionIndexes,
                    req: SearchRequest, qv: Vectors | None, allowed: set[int] | None,
                    timings: dict[str, float], started: float) -> SearchResult:
     n = max(req.candidates or engine.settings.candidates, req.k)
@@ -122,7 +126,7 @@ def _search_locked(engine: Engine, collection: str, idx: CollectionIndexes,
     while True:
         lists = _retrieve(engine, idx, req, qv, n, allowed, timings)
         doc_of = engine.store.doc_ids_by_label(
-            collection, list({label for ranked in lists.values() for label, _ in ranked}))
+            version, list({label for ranked in lists.values() for label, _ in ranked}))
         # A label can vanish between retrieval and lookup under a concurrent delete.
         lists = {name: [(lb, s) for lb, s in ranked if lb in doc_of]
                  for name, ranked in lists.items()}
@@ -136,12 +140,12 @@ def _search_locked(engine: Engine, collection: str, idx: CollectionIndexes,
     t = time.perf_counter()
     fused = _fuse(lists, doc_of, req, rrf_k)
     timings["fusion"] = time.perf_counter() - t
-    stored = engine.store.chunks_by_label(collection, [label for label, _, _ in fused])
+    stored = engine.store.chunks_by_label(version, [label for label, _, _ in fused])
     hits = [Hit(doc_id=sc.chunk.doc_id, chunk_id=sc.chunk.id, score=score, components=comps,
                 text=sc.chunk.text, title=sc.chunk.title, metadata=sc.metadata)
             for label, score, comps in fused if (sc := stored.get(label)) is not None]
     timings["total"] = time.perf_counter() - started
-    return SearchResult(hits, timings, collection)
+    return SearchResult(hits, timings, version)
 
 
 def _fuse(lists: dict[str, Ranked], doc_of: Mapping[int, str], req: SearchRequest,
@@ -179,8 +183,11 @@ def _fuse(lists: dict[str, Ranked], doc_of: Mapping[int, str], req: SearchReques
 
 
 def embed_texts(engine: Engine, texts: Sequence[str],
-                input_type: InputType = InputType.PASSAGE) -> list[list[float]]:
+                input_type: InputType = InputType.PASSAGE,
+                stats: EmbedStats | None = None) -> Vectors:
+    """Vectors of the configured embedder, through the cache (``/embed``, ``semsearch
+    embed`` and the OpenAI-compatible endpoint)."""
     for i, t in enumerate(texts):
         if not t or not t.strip():
             raise InputError(f"text #{i} is empty; nothing to embed")
-    return engine.embedder.embed(list(texts), input_type).tolist()  # type: ignore[no-any-return]
+    return engine.embedder.embed(list(texts), input_type, stats)

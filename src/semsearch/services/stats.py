@@ -5,10 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from semsearch.core.metering import histogram_percentiles
-from semsearch.wiring import Engine
+from semsearch.runtime.engine import Engine
 
 SUMMED = ("documents", "chunks", "embedded", "cache_hits", "cache_misses", "model_calls",
           "tokens", "truncated", "retries", "cost", "saved_cost", "seconds", "cache_errors")
+
+
+def list_runs(engine: Engine, collection: str | None = None,
+              limit: int = 1000) -> list[dict[str, Any]]:
+    """Index and sync runs, newest first: start, end, status and what each did and cost."""
+    return engine.store.list_runs(collection, limit=limit)
 
 
 def collection_stats(engine: Engine, collection: str | None = None) -> list[dict[str, Any]]:

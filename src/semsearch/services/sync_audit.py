@@ -12,12 +12,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from semsearch.core.sources import SourceSpec
 from semsearch.errors import InputError
 from semsearch.ports import SyncSource
-from semsearch.services.ingest import validate_document
+from semsearch.runtime.engine import Engine
+from semsearch.runtime.writer import validate_document
 from semsearch.services.sync import SyncReport, collection_lock, sync
-from semsearch.services.sync_config import SourceSpec
-from semsearch.wiring import Engine
 
 EXAMPLES = 10
 
@@ -62,8 +62,8 @@ def _example(report: AuditReport, kind: str, doc_id: str) -> None:
 
 def audit(engine: Engine, source: SyncSource, spec: SourceSpec, *, repair: bool = False,
           on_progress: Callable[[int], None] | None = None) -> AuditReport:
-    coll = engine.resolve(spec.collection)
-    info = engine.store.get_collection(coll)
+    handle = engine.collection(spec.collection)
+    coll, info = handle.version, handle.info
     report = AuditReport(collection=spec.collection, source=source.name)
     with collection_lock(engine, spec.collection):
         source.check()
@@ -106,7 +106,7 @@ def audit(engine: Engine, source: SyncSource, spec: SourceSpec, *, repair: bool 
             report.extra += 1
             _example(report, "extra", doc_id)
         report.index_chunks = info.chunks
-        idx = engine.indexes(coll)
+        idx = engine.indexes(info)  # as this process holds it: no catch-up, no rebuild
         report.vector_entries = len(idx.vectors)
         report.keyword_entries = len(idx.keyword)
         report.derived_in_step = (idx.is_saved(info.generation) or idx.is_fresh(
@@ -116,10 +116,11 @@ def audit(engine: Engine, source: SyncSource, spec: SourceSpec, *, repair: bool 
         if report.missing or report.stale or report.extra or report.deleted_still_indexed:
             report.repaired = sync(engine, source, spec, full=True)
         if not report.derived_in_step:
-            info = engine.store.get_collection(coll)
-            idx = engine.fresh_indexes(coll)  # rebuilds when the generation is behind
+            handle = engine.collection(spec.collection)
+            info = handle.info
+            idx = handle.indexes()  # rebuilds when the generation is behind
             if len(idx.vectors) != info.chunks or len(idx.keyword) != info.chunks:
                 with idx.rw.write():  # same generation, wrong contents: damaged files
-                    idx.rebuild(engine.store, engine.embedder_for(info), info.generation)
+                    idx.rebuild(engine.store, handle.embedder, info.generation)
             report.rebuilt_indexes = True
     return report

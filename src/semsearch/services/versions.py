@@ -20,11 +20,12 @@ from semsearch.core.cache_keys import cache_key
 from semsearch.core.chunking import ChunkerConfig, chunk_document
 from semsearch.core.types import Document, InputType, Mode
 from semsearch.errors import InputError, NotFoundError
-from semsearch.services.collections import physical_name, version_of, versions
-from semsearch.services.embedding import CachedEmbedder
+from semsearch.runtime.embedding import CachedEmbedder
+from semsearch.runtime.engine import Engine
+from semsearch.runtime.naming import base_version, next_version, version_of
+from semsearch.services.collections import versions
 from semsearch.services.ingest import IndexReport, delete_documents, index_documents
 from semsearch.services.sync import collection_lock
-from semsearch.wiring import Engine, make_embedder, settings_for_model
 
 SAMPLE_TEXTS = 32  # texts embedded (uncached) to time the new model for the estimate
 
@@ -86,8 +87,8 @@ def target_embedder(engine: Engine, model: str | None) -> CachedEmbedder:
     the configured endpoint), else the configured embedder."""
     if not model:
         return engine.embedder
-    built = make_embedder(settings_for_model(engine.settings, model))
-    if built.identity == engine.embedder.embedder.identity:
+    built = engine.embedders.for_model(model)
+    if built.identity == engine.embedder.identity:
         return engine.embedder
     return CachedEmbedder(built, engine.embedder.cache,
                           price_per_mtok=engine.settings.embedder_price_per_mtok
@@ -106,8 +107,7 @@ def _chunker(current: dict[str, Any], overrides: dict[str, Any] | None,
 
 
 def _next_version(engine: Engine, name: str) -> str:
-    n = max((version_of(i.name)[1] for i in versions(engine, name)), default=1)
-    return f"{name}@v{n + 1}"
+    return next_version(name, [i.name for i in versions(engine, name)])
 
 
 def plan_reindex(engine: Engine, collection: str, model: str | None = None,
@@ -118,17 +118,17 @@ def plan_reindex(engine: Engine, collection: str, model: str | None = None,
     the rest, and the time, from embedding a small uncached sample with the new model."""
     if "@" in collection:
         raise InputError("re-index a collection by its name, not a version")
-    active = engine.resolve(collection)
-    info = engine.store.get_collection(active)
+    info = engine.collection(collection).info
+    active = info.name
     emb = embedder or target_embedder(engine, model)
-    ident = emb.embedder.identity
+    ident = emb.identity
     cfg = _chunker(dict(info.chunker), chunker, ident.max_tokens)
     plan = ReindexPlan(collection=collection, active=active,
                        target=_next_version(engine, collection), identity=ident.to_dict(),
                        chunker=cfg.to_dict(), price_per_mtok=emb.price_per_mtok,
                        same_identity=ident == info.identity and cfg.to_dict() == dict(
                            info.chunker))
-    tokenizer = emb.embedder.tokenizer
+    tokenizer = emb.tokenizer
     misses: list[str] = []
     for docs in engine.store.iter_documents(active):
         plan.documents += len(docs)
@@ -136,7 +136,7 @@ def plan_reindex(engine: Engine, collection: str, model: str | None = None,
         keys = [cache_key(ident, InputType.PASSAGE, t) for t in texts]
         hits = emb.cache.get_many(keys)
         for text, key in zip(texts, keys, strict=True):
-            n = tokenizer.count_tokens(text) + 2  # [CLS] and [SEP]
+            n = emb.count_tokens(text)
             plan.chunks += 1
             plan.tokens += n
             if key in hits:
@@ -155,14 +155,13 @@ def _estimate_seconds(emb: CachedEmbedder, sample: list[str], plan: ReindexPlan)
     their time is unknown (None) until a run has measured them."""
     if plan.tokens_to_embed == 0:
         return 0.0
-    if emb.embedder.identity.provider != "local" or not sample:
+    if emb.identity.provider != "local" or not sample:
         return None
-    tokenizer = emb.embedder.tokenizer
     emb.embedder.embed(sample[:4], InputType.PASSAGE)  # load the model outside the timing
     started = time.perf_counter()
-    emb.embedder.embed(sample, InputType.PASSAGE)
+    emb.embedder.embed(sample, InputType.PASSAGE)  # uncached: the model's own speed
     took = time.perf_counter() - started
-    sample_tokens = sum(tokenizer.count_tokens(t) + 2 for t in sample)
+    sample_tokens = sum(emb.count_tokens(t) for t in sample)
     return round(took * plan.tokens_to_embed / max(sample_tokens, 1), 1)
 
 
@@ -222,18 +221,16 @@ def reindex(engine: Engine, collection: str, *, model: str | None = None,
     API writes that land during the build are copied over before the swap. ``embedder``
     (a library caller's own, already wrapped in the cache) takes the place of ``model``."""
     started = time.perf_counter()
-    if gate is not None:  # a gate that cannot run should fail before the build, not after
-        from semsearch.adapters.sources import beir
-
-        if not beir.load_queries(gate, gate_split):  # reads the qrels too
-            raise InputError(f"{gate}: no labelled queries for split {gate_split!r}")
+    # A gate that cannot run should fail before the build, not after (reads the qrels too).
+    if gate is not None and not engine.corpora.queries(gate, gate_split):
+        raise InputError(f"{gate}: no labelled queries for split {gate_split!r}")
     emb = embedder or target_embedder(engine, model)
     with collection_lock(engine, collection):
         plan = plan_reindex(engine, collection, model, chunker, embedder=emb)
         active = plan.active
         shadow = plan.target
         engine.adopt_embedder(emb)
-        engine.store.create_collection(shadow, emb.embedder.identity, plan.chunker)
+        engine.store.create_collection(shadow, emb.identity, plan.chunker)
         try:
             build: IndexReport = index_documents(engine, shadow, _documents(engine, active),
                                                  on_progress=on_progress)
@@ -280,8 +277,8 @@ def _swap(engine: Engine, name: str, target: str, expected: str) -> None:
 
 def activate(engine: Engine, collection: str, version: int | str) -> dict[str, str]:
     """Point the name at a kept version (any one, not just the previous)."""
-    target = physical_name(version if isinstance(version, str) and "@" in version
-                           else f"{collection}@v{version}")
+    target = base_version(version if isinstance(version, str) and "@" in version
+                          else f"{collection}@v{version}")
     engine.store.get_collection(target)
     with collection_lock(engine, collection):
         active = engine.resolve(collection)

@@ -1,0 +1,186 @@
+"""What a process holds open, and the rules for serving a collection.
+
+``Engine`` owns the backends ``wiring`` built for it (the store, the embedding cache and
+configured embedder, where derived indexes live, the collection locks, the corpus reader),
+the derived indexes of the collections it has touched, and a small thread pool. It knows no
+concrete backend: everything arrives through the ports. ``engine.collection(name)`` is the
+one way in: it resolves the name to the version it points at now and returns a
+``Collection`` handle carrying that version's info, embedder and fresh indexes."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from semsearch.config import Settings
+from semsearch.core.chunking import ChunkerConfig
+from semsearch.errors import IdentityMismatchError, NotFoundError
+from semsearch.ports import (
+    CollectionInfo,
+    CollectionLocks,
+    Corpora,
+    EmbedderFactory,
+    IndexStorage,
+    Store,
+)
+from semsearch.runtime.collection import Collection
+from semsearch.runtime.embedding import CachedEmbedder
+from semsearch.runtime.indexes import CollectionIndexes
+from semsearch.runtime.naming import base_version, validate_name
+
+# Settings that choose the embedder: when any is given, collections stamped with another
+# identity are refused instead of served with the model they were built with.
+EXPLICIT_EMBEDDER_FIELDS = frozenset({"embedder", "embedder_model", "embedder_precision",
+                                      "embedder_base_url", "embedder_dimensions",
+                                      "embedder_revision"})
+
+
+@dataclass
+class Engine:
+    settings: Settings
+    store: Store
+    embedder: CachedEmbedder  # the configured one
+    index_storage: IndexStorage
+    locks: CollectionLocks
+    embedders: EmbedderFactory
+    corpora: Corpora
+    _indexes: dict[str, CollectionIndexes] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _executor: ThreadPoolExecutor | None = None
+    _adopted: dict[str, CachedEmbedder] = field(default_factory=dict)
+
+    # -- collections -------------------------------------------------------------------
+    def collection(self, name: str, *, create: bool = False) -> Collection:
+        """The handle of the version ``name`` points at now (``x@v1`` is the collection
+        first created as ``x``). ``create`` makes a missing plain name, stamped with the
+        configured embedder and chunker. Raises NotFoundError; the handle's ``embedder``
+        raises IdentityMismatchError when no embedder here can serve the version."""
+        if create and "@" not in name:
+            validate_name(name)
+        physical = self.resolve(name)
+        created = False
+        try:
+            info = self.store.get_collection(physical)
+        except NotFoundError:
+            if not create or "@" in name:
+                raise
+            info, created = self._create(physical), True
+        return Collection(engine=self, name=name, info=info, created=created)
+
+    def _create(self, name: str) -> CollectionInfo:
+        s = self.settings
+        identity = self.embedder.embedder.identity
+        # Chunks must fit the model's window (128 tokens for paraphrase-MiniLM-L3-v2), or
+        # the model silently cuts every chunk's tail.
+        size = min(s.chunk_max_tokens, identity.max_tokens)
+        overlap = s.chunk_overlap_tokens if size == s.chunk_max_tokens \
+            else min(s.chunk_overlap_tokens, size // 4)
+        cfg = ChunkerConfig(max_tokens=size, overlap_tokens=overlap, strategy=s.chunk_strategy)
+        return self.store.create_collection(name, identity, cfg.to_dict())
+
+    def resolve(self, name: str) -> str:
+        """A collection name as the user gives it -> the version it means now."""
+        if name.endswith("@v1"):
+            return base_version(name)
+        return self.store.resolve(name)
+
+    # -- embedders: which model serves a stamped identity ------------------------------
+    def adopt_embedder(self, embedder: CachedEmbedder) -> None:
+        """Serve collections stamped with this embedder's identity (a re-index's target)."""
+        with self._lock:
+            self._adopted[embedder.identity.key()] = embedder
+
+    def embedder_for(self, info: CollectionInfo) -> CachedEmbedder:
+        """The configured embedder if the collection's stamped identity is its own;
+        otherwise, unless the embedder was configured explicitly, the local model the
+        collection was built with (so a swap to a version built with another local model
+        serves at once). An explicit configuration that disagrees, or a remote model that
+        is not configured, fails and names both."""
+        mine = self.embedder.identity
+        if info.identity == mine:
+            return self.embedder
+        with self._lock:
+            adopted = self._adopted.get(info.identity.key())
+        if adopted is not None and adopted.identity == info.identity:
+            return adopted
+        explicit = self.settings.model_fields_set & EXPLICIT_EMBEDDER_FIELDS
+        built = None if explicit or info.identity.provider != "local" \
+            else self.embedders.for_identity(info.identity)
+        if built is None:
+            self._mismatch(info)
+        cached = CachedEmbedder(built, self.embedder.cache, price_per_mtok=0.0)
+        self.adopt_embedder(cached)
+        return cached
+
+    def _mismatch(self, info: CollectionInfo) -> NoReturn:
+        mine = self.embedder.identity
+        raise IdentityMismatchError(
+            f"collection {info.name!r} was built with {info.identity.key()} but the "
+            f"configured embedder is {mine.key()}; configure the collection's embedder, or "
+            f"re-index the collection with this one: semsearch reindex -c "
+            f"{info.name.split('@')[0]} --model {mine.model}")
+
+    # -- derived indexes ---------------------------------------------------------------
+    def indexes(self, info: CollectionInfo) -> CollectionIndexes:
+        """The version's indexes as this process holds them (opened from storage on first
+        use; possibly behind the store: see ``fresh_indexes``)."""
+        with self._lock:
+            idx = self._indexes.get(info.name)
+            if idx is None:
+                name, dim = info.name, info.identity.dimension
+
+                def opener() -> tuple:  # type: ignore[type-arg]
+                    return self.index_storage.open(name, dim)
+
+                vectors, keyword = opener()
+                idx = self._indexes[name] = CollectionIndexes(
+                    name=name, vectors=vectors, keyword=keyword, opener=opener,
+                    shared_lock=lambda: self.index_storage.lock(name))
+            return idx
+
+    def fresh_indexes(self, info: CollectionInfo) -> CollectionIndexes:
+        """Indexes that reflect the store at ``info``'s generation or later, caught up first
+        if they do not (another process wrote, files were deleted, a crash left them
+        behind)."""
+        idx = self.indexes(info)
+        if not idx.is_fresh(info.generation):
+            embedder = self.embedder_for(info)
+            with idx.rw.write():
+                current = self.store.get_collection(info.name)
+                if not idx.is_fresh(current.generation):
+                    idx.refresh(self.store, embedder, current.generation)
+        return idx
+
+    def has_indexes(self, name: str) -> bool:
+        with self._lock:
+            return name in self._indexes
+
+    def forget_indexes(self, name: str) -> None:
+        with self._lock:
+            idx = self._indexes.pop(name, None)
+        if idx is not None:
+            idx.close()
+
+    def drop_indexes(self, name: str) -> None:
+        """Forget and delete a version's derived indexes (they can be rebuilt)."""
+        self.forget_indexes(name)
+        self.index_storage.remove(name)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def executor(self) -> ThreadPoolExecutor:
+        """A small pool for overlapping the halves of a hybrid query; made on first use."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=4,
+                                                    thread_name_prefix="semsearch")
+            return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        for name in list(self._indexes):
+            self.forget_indexes(name)
+        self.embedder.cache.close()
+        self.store.close()
