@@ -341,9 +341,10 @@ class SqliteDocumentStore:
                     (collection, doc_id))]
                 c.execute("DELETE FROM chunks WHERE collection = ? AND doc_id = ?",
                           (collection, doc_id))
+            deleted = 0
             for doc_id in deletes:
-                c.execute("DELETE FROM documents WHERE collection = ? AND id = ?",
-                          (collection, doc_id))
+                deleted += c.execute("DELETE FROM documents WHERE collection = ? AND id = ?",
+                                     (collection, doc_id)).rowcount
             now = _now()
             for w in writes:
                 d = w.document
@@ -364,7 +365,7 @@ class SqliteDocumentStore:
             if ledger is not None:
                 self._write_ledger(collection, writes, deletes, ledger, now)
             generation = int(gen_row[0])
-            if not writes and not deletes:
+            if not writes and not deleted:
                 return WriteResult(added=[], removed=[], generation=generation)
             generation += 1
             c.execute(
@@ -574,15 +575,18 @@ def compile_filter(filt: Filter) -> tuple[str, list[Any]]:
         if cond.op == "eq":
             if isinstance(cond.value, dict | list):
                 raise InputError(f"filter {cond.field!r}: compare to a scalar, not {cond.value!r}")
-            clauses.append(f"({expr} IS NOT NULL AND {expr} = ?)")
+            # json_extract gives arrays and objects as JSON text: never equal to a scalar
+            clauses.append(f"(json_type(d.metadata, ?) NOT IN ('object','array') AND {expr} = ?)")
             params += [path, path, cond.value]
         elif cond.op == "in":
             marks = ",".join("?" * len(cond.value))
-            clauses.append(f"{expr} IN ({marks})")
-            params += [path, *cond.value]
+            clauses.append(f"(json_type(d.metadata, ?) NOT IN ('object','array') AND {expr} "
+                           f"IN ({marks}))")
+            params += [path, path, *cond.value]
         else:
             sql_op = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[cond.op]
-            kind = "IN ('integer','real')" if isinstance(cond.value, int | float) \
+            # booleans are numbers to the reference (filters.matches), and json_extract says 1/0
+            kind = "IN ('integer','real','true','false')" if isinstance(cond.value, int | float) \
                 else "= 'text'"
             clauses.append(f"(json_type(d.metadata, ?) {kind} AND {expr} {sql_op} ?)")
             params += [path, path, cond.value]

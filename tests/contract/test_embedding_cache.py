@@ -1,10 +1,15 @@
-"""Embedding caches: the shared contract (SQLite, Redis, LRU in front of either), Redis
-specifics (one round trip, TTL, namespaces, corrupt values, degrade and recovery on outages)
-and the LRU.
+"""The ``EmbeddingCache`` contract, then each backend's specifics: Redis (one round trip,
+TTL, namespaces, corrupt values, degrade and recovery on outages), the LRU, and SQLite on a
+full disk.
 
-Redis tests run against a real server on 127.0.0.1:6379, database 15, flushed around every
-test. Nothing is skipped: if the server is down they fail and say so (CI starts it). The outage
-tests also start private ``redis-server`` processes on free ports."""
+The contract runs over ``BACKENDS``, one factory per cache (SQLite, Redis, an LRU in front of
+either, and the null cache, which stores nothing and so keeps only the part of the contract
+that a cache storing nothing can keep). A new backend joins by adding a ``pytest.param``.
+
+Redis tests (marked ``redis``) run against a real server on 127.0.0.1:6379, database 15,
+flushed around every test. Nothing is skipped: if the server is down they fail and say so
+(CI starts it); ``-m 'not redis'`` leaves them out. The outage tests also start private
+``redis-server`` processes on free ports."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,7 @@ import redis
 
 from semsearch.adapters.caches.lru import LruEmbeddingCache
 from semsearch.adapters.caches.redis_cache import RedisEmbeddingCache, redact_url
-from semsearch.adapters.caches.sqlite import SqliteEmbeddingCache
+from semsearch.adapters.caches.sqlite import NullEmbeddingCache, SqliteEmbeddingCache
 from semsearch.core.metering import CacheMeter
 from semsearch.errors import BackendError
 from semsearch.ports import EmbeddingCache, Vectors
@@ -286,28 +292,116 @@ def check_cache_contract(cache: EmbeddingCache) -> None:
     assert np.array_equal(cache.get_many([key(7)])[key(7)], vec(7))
 
 
-CONTRACT = ["sqlite", "redis", "lru-sqlite", "lru-redis"]
+def check_null_cache_contract(cache: EmbeddingCache) -> None:
+    """What a cache that stores nothing still owes: every lookup misses, nothing fails."""
+    items = {key(i): vec(i) for i in range(20)}
+    cache.put_many(items)
+    cache.put_many({})
+    assert cache.get_many(list(items)) == {}
+    assert cache.get_many([]) == {}
 
 
-@pytest.fixture(params=CONTRACT)
-def any_cache(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EmbeddingCache]:
-    kind: str = request.param
-    cache: EmbeddingCache
-    if kind.endswith("sqlite"):
-        cache = SqliteEmbeddingCache(tmp_path / "cache.db")
-    else:
-        make = request.getfixturevalue("make_redis")
-        cache = make(namespace="contract")
-    if kind.startswith("lru"):
-        cache = LruEmbeddingCache(cache, max_items=1000)
-    try:
-        yield cache
-    finally:
+Make = Callable[[pytest.FixtureRequest, Path], EmbeddingCache]
+
+
+@dataclass(frozen=True)
+class CacheBackend:
+    make: Make  # called again with the same folder: the same cache (a restart, another process)
+    stores: bool = True  # False: the null cache, every lookup a miss
+
+
+def _sqlite(request: pytest.FixtureRequest, folder: Path) -> EmbeddingCache:
+    return SqliteEmbeddingCache(folder / "cache.db")
+
+
+def _redis(request: pytest.FixtureRequest, folder: Path) -> EmbeddingCache:
+    make: Callable[..., RedisEmbeddingCache] = request.getfixturevalue("make_redis")
+    return make(namespace="contract")
+
+
+def _lru(inner: Make) -> Make:
+    return lambda request, folder: LruEmbeddingCache(inner(request, folder), max_items=1000)
+
+
+BACKENDS = [
+    pytest.param(CacheBackend(_sqlite), id="sqlite"),
+    pytest.param(CacheBackend(_redis), id="redis", marks=pytest.mark.redis),
+    pytest.param(CacheBackend(_lru(_sqlite)), id="lru-sqlite"),
+    pytest.param(CacheBackend(_lru(_redis)), id="lru-redis", marks=pytest.mark.redis),
+    pytest.param(CacheBackend(lambda r, f: NullEmbeddingCache(), stores=False), id="null"),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> CacheBackend:
+    b: CacheBackend = request.param
+    return b
+
+
+@pytest.fixture
+def open_cache(backend: CacheBackend, request: pytest.FixtureRequest,
+               tmp_path: Path) -> Iterator[Callable[[], EmbeddingCache]]:
+    opened: list[EmbeddingCache] = []
+
+    def open_() -> EmbeddingCache:
+        opened.append(backend.make(request, tmp_path))
+        return opened[-1]
+
+    yield open_
+    for cache in opened:
         cache.close()
 
 
-def test_cache_contract(any_cache: EmbeddingCache) -> None:
-    check_cache_contract(any_cache)
+def test_cache_contract(backend: CacheBackend, open_cache: Callable[[], EmbeddingCache]) -> None:
+    if backend.stores:
+        check_cache_contract(open_cache())
+    else:
+        check_null_cache_contract(open_cache())
+
+
+def test_vectors_outlive_the_cache_object(backend: CacheBackend,
+                                          open_cache: Callable[[], EmbeddingCache]) -> None:
+    """A restart (or another process) finds what was stored, exactly."""
+    first = open_cache()
+    items = {key(i): vec(i) for i in range(50)}
+    first.put_many(items)
+    first.close()
+    again = open_cache()
+    got = again.get_many(list(items))
+    if not backend.stores:
+        assert got == {}
+        return
+    assert set(got) == set(items)
+    assert all(np.array_equal(got[k], v) for k, v in items.items())
+
+
+def test_concurrent_readers_and_writers(backend: CacheBackend,
+                                        open_cache: Callable[[], EmbeddingCache]) -> None:
+    cache = open_cache()
+    vectors = {key(i): vec(i, dim=16) for i in range(200)}
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        rnd = random.Random(seed)
+        try:
+            for _ in range(50):
+                ks = rnd.sample(list(vectors), 10)
+                if rnd.random() < 0.5:
+                    cache.put_many({k: vectors[k] for k in ks})
+                else:
+                    for k, v in cache.get_many(ks).items():
+                        assert np.array_equal(v, vectors[k])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    cache.put_many(vectors)
+    assert len(cache.get_many(list(vectors))) == (len(vectors) if backend.stores else 0)
 
 
 def test_lru_contract_with_small_capacity(tmp_path: Path) -> None:
@@ -322,6 +416,7 @@ def test_lru_contract_with_small_capacity(tmp_path: Path) -> None:
 
 # -- Redis --------------------------------------------------------------------------------------
 
+@pytest.mark.redis
 def test_redis_round_trip_is_exact_little_endian_float32(
         make_redis: Callable[..., RedisEmbeddingCache], rdb: redis.Redis) -> None:
     meter = CacheMeter()
@@ -338,6 +433,7 @@ def test_redis_round_trip_is_exact_little_endian_float32(
     assert (meter.hits, meter.misses, meter.errors, meter.corrupt) == (51, 1, 0, 0)
 
 
+@pytest.mark.redis
 def test_redis_get_many_is_one_round_trip(
         make_redis: Callable[..., RedisEmbeddingCache]) -> None:
     client = CountingRedis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
@@ -356,6 +452,7 @@ def test_redis_get_many_is_one_round_trip(
     client.close()
 
 
+@pytest.mark.redis
 def test_redis_one_round_trip_on_the_server(private_redis: RedisServer) -> None:
     # Independent of the client library: the server's own command counters, on a private
     # server so no one else's commands are counted.
@@ -375,6 +472,7 @@ def test_redis_one_round_trip_on_the_server(private_redis: RedisServer) -> None:
         admin.close()
 
 
+@pytest.mark.redis
 def test_redis_ttl_is_applied(make_redis: Callable[..., RedisEmbeddingCache],
                               rdb: redis.Redis) -> None:
     cache = make_redis(ttl_seconds=120)
@@ -392,6 +490,7 @@ def test_redis_ttl_must_be_positive() -> None:
         RedisEmbeddingCache(REDIS_URL, ttl_seconds=0)
 
 
+@pytest.mark.redis
 def test_redis_namespaces_isolate(make_redis: Callable[..., RedisEmbeddingCache],
                                   rdb: redis.Redis) -> None:
     a = make_redis(namespace="alpha")
@@ -405,6 +504,7 @@ def test_redis_namespaces_isolate(make_redis: Callable[..., RedisEmbeddingCache]
         [f"alpha:emb:{key(1)}", f"beta:emb:{key(1)}", f"beta:emb:{key(2)}"])
 
 
+@pytest.mark.redis
 def test_redis_corrupt_values_are_misses_and_get_overwritten(
         make_redis: Callable[..., RedisEmbeddingCache], rdb: redis.Redis) -> None:
     meter = CacheMeter()
@@ -431,6 +531,7 @@ def test_redis_corrupt_values_are_misses_and_get_overwritten(
     assert meter.corrupt == 5
 
 
+@pytest.mark.redis
 def test_redis_does_not_store_non_finite_vectors(
         make_redis: Callable[..., RedisEmbeddingCache], rdb: redis.Redis) -> None:
     cache = make_redis()
@@ -466,6 +567,7 @@ def test_redis_degrades_on_a_dead_port(caplog: pytest.LogCaptureFixture) -> None
     cache.close()
 
 
+@pytest.mark.redis
 def test_redis_degraded_calls_do_not_touch_the_network(
         make_redis: Callable[..., RedisEmbeddingCache]) -> None:
     clock = FakeClock()
@@ -495,6 +597,7 @@ def test_redis_warning_redacts_the_password(caplog: pytest.LogCaptureFixture) ->
     assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
 
 
+@pytest.mark.redis
 def test_redis_recovers_when_the_server_comes_back(
         make_redis: Callable[..., RedisEmbeddingCache], rdb: redis.Redis,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -533,6 +636,7 @@ def test_redis_recovers_when_the_server_comes_back(
     live.close()
 
 
+@pytest.mark.redis
 def test_redis_real_outage_degrades_then_recovers(
         private_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
@@ -576,6 +680,7 @@ def test_redis_real_outage_degrades_then_recovers(
         cache.close()
 
 
+@pytest.mark.redis
 def test_redis_close_keeps_an_injected_client(rdb: redis.Redis) -> None:
     cache = RedisEmbeddingCache(REDIS_URL, client=rdb)
     cache.put_many({key(1): vec(1)})
@@ -737,7 +842,7 @@ def test_sqlite_on_a_full_disk_serves_hits_and_resumes_storing_when_space_is_fre
     code = f"""
 import logging
 import numpy as np
-from semsearch.adapters.caches.sqlite import SqliteEmbeddingCache
+from semsearch.adapters.caches.sqlite import NullEmbeddingCache, SqliteEmbeddingCache
 warnings = []
 handler = logging.Handler()
 handler.emit = lambda record: warnings.append(record.getMessage())
