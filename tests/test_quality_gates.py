@@ -26,6 +26,17 @@ def test_static_checks_pass(cmd: list[str]) -> None:
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
 
 
+def test_layers_hold() -> None:
+    """The import-linter contracts in pyproject.toml: ARCHITECTURE.md's layers, by test."""
+    exe = shutil.which("lint-imports")
+    if exe is None:
+        pytest.fail("lint-imports is not installed; run: pip install -e '.[dev]'")
+    out = subprocess.run([exe, "--no-cache"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, "import contracts broken:\n" + out.stdout[-6000:]
+    assert "0 broken" in out.stdout
+
+
 def test_public_api_does_not_drift() -> None:
     assert semsearch.__all__ == [
         "BackendError", "Chunk", "Document", "EmbedderIdentity", "Engine", "Filter", "Hit",
