@@ -62,3 +62,25 @@ def engine(settings: Settings) -> Iterator[Engine]:
         yield eng
     finally:
         eng.close()
+
+
+# Markers by what a test talks to, so a developer can select or skip them:
+# pytest -m "not postgres and not mariadb", pytest -m browser, ...
+_BY_FIXTURE = {"pg": "postgres", "maria": "mariadb", "redis_db": "redis"}
+_BY_MODULE = {"test_web_page": "browser", "test_docs_browser": "browser",
+              "test_redis_e2e": "redis"}
+_BY_PARAM = {"postgresql": "postgres", "mariadb": "mariadb"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        marks = {m for f, m in _BY_FIXTURE.items() if f in names}
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in _BY_MODULE:
+            marks.add(_BY_MODULE[module])
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None:
+            marks |= {m for p, m in _BY_PARAM.items() if p in callspec.params.values()}
+        for mark in sorted(marks):
+            item.add_marker(getattr(pytest.mark, mark))

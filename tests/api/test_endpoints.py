@@ -9,6 +9,8 @@ import re
 from html.parser import HTMLParser
 from importlib import resources
 
+import httpx
+
 from semsearch.adapters.sources.files import iter_documents
 from semsearch.services.quickstart import sample_dir
 from tests.api.conftest import LiveServer
@@ -95,6 +97,38 @@ def test_filters_past_any_backend_limit_are_4xx(live: LiveServer) -> None:
                                         "filter": spec})
             assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input", \
                 (spec, r.text)
+
+
+def test_text_that_is_not_valid_unicode_is_4xx_and_changes_nothing(live: LiveServer) -> None:
+    """JSON can carry an unpaired surrogate ("\\ud800"); no backend can store or tokenize
+    it, so every place a string enters is checked."""
+    bad = "lone \ud800 surrogate"
+    with live.client() as c:
+        _load_sample(c, "uni")
+
+        def post(path: str, body: dict[str, object]) -> httpx.Response:
+            # json.dumps escapes the surrogate as \\ud800, as a JSON client would send it.
+            return c.post(path, content=json.dumps(body),
+                          headers={"content-type": "application/json"})
+
+        cases = [
+            post("/collections/uni/documents", {"documents": [
+                {"id": "ok", "text": "fine"}, {"id": "x", "text": bad}]}),
+            post("/collections/uni/documents", {"documents": [{"id": bad, "text": "a"}]}),
+            post("/collections/uni/documents", {"documents": [
+                {"id": "m", "text": "a", "metadata": {"k": bad}}]}),
+            post("/search", {"query": bad, "collection": "uni"}),
+            post("/search", {"query": "garden", "collection": "uni", "filter": {"type": bad}}),
+            post("/embed", {"texts": [bad]}),
+            post("/v1/embeddings", {"input": [bad], "model": "all-MiniLM-L6-v2"}),
+            post("/collections/uni/documents/delete", {"ids": [bad]}),
+        ]
+        for r in cases:
+            assert r.status_code in (400, 422), (r.request.url, r.text)
+            message = r.json()["error"]["message"]
+            assert "unpaired surrogate" in message or "unicode" in message, r.text
+        assert c.get("/collections/uni/documents/ok").status_code == 404  # batch refused whole
+        assert c.get("/collections").json()["collections"][0]["documents"] == 12
 
 
 def test_errors_are_json_with_stable_codes_and_change_nothing(live: LiveServer) -> None:

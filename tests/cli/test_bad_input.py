@@ -142,3 +142,21 @@ def test_sync_refuses_a_bad_collection_name_and_reports_cache_outages(
     assert out.returncode == 0, out.stderr
     line = json.loads(out.stdout.splitlines()[-1])
     assert line["new"] == 1 and line["cache_errors"] >= 1
+
+
+def test_text_that_is_not_valid_unicode_is_skipped_or_refused(settings: Settings,
+                                                             tmp_path: Path) -> None:
+    """JSON can carry an unpaired surrogate ("\\ud800"), a shell argument undecodable bytes:
+    neither can be stored, so both are reasons, never tracebacks."""
+    corpus = tmp_path / "s.jsonl"
+    corpus.write_text('{"_id": "a\\ud800", "text": "x"}\n{"_id": "b", "text": "bad \\udc00"}\n'
+                      '{"_id": "c", "text": "good text"}\n', encoding="utf-8")
+    out = run(settings, "index", str(corpus), "-c", "u", "--json")
+    assert out.returncode == 0, out.stderr
+    assert (json.loads(out.stdout)["new"], json.loads(out.stdout)["skipped"]) == (1, 2)
+    assert out.stderr.count("unpaired surrogate") == 2 and "Traceback" not in out.stderr
+    strict = run(settings, "index", str(corpus), "-c", "u2", "--strict")
+    assert strict.returncode == 2 and strict.stderr.count("\n") == 1
+    for args in (["search", "x\udcff", "-c", "u"], ["delete", "x\udcff", "-c", "u"]):
+        bad = run(settings, *args)
+        assert bad.returncode == 2 and "unpaired surrogate" in bad.stderr, bad.stderr

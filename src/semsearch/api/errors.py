@@ -56,6 +56,9 @@ def error_response(status: int, code: str, message: str,
     if status == 422 and path.startswith(OPENAI_PREFIX):
         status = 400
     kind = TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    # A message may quote the input it refuses, and that input may not be valid Unicode (a
+    # JSON "\\ud800"): escape what cannot be encoded rather than fail to answer at all.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"error": {"message": message, "type": kind, "param": param,
                                    "code": code}}, status_code=status, headers=headers)
 

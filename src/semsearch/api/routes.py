@@ -98,6 +98,13 @@ def _count_tokens(request: Request, engine: Engine, texts: list[str], what: str,
     tok = engine.embedder.tokenizer
     counts: list[int] = []
     total = 0
+    for i, t in enumerate(texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as exc:  # the tokenizer cannot take it either
+            raise ApiError(422, "invalid_text", f"{what} #{i} holds an unpaired surrogate at "
+                           f"character {exc.start}, which is not valid Unicode",
+                           param=param) from None
     for t in texts:
         counts.append(tok.count_tokens(t) + 2)  # + the model's [CLS] and [SEP]
         total += counts[-1]

@@ -88,11 +88,22 @@ def parse_filter(spec: Mapping[str, Any] | None) -> Filter:
                 raise InputError(f"filter {c.field!r}: {v} is outside the 64-bit integer range")
             if isinstance(v, float) and not math.isfinite(v):
                 raise InputError(f"filter {c.field!r}: {v} is not a finite number")
+            if isinstance(v, str) and not _is_unicode(v):
+                raise InputError(f"filter {c.field!r}: a value holds an unpaired surrogate, "
+                                 "which is not valid Unicode")
     values = sum(len(c.value) if c.op == "in" else 1 for c in conds)
     if values > MAX_TOTAL_VALUES:
         raise InputError(f"the filter compares with {values:,} values in all; the limit is "
                          f"{MAX_TOTAL_VALUES:,}")
     return Filter(tuple(conds))
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_in(field: str, values: Any) -> None:
