@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=20_000_000, ge=1024, description="request body")
     host: str = Field(default="127.0.0.1", description="semsearch serve: bind address")
     port: int = Field(default=8000, ge=0, le=65535, description="semsearch serve: port")
+    no_progress: bool = Field(default=False, description="CLI: draw no progress bars")
+    failpoints: str = Field(default="", description="tests only: name=N,... kills the "
+                            "process the N-th time a write reaches the named point")
 
     @field_validator("home")
     @classmethod

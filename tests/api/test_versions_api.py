@@ -43,7 +43,7 @@ def test_search_answers_throughout_a_reindex(live_factory: Callable[..., LiveSer
         old = c.get("/search", params={"q": VEG, "collection": "docs"}).json()
     assert old["version"] == "docs"
 
-    settings: Settings = srv.app.state.settings
+    settings: Settings = srv.app.state.semsearch.settings
     result: dict[str, Any] = {}
 
     def run() -> None:

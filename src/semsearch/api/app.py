@@ -24,6 +24,7 @@ from semsearch.api import errors
 from semsearch.api.auth import KeyStore
 from semsearch.api.errors import ApiError, error_response
 from semsearch.api.metrics import Metrics
+from semsearch.api.state import AppState
 from semsearch.config import Settings
 from semsearch.core.types import InputType
 
@@ -78,24 +79,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from semsearch.wiring import open_engine
 
         engine = open_engine(settings)
-        app.state.engine = engine
+        state.engine = engine
         try:
             engine.embedder.embedder.embed(["warm up"], InputType.QUERY)  # load the model now
-            app.state.ready = True
+            state.ready = True
             yield
         finally:
-            app.state.ready = False
+            state.ready = False
             engine.close()
 
     app = FastAPI(title="semsearch", version="0.1.0", lifespan=lifespan,
                   description="Embedding and semantic search: dense, BM25 and hybrid. With "
                   "API keys configured, use Authorize with a key from `semsearch keys create`.",
                   docs_url=None, redoc_url=None)
-    app.state.settings = settings
-    app.state.ready = False
-    app.state.engine = None
-    app.state.keys = KeyStore(settings.keys_path)
-    app.state.metrics = Metrics(app.state)
+    state = AppState(settings=settings, keys=KeyStore(settings.keys_path))
+    state.metrics = metrics = Metrics(state)
+    app.state.semsearch = state
     errors.install(app)
     app.add_middleware(BodyCap, limit=settings.api_max_body_bytes)
 
@@ -104,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > settings.api_max_body_bytes:
-            app.state.metrics.errors.labels(code="body_too_large").inc()
+            metrics.errors.labels(code="body_too_large").inc()
             return error_response(413, "body_too_large",
                                   f"request body of {int(length):,} bytes is over the limit of "
                                   f"{settings.api_max_body_bytes:,} (SEMSEARCH_API_MAX_BODY_BYTES)",
@@ -113,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
-        app.state.metrics.requests.labels(route=path, method=request.method,
+        metrics.requests.labels(route=path, method=request.method,
                                           status=str(response.status_code)).observe(
             time.perf_counter() - started)
         return response

@@ -79,7 +79,8 @@ def status_of(exc: SemsearchError) -> int:
 
 def install(app: FastAPI) -> None:
     def count(code: str) -> None:
-        metrics = getattr(app.state, "metrics", None)
+        state = getattr(app.state, "semsearch", None)
+        metrics = state.metrics if state is not None else None
         if metrics is not None:
             metrics.errors.labels(code=code).inc()
 

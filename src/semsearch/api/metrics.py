@@ -6,10 +6,13 @@ the search service's own timings, so dense, keyword and fusion are measured wher
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from semsearch.api.state import AppState
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -17,7 +20,7 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 1
 class _CollectionGauges:
     """Documents and chunks per collection, read from the store at scrape time."""
 
-    def __init__(self, app_state: Any) -> None:
+    def __init__(self, app_state: AppState) -> None:
         self._state = app_state
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
@@ -25,7 +28,7 @@ class _CollectionGauges:
                                  labels=["collection"])
         chunks = GaugeMetricFamily("semsearch_chunks", "chunks per collection",
                                    labels=["collection"])
-        engine = getattr(self._state, "engine", None)
+        engine = self._state.engine
         if engine is not None:
             for info in engine.store.list_collections():
                 docs.add_metric([info.name], info.documents)
@@ -35,7 +38,7 @@ class _CollectionGauges:
 
 
 class Metrics:
-    def __init__(self, app_state: Any) -> None:
+    def __init__(self, app_state: AppState) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Histogram("semsearch_request_seconds", "request latency",

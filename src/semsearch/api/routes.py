@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from semsearch.api.auth import Principal, require
 from semsearch.api.errors import ApiError
+from semsearch.api.metrics import Metrics
 from semsearch.api.schemas import (
     QUERY_NAMES,
     CollectionCreate,
@@ -27,6 +28,7 @@ from semsearch.api.schemas import (
     SearchResponse,
     UpsertRequest,
 )
+from semsearch.api.state import state_of
 from semsearch.config import Settings
 from semsearch.core.filters import parse_filter
 from semsearch.core.types import Document, InputType, Mode
@@ -39,8 +41,9 @@ router = APIRouter(responses=ERRORS)
 
 
 def engine_of(request: Request) -> Engine:
-    engine: Engine | None = request.app.state.engine
-    if engine is None or not request.app.state.ready:
+    state = state_of(request)
+    engine = state.engine
+    if engine is None or not state.ready:
         raise ApiError(503, "not_ready", "the service is starting; retry shortly",
                        {"Retry-After": "1"})
     return engine
@@ -58,7 +61,7 @@ def principal_of(request: Request,
                  bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
                  x_api_key: Annotated[str | None, Depends(_api_key)]) -> Principal:
     presented = bearer.credentials.strip() if bearer is not None else x_api_key
-    principal: Principal = request.app.state.keys.authenticate(presented)
+    principal: Principal = state_of(request).keys.authenticate(presented)
     return principal
 
 
@@ -67,8 +70,13 @@ Who = Annotated[Principal, Depends(principal_of)]
 
 
 def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return state_of(request).settings
+
+
+def _metrics(request: Request) -> Metrics:
+    metrics = state_of(request).metrics
+    assert metrics is not None  # made with the app
+    return metrics
 
 
 def _check_texts(request: Request, engine: Engine, texts: list[str], what: str = "texts",
@@ -125,7 +133,7 @@ def _embed(request: Request, engine: Engine, texts: list[str], input_type: Input
     vectors = embed_texts(engine, texts, input_type, stats)
     window = engine.embedder.identity.max_tokens
     tokens = sum(min(n, window) for n in counts)  # what the model sees: truncated to its window
-    request.app.state.metrics.observe_embedding(stats.tokens, stats.cost, stats.cache_hits,
+    _metrics(request).observe_embedding(stats.tokens, stats.cost, stats.cache_hits,
                                                 stats.cache_misses)
     return vectors, tokens, stats
 
@@ -139,7 +147,8 @@ def healthz() -> dict[str, str]:
 @router.get("/readyz", tags=["health"])
 def readyz(request: Request) -> JSONResponse:
     """Model loaded and store open (readiness: what Kubernetes probes)."""
-    ready = bool(request.app.state.ready and request.app.state.engine is not None)
+    state = state_of(request)
+    ready = state.ready and state.engine is not None
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
@@ -147,7 +156,7 @@ def readyz(request: Request) -> JSONResponse:
 def metrics(request: Request, who: Who) -> Response:
     """Prometheus metrics."""
     require(who, None, "read")
-    return Response(generate_latest(request.app.state.metrics.registry),
+    return Response(generate_latest(_metrics(request).registry),
                     media_type=CONTENT_TYPE_LATEST)
 
 
@@ -231,7 +240,7 @@ def _search(request: Request, engine: Engine, who: Principal, body: SearchBody) 
                         weights=body.weights, rrf_k=body.rrf_k, candidates=body.candidates,
                         group=body.group)
     result = search(engine, body.collection, req)
-    request.app.state.metrics.observe_stages(result.timings, body.mode)
+    _metrics(request).observe_stages(result.timings, body.mode)
     hits = [h.to_dict() for h in result.hits]
     return SearchResponse(hits=hits, total=len(hits),  # type: ignore[arg-type]
                           timings_ms={k: round(v * 1000, 3) for k, v in result.timings.items()},
@@ -333,7 +342,7 @@ def upsert_documents(name: str, body: UpsertRequest, request: Request, engine: E
                   "documents", "documents")
     docs = [Document(d.id, d.text, d.title, d.metadata) for d in body.documents]
     report = index_documents(engine, name, docs, create=False)  # unknown -> 404
-    request.app.state.metrics.observe_embedding(report.tokens, report.cost, report.cache_hits,
+    _metrics(request).observe_embedding(report.tokens, report.cost, report.cache_hits,
                                                 report.cache_misses)
     return report.to_dict()
 

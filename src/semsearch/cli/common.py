@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +34,9 @@ class Progress:
 
     def __init__(self, total: int | None, desc: str, unit: str) -> None:
         self._total, self._desc, self._unit = total, desc, unit
-        self._disable = os.environ.get("SEMSEARCH_NO_PROGRESS") == "1"
+        from semsearch.config import Settings
+
+        self._disable = Settings().no_progress
         self._bar: Any = None
 
     def set_total(self, total: int | None) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -168,7 +167,7 @@ def sync(engine: Engine, source: SyncSource, spec: SourceSpec, *, full: bool = F
         validate_name(coll)
     report = SyncReport(collection=coll, source=source.name,
                         mode="full" if full or not source.incremental else "incremental")
-    fail = Failpoints(os.environ.get("SEMSEARCH_FAILPOINTS"))
+    fail = Failpoints(engine.settings.failpoints)
     with collection_lock(engine, coll):
         store = engine.store
         run: _Run | None = None

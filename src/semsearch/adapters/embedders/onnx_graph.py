@@ -10,9 +10,10 @@ fast path, and the graph quantizes cleanly to int8. Weight names follow Hugging 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,18 +156,43 @@ def quantize_int8(fp32_path: Path, out_path: Path, *, exclude: Sequence[str] = (
         missing = sorted(set(exclude) - names)
         if missing:
             raise ValueError(f"{fp32_path.name} has no node(s) {missing} to keep in fp32")
-    import logging
-
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # The quantizer logs an advisory through the root logger (configuring it as a side
-    # effect); it does not apply to a graph built from fused ops, so keep it quiet.
-    logging.disable(logging.WARNING)
-    try:
+    with _quiet_root_logger():
         quantize_dynamic(str(fp32_path), str(out_path), per_channel=True,
                          weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Attention"],
                          nodes_to_exclude=list(exclude),
                          extra_options={"DefaultTensorType": TensorProto.FLOAT})
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """The quantizer logs an advisory through the root logger (``logging.warning``), which
+    configures the root logger as a side effect and applies to graphs not built from fused
+    ops. Drop the root logger's records for the duration, and undo any handler it added,
+    without turning logging off for the rest of the process (other threads log on)."""
+    import logging
+
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    if not handlers:  # keep logging.warning() from calling basicConfig
+        root.addHandler(logging.NullHandler())
+    drop = _DropRootRecords()
+    for h in root.handlers:
+        h.addFilter(drop)
+    try:
+        yield
     finally:
-        logging.disable(logging.NOTSET)
+        for h in root.handlers:
+            h.removeFilter(drop)
+        for h in list(root.handlers):
+            if h not in handlers:
+                root.removeHandler(h)
+
+
+class _DropRootRecords:
+    """Filters out records logged on the root logger itself (named "root")."""
+
+    def filter(self, record: object) -> bool:
+        return getattr(record, "name", "") != "root"

@@ -21,7 +21,6 @@ its own longest member, not the corpus's)."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import os
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from semsearch.adapters.locks import flock
 from semsearch.core.metering import ProviderMeter
 from semsearch.core.types import EmbedderIdentity, InputType
 from semsearch.errors import BackendError, InputError
@@ -76,13 +76,8 @@ def _build_lock(models_dir: Path, target: Path) -> Iterator[None]:
     """Serialize builds of one file across processes and threads: a second builder waits
     for the first and then finds the file built, instead of spending seconds and ~150 MB of
     disk building it again. The lock is an empty file kept beside the models."""
-    models_dir.mkdir(parents=True, exist_ok=True)
-    with (models_dir / f".{target.name}.lock").open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with flock(models_dir / f".{target.name}.lock"):
+        yield
 
 
 def _build_once(models_dir: Path, target: Path, what: str,
