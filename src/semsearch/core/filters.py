@@ -48,54 +48,71 @@ def parse_filter(spec: Mapping[str, Any] | None) -> Filter:
         raise InputError(f"a filter is a JSON object of field: condition, not {spec!r:.80}")
     conds: list[Condition] = []
     for field, value in spec.items():
-        if not isinstance(field, str) or not field or len(field) > MAX_FIELD_CHARS or \
-                not field.replace("_", "").replace("-", "").replace(".", "").isalnum():
-            raise InputError(f"filter field {field!r:.140} must be a name of 1-"
-                             f"{MAX_FIELD_CHARS} letters, digits, '_', '-' or '.'")
-        if isinstance(value, Mapping):
-            if not value:
-                raise InputError(f"filter on {field!r} is an empty object")
-            for op, arg in value.items():
-                if op not in OPS:
-                    raise InputError(f"unknown filter operator {op!r} on {field!r}; "
-                                     f"use one of {', '.join(OPS)}")
-                if op == "in" and (not isinstance(arg, list | tuple) or not arg):
-                    raise InputError(f"filter {field!r} 'in' needs a non-empty list")
-                if op == "in":
-                    _check_in(field, arg)
-                if op in RANGE_OPS and not isinstance(arg, int | float | str):
-                    raise InputError(f"filter {field!r} {op!r} needs a number or string")
-                conds.append(Condition(field, op, tuple(arg) if op == "in" else arg))
-        elif isinstance(value, list | tuple):
-            if not value:
-                raise InputError(f"filter {field!r}: an empty list matches nothing; give at "
-                                 "least one value")
-            _check_in(field, value)
-            conds.append(Condition(field, "in", tuple(value)))
-        elif value is None:
-            # JSON null compares unequal to everything in SQL; refuse it rather than
-            # silently matching nothing.
-            raise InputError(f"filter {field!r}: compare to a string, number or boolean, "
-                             f"not {json.dumps(value)}")
-        else:
-            conds.append(Condition(field, "eq", value))
+        _check_field(field)
+        conds += _conditions(field, value)
         if len(conds) > MAX_CONDITIONS:
             raise InputError(f"the filter has more than {MAX_CONDITIONS} conditions; combine "
                              "values with 'in' or filter in fewer fields")
     for c in conds:
         for v in c.value if c.op == "in" else (c.value,):
-            if isinstance(v, int) and not isinstance(v, bool) and not -2**63 <= v < 2**63:
-                raise InputError(f"filter {c.field!r}: {v} is outside the 64-bit integer range")
-            if isinstance(v, float) and not math.isfinite(v):
-                raise InputError(f"filter {c.field!r}: {v} is not a finite number")
-            if isinstance(v, str) and not _is_unicode(v):
-                raise InputError(f"filter {c.field!r}: a value holds an unpaired surrogate, "
-                                 "which is not valid Unicode")
+            _check_value(c.field, v)
     values = sum(len(c.value) if c.op == "in" else 1 for c in conds)
     if values > MAX_TOTAL_VALUES:
         raise InputError(f"the filter compares with {values:,} values in all; the limit is "
                          f"{MAX_TOTAL_VALUES:,}")
     return Filter(tuple(conds))
+
+
+def _check_field(field: Any) -> None:
+    if not isinstance(field, str) or not field or len(field) > MAX_FIELD_CHARS or \
+            not field.replace("_", "").replace("-", "").replace(".", "").isalnum():
+        raise InputError(f"filter field {field!r:.140} must be a name of 1-"
+                         f"{MAX_FIELD_CHARS} letters, digits, '_', '-' or '.'")
+
+
+def _conditions(field: str, value: Any) -> list[Condition]:
+    """One field's conditions: an operator object, a list (in), or a scalar (equals)."""
+    if isinstance(value, Mapping):
+        if not value:
+            raise InputError(f"filter on {field!r} is an empty object")
+        return [_operator(field, op, arg) for op, arg in value.items()]
+    if isinstance(value, list | tuple):
+        if not value:
+            raise InputError(f"filter {field!r}: an empty list matches nothing; give at "
+                             "least one value")
+        _check_in(field, value)
+        return [Condition(field, "in", tuple(value))]
+    if value is None:
+        # JSON null compares unequal to everything in SQL; refuse it rather than silently
+        # matching nothing.
+        raise InputError(f"filter {field!r}: compare to a string, number or boolean, "
+                         f"not {json.dumps(value)}")
+    return [Condition(field, "eq", value)]
+
+
+def _operator(field: str, op: Any, arg: Any) -> Condition:
+    if op not in OPS:
+        raise InputError(f"unknown filter operator {op!r} on {field!r}; "
+                         f"use one of {', '.join(OPS)}")
+    if op == "in":
+        if not isinstance(arg, list | tuple) or not arg:
+            raise InputError(f"filter {field!r} 'in' needs a non-empty list")
+        _check_in(field, arg)
+        return Condition(field, op, tuple(arg))
+    if op in RANGE_OPS and not isinstance(arg, int | float | str):
+        raise InputError(f"filter {field!r} {op!r} needs a number or string")
+    return Condition(field, op, arg)
+
+
+def _check_value(field: str, v: Any) -> None:
+    """Values every backend can compare: 64-bit integers, finite floats, valid Unicode."""
+    if isinstance(v, int) and not isinstance(v, bool) and not -2**63 <= v < 2**63:
+        raise InputError(f"filter {field!r}: {v} is outside the 64-bit integer range")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise InputError(f"filter {field!r}: {v} is not a finite number")
+    if isinstance(v, str) and not _is_unicode(v):
+        raise InputError(f"filter {field!r}: a value holds an unpaired surrogate, which is "
+                         "not valid Unicode")
 
 
 def _is_unicode(text: str) -> bool:

@@ -109,6 +109,9 @@ class _Run:
                  report: SyncReport, fail: Failpoints) -> None:
         self.source = source
         self.report = report
+        self.store = engine.store
+        self.batch_size = spec.batch_size
+        self.spec_public = spec.public()
         self.counts = WriteCounts()
         handle = engine.collection(spec.collection, create=True)
         self.coll = handle.version  # the version the collection's name points at
@@ -154,6 +157,44 @@ class _Run:
     def save_indexes(self) -> None:
         self.writer.save()
 
+    def read(self, since: Mapping[str, Any] | None,
+             on_total: Callable[[int | None], None] | None,
+             on_progress: Callable[[int], None] | None) -> None:
+        """Read the source from ``since`` (None: everything), one committed batch per page,
+        then reconcile and record where the next run starts."""
+        source, report = self.source, self.report
+        report.watermark = since if source.incremental else None
+        head = source.head() if source.incremental and since is None else None
+        if on_total is not None:
+            on_total(source.count(since if source.incremental else None))
+        public = self.spec_public
+        for batch_rows in source.rows(since, self.batch_size):
+            position = None
+            if since is not None and source.incremental:
+                position = batch_rows[-1].position
+            self.commit(self.batch(batch_rows), position, public)
+            if on_progress is not None:
+                on_progress(len(batch_rows))
+        self.finish(head)
+
+    def finish(self, head: Mapping[str, Any] | None) -> None:
+        """The read is complete: only now can absence mean deletion, and only now can a
+        first/full read's watermark (taken before it started) be recorded."""
+        store, report, source = self.store, self.report, self.source
+        deletes: list[str] = []
+        stale_rejects: list[str] = []
+        if report.mode == "full":
+            deletes = [i for i in store.all_doc_ids(self.coll) if i not in self.live]
+            stale_rejects = [i for i in store.rejects(self.coll) if i not in self.live]
+        final_pos = head if head is not None else (
+            source.head() if not source.incremental else None)
+        if deletes or stale_rejects or final_pos is not None or self.counts.batches == 0:
+            for part in _chunks(deletes, 500) if deletes else [[]]:
+                self.commit(Batch(deletes=part), final_pos, self.spec_public,
+                            gone=stale_rejects)
+        if final_pos is not None and source.incremental:
+            report.watermark = final_pos
+
 
 def sync(engine: Engine, source: SyncSource, spec: SourceSpec, *, full: bool = False,
          on_total: Callable[[int | None], None] | None = None,
@@ -177,8 +218,7 @@ def sync(engine: Engine, source: SyncSource, spec: SourceSpec, *, full: bool = F
         run_id = report.run_id = store.start_run(coll, RUN_KIND, started_at)
         try:
             source.check()
-            phys = engine.resolve(coll)
-            state = store.sync_state(phys)  # None for a new collection (drop clears it)
+            state = store.sync_state(engine.resolve(coll))  # None for a new collection
             if state is not None and state.source != source.name:
                 raise InputError(
                     f"collection {coll!r} is synced from {state.source}; refusing to sync it "
@@ -186,34 +226,8 @@ def sync(engine: Engine, source: SyncSource, spec: SourceSpec, *, full: bool = F
                     "documents). Sync into another collection, or drop this one first.")
             run = _Run(engine, source, spec, report, fail)
             # A watermark (or, for files, the last read's stamps) unless told to read all.
-            since = state.position if state is not None and not full else None
-            report.watermark = since if source.incremental else None
-            head = source.head() if source.incremental and since is None else None
-            if on_total is not None:
-                on_total(source.count(since if source.incremental else None))
-            public = spec.public()
-            for batch_rows in source.rows(since, spec.batch_size):
-                position = None
-                if since is not None and source.incremental:
-                    position = batch_rows[-1].position
-                run.commit(run.batch(batch_rows), position, public)
-                if on_progress is not None:
-                    on_progress(len(batch_rows))
-            # The read is complete: only now can absence mean deletion, and only now can a
-            # first/full read's watermark (taken before it started) be recorded.
-            deletes: list[str] = []
-            if report.mode == "full":
-                deletes = [i for i in store.all_doc_ids(run.coll) if i not in run.live]
-                stale_rejects = [i for i in store.rejects(run.coll) if i not in run.live]
-            else:
-                stale_rejects = []
-            final_pos = head if head is not None else (
-                source.head() if not source.incremental else None)
-            if deletes or stale_rejects or final_pos is not None or run.counts.batches == 0:
-                for part in _chunks(deletes, 500) if deletes else [[]]:
-                    run.commit(Batch(deletes=part), final_pos, public, gone=stale_rejects)
-            if final_pos is not None and source.incremental:
-                report.watermark = final_pos
+            run.read(state.position if state is not None and not full else None,
+                     on_total, on_progress)
             run.save_indexes()
             report.status = "ok"
         except BaseException as exc:

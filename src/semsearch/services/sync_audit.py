@@ -8,13 +8,14 @@ rows still indexed), and derived indexes that disagree with the canonical store.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from semsearch.core.sources import SourceSpec
+from semsearch.core.types import Document
 from semsearch.errors import InputError
-from semsearch.ports import SyncSource
+from semsearch.ports import CollectionInfo, SourceRow, SyncSource
 from semsearch.runtime.engine import Engine
 from semsearch.runtime.writer import validate_document
 from semsearch.services.sync import SyncReport, collection_lock, sync
@@ -71,25 +72,7 @@ def audit(engine: Engine, source: SyncSource, spec: SourceSpec, *, repair: bool 
         live: set[str] = set()
         for rows in source.rows(None, spec.batch_size):
             report.source_rows += len(rows)
-            docs = {}
-            for row in rows:
-                doc = row.document
-                if row.deleted:
-                    if doc.id in stored_ids:
-                        report.deleted_still_indexed += 1
-                        _example(report, "deleted_still_indexed", doc.id)
-                    continue
-                live.add(doc.id)
-                problem = row.problem
-                if problem is None:
-                    try:
-                        validate_document(doc, engine.settings.max_text_chars)
-                    except InputError as exc:
-                        problem = str(exc)
-                if problem is not None:
-                    report.rejected += 1
-                    continue
-                docs[doc.id] = doc
+            docs = _indexable(engine, rows, stored_ids, live, report)
             stored = engine.store.content_hashes(coll, list(docs))
             for doc_id, doc in docs.items():
                 if doc_id not in stored:
@@ -105,22 +88,55 @@ def audit(engine: Engine, source: SyncSource, spec: SourceSpec, *, repair: bool 
         for doc_id in sorted(stored_ids - live):
             report.extra += 1
             _example(report, "extra", doc_id)
-        report.index_chunks = info.chunks
-        idx = engine.indexes(info)  # as this process holds it: no catch-up, no rebuild
-        report.vector_entries = len(idx.vectors)
-        report.keyword_entries = len(idx.keyword)
-        report.derived_in_step = (idx.is_saved(info.generation) or idx.is_fresh(
-            info.generation)) and report.vector_entries == info.chunks \
-            and report.keyword_entries == info.chunks
+        _check_derived(engine, info, report)
     if repair and report.drift:
-        if report.missing or report.stale or report.extra or report.deleted_still_indexed:
-            report.repaired = sync(engine, source, spec, full=True)
-        if not report.derived_in_step:
-            handle = engine.collection(spec.collection)
-            info = handle.info
-            idx = handle.indexes()  # rebuilds when the generation is behind
-            if len(idx.vectors) != info.chunks or len(idx.keyword) != info.chunks:
-                with idx.rw.write():  # same generation, wrong contents: damaged files
-                    idx.rebuild(engine.store, handle.embedder, info.generation)
-            report.rebuilt_indexes = True
+        _repair(engine, source, spec, report)
     return report
+
+
+def _indexable(engine: Engine, rows: Sequence[SourceRow], stored_ids: set[str],
+               live: set[str], report: AuditReport) -> dict[str, Document]:
+    """The rows a sync would index, by id; soft-deleted and refused ones are counted."""
+    docs: dict[str, Document] = {}
+    for row in rows:
+        doc = row.document
+        if row.deleted:
+            if doc.id in stored_ids:
+                report.deleted_still_indexed += 1
+                _example(report, "deleted_still_indexed", doc.id)
+            continue
+        live.add(doc.id)
+        problem = row.problem
+        if problem is None:
+            try:
+                validate_document(doc, engine.settings.max_text_chars)
+            except InputError as exc:
+                problem = str(exc)
+        if problem is not None:
+            report.rejected += 1
+            continue
+        docs[doc.id] = doc
+    return docs
+
+
+def _check_derived(engine: Engine, info: CollectionInfo, report: AuditReport) -> None:
+    report.index_chunks = info.chunks
+    idx = engine.indexes(info)  # as this process holds it: no catch-up, no rebuild
+    report.vector_entries = len(idx.vectors)
+    report.keyword_entries = len(idx.keyword)
+    report.derived_in_step = (idx.is_saved(info.generation) or idx.is_fresh(
+        info.generation)) and report.vector_entries == info.chunks \
+        and report.keyword_entries == info.chunks
+
+
+def _repair(engine: Engine, source: SyncSource, spec: SourceSpec, report: AuditReport) -> None:
+    if report.missing or report.stale or report.extra or report.deleted_still_indexed:
+        report.repaired = sync(engine, source, spec, full=True)
+    if not report.derived_in_step:
+        handle = engine.collection(spec.collection)
+        info = handle.info
+        idx = handle.indexes()  # rebuilds when the generation is behind
+        if len(idx.vectors) != info.chunks or len(idx.keyword) != info.chunks:
+            with idx.rw.write():  # same generation, wrong contents: damaged files
+                idx.rebuild(engine.store, handle.embedder, info.generation)
+        report.rebuilt_indexes = True
