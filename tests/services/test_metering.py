@@ -19,7 +19,7 @@ def test_runs_are_priced_and_the_cache_saving_is_counted(settings: Settings) -> 
     try:
         cold = index_documents(engine, "a", iter_documents(sample_dir()))
         warm = index_documents(engine, "b", iter_documents(sample_dir()))
-        stats = {row["collection"]: row for row in collection_stats(engine)}
+        stats = {row.collection: row.to_dict() for row in collection_stats(engine)}
     finally:
         engine.close()
     assert cold.tokens > 1000 and cold.cost == pytest.approx(cold.tokens * PRICE / 1e6, rel=1e-3)
@@ -47,7 +47,7 @@ def test_stats_are_cumulative_and_failed_runs_are_recorded(settings: Settings,
         with pytest.raises(Exception, match="not JSON"):
             index_documents(engine, "c", iter_documents(bad), batch_size=1)
         index_documents(engine, "c", iter_documents(sample_dir()))
-        (row,) = collection_stats(engine, "c")
+        (row,) = [r.to_dict() for r in collection_stats(engine, "c")]
         runs = engine.store.list_runs("c")
     finally:
         engine.close()

@@ -43,7 +43,7 @@ def test_index_and_search_through_the_api(settings: Settings, server: FakeOpenAI
         report = index_documents(engine, "api", iter_documents(sample_dir()))
         hits = search(engine, "api", SearchRequest("keeping vegetables fresh",
                                                    mode=Mode.DENSE, k=1)).hits
-        (row,) = collection_stats(engine, "api")
+        (row,) = [r.to_dict() for r in collection_stats(engine, "api")]
     finally:
         engine.close()
     assert report.embedded == report.chunks and report.model_calls >= 1

@@ -78,7 +78,7 @@ def test_unreachable_redis_degrades_to_computing(tmp_path: Path, models_dir: Pat
         assert meter.errors >= 1 and meter.hits == 0  # the outage is counted, not hidden
         from semsearch.services.stats import collection_stats
 
-        (stats,) = collection_stats(engine, "s")
+        (stats,) = [r.to_dict() for r in collection_stats(engine, "s")]
     finally:
         engine.close()
     assert report.documents == 12 and report.embedded == report.chunks

@@ -66,15 +66,15 @@ def test_chunker_reindex_reuses_cached_chunks_swaps_and_rolls_back(
 
     report = reindex(engine, "s", chunker={"max_tokens": 96, "overlap_tokens": 16})
     assert report.swapped and report.version == "s@v2" and report.previous == "s"
-    assert report.build["chunks"] == plan.chunks
-    assert report.build["cache_hits"] == plan.cached_chunks
-    assert report.build["embedded"] == plan.chunks - plan.cached_chunks
-    assert report.build["tokens"] == plan.tokens_to_embed
+    assert report.build.chunks == plan.chunks
+    assert report.build.cache_hits == plan.cached_chunks
+    assert report.build.embedded == plan.chunks - plan.cached_chunks
+    assert report.build.tokens == plan.tokens_to_embed
     assert engine.resolve("s") == "s@v2"
     assert engine.store.get_collection("s@v2").chunks == plan.chunks
     assert _ids(engine, "s", VEG)[0] == "storing-vegetables.md"
 
-    row = next(r for r in describe_collections(engine) if r["name"] == "s")
+    row = next(r.to_dict() for r in describe_collections(engine) if r.name == "s")
     assert (row["active"], row["active_version"], row["previous"]) == ("s@v2", 2, ["s"])
     assert [(v["name"], v["active"]) for v in row["versions"]] == [("s", False),
                                                                     ("s@v2", True)]
@@ -116,7 +116,7 @@ def test_a_new_version_with_unchanged_settings_passes_a_zero_tolerance_gate(
     index_documents(engine, "s", docs)
     data = _mini_beir(tmp_path, docs)
     report = reindex(engine, "s", gate=data, tolerance=0.0)
-    assert report.plan.same_identity and report.build["embedded"] == 0
+    assert report.plan.same_identity and report.build.embedded == 0
     assert report.gate is not None and report.gate.passed and report.swapped
     assert set(report.gate.modes) == {"hybrid", "dense", "keyword"}
     assert all(r["delta"] == 0 for r in report.gate.modes.values())
@@ -171,7 +171,7 @@ def test_compaction_frees_deleted_vectors_and_keeps_results(
         index_documents(engine, "s", docs)
         gone = [d.id for d in docs[:6]]
         delete_documents(engine, "s", gone)
-        row = next(r for r in describe_collections(engine) if r["name"] == "s")
+        row = next(r.to_dict() for r in describe_collections(engine) if r.name == "s")
         assert row["vectors_deleted"] > 0
         assert row["vectors_live"] == row["chunks"]
         before = _answers(engine, "s")
@@ -185,7 +185,7 @@ def test_compaction_frees_deleted_vectors_and_keeps_results(
         engine.close()
     engine = open_engine(Settings())  # and after a restart, from the saved files
     try:
-        row = next(r for r in describe_collections(engine) if r["name"] == "s")
+        row = next(r.to_dict() for r in describe_collections(engine) if r.name == "s")
         assert row["vectors_deleted"] == 0 and row["vectors_live"] == row["chunks"]
         assert _answers(engine, "s") == before
     finally:
@@ -204,7 +204,7 @@ def test_reindex_to_the_second_model_and_serve_it_without_reconfiguring(
     assert plan.chunker["max_tokens"] == 128  # fits the model's window
     assert plan.cached_chunks == 0 and plan.tokens_to_embed == plan.tokens > 0
     report = reindex(engine, "s", model=L3)
-    assert report.swapped and report.build["embedded"] == plan.chunks
+    assert report.swapped and report.build.embedded == plan.chunks
     info = engine.store.get_collection("s@v2")
     assert info.identity.model.endswith(L3) and info.identity.dimension == 384
     assert _ids(engine, "s", VEG)[0] == "storing-vegetables.md"

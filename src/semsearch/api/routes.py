@@ -274,7 +274,7 @@ def search_post(body: SearchBody, request: Request, engine: EngineDep,
 def list_collections(engine: EngineDep, who: Who) -> dict[str, Any]:
     from semsearch.services.collections import describe_collections
 
-    rows = [r for r in describe_collections(engine) if who.allows(r["name"], "read")]
+    rows = [r.to_dict() for r in describe_collections(engine) if who.allows(r.name, "read")]
     return {"collections": rows}
 
 

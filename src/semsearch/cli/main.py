@@ -216,21 +216,22 @@ def collections(as_json: bool) -> None:
     with _engine() as engine:
         rows = describe_collections(engine)
     if as_json:
-        _echo_json({"collections": rows})
+        _echo_json({"collections": [r.to_dict() for r in rows]})
         return
     if not rows:
         click.echo("no collections yet; try: semsearch quickstart")
     for r in rows:
-        click.echo(f"{r['name']} -> {r['active']} (v{r['active_version']}): "
-                   f"{r['documents']} documents, {r['chunks']} chunks live, "
-                   f"{r['vectors_deleted']} deleted vectors awaiting compact, "
-                   f"{r['identity']['model']} ({r['identity']['revision']}), "
-                   f"{r['identity']['dimension']}-d {r['identity']['metric']}, "
-                   f"{r['bytes_on_disk'] / 1e6:.1f} MB on disk")
-        for v in r["versions"]:
-            if not v["active"]:
-                click.echo(f"    kept v{v['version']} {v['name']}: {v['model']}, "
-                           f"{v['documents']} documents, {v['bytes_on_disk'] / 1e6:.1f} MB")
+        c, ident = r.current, r.identity
+        click.echo(f"{r.name} -> {r.active} (v{r.active_version}): "
+                   f"{c.documents} documents, {c.chunks} chunks live, "
+                   f"{c.vectors_deleted} deleted vectors awaiting compact, "
+                   f"{ident['model']} ({ident['revision']}), "
+                   f"{ident['dimension']}-d {ident['metric']}, "
+                   f"{c.bytes_on_disk / 1e6:.1f} MB on disk")
+        for v in r.versions:
+            if not v.active:
+                click.echo(f"    kept v{v.version} {v.name}: {v.model}, "
+                           f"{v.documents} documents, {v.bytes_on_disk / 1e6:.1f} MB")
 
 
 @cli.command()
@@ -243,18 +244,18 @@ def stats(collection: str | None, as_json: bool) -> None:
     with _engine() as engine:
         rows = collection_stats(engine, collection)
     if as_json:
-        _echo_json({"collections": rows})
+        _echo_json({"collections": [r.to_dict() for r in rows]})
         return
     if not rows:
         click.echo("no runs recorded yet")
     for r in rows:
-        lat = r["provider_latency_ms"]
-        click.echo(f"{r['collection']}: {r['runs']} runs ({r['failed_runs']} failed), "
-                   f"{r['provider_calls']} provider calls, {r['items_embedded']} texts, "
-                   f"{r['tokens']} tokens, ${r['cost']:.4f}; cache {r['cache_hits']} hits / "
-                   f"{r['cache_misses']} misses ({r['cache_hit_rate']:.0%}), "
-                   f"{r['cache_errors']} cache errors, saved "
-                   f"${r['saved_cost']:.4f}; provider latency p50 {lat['p50']} ms, "
+        lat = r.provider_latency_ms
+        click.echo(f"{r.collection}: {r.runs} runs ({r.failed_runs} failed), "
+                   f"{r.provider_calls} provider calls, {r.items_embedded} texts, "
+                   f"{r.tokens} tokens, ${r.cost:.4f}; cache {r.cache_hits} hits / "
+                   f"{r.cache_misses} misses ({r.cache_hit_rate:.0%}), "
+                   f"{r.cache_errors} cache errors, saved "
+                   f"${r.saved_cost:.4f}; provider latency p50 {lat['p50']} ms, "
                    f"p95 {lat['p95']} ms, p99 {lat['p99']} ms")
 
 

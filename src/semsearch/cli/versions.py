@@ -69,9 +69,9 @@ def reindex(collection: str, model: str | None, chunk_max_tokens: int | None,
         _echo_json(report.to_dict())
     else:
         b = report.build
-        click.echo(f"built {report.version}: {b['documents']} documents, {b['chunks']} "
-                   f"chunks, {b['embedded']} embedded, {b['cache_hits']} from the cache, "
-                   f"{b['seconds']:.1f} s (estimated {report.plan.estimated_seconds} s)")
+        click.echo(f"built {report.version}: {b.documents} documents, {b.chunks} "
+                   f"chunks, {b.embedded} embedded, {b.cache_hits} from the cache, "
+                   f"{b.seconds:.1f} s (estimated {report.plan.estimated_seconds} s)")
         if report.gate is not None:
             click.echo(f"gate on {report.gate.dataset} (tolerance {report.gate.tolerance}):")
             for mode, r in report.gate.modes.items():

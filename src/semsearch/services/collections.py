@@ -29,7 +29,56 @@ def _by_name(infos: list[CollectionInfo]) -> dict[str, list[CollectionInfo]]:
     return out
 
 
-def _version_row(engine: Engine, info: CollectionInfo, active: str) -> dict[str, Any]:
+@dataclass
+class VersionSummary:
+    """One stored version of a collection, as listings show it."""
+
+    name: str
+    version: int
+    active: bool
+    model: str
+    identity: dict[str, Any]
+    chunker: dict[str, Any]
+    documents: int
+    chunks: int
+    vectors_live: int | None  # None: the index is not in memory and listing never loads it
+    vectors_deleted: int | None
+    generation: int
+    created_at: str
+    bytes_on_disk: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CollectionSummary:
+    """A collection name: its active version's figures, and every version kept."""
+
+    name: str
+    active: str  # the version it serves
+    active_version: int
+    current: VersionSummary
+    previous: list[str]
+    versions: list[VersionSummary]
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return self.current.identity
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``collections --json`` and ``GET /collections``."""
+        row = self.current.to_dict()
+        del row["version"]
+        row.update({
+            "name": self.name, "active_version": self.active_version, "active": self.active,
+            "dimension": self.current.identity["dimension"],
+            "metric": self.current.identity["metric"], "previous": list(self.previous),
+            "versions": [v.to_dict() for v in self.versions]})
+        return row
+
+
+def _version_row(engine: Engine, info: CollectionInfo, active: str) -> VersionSummary:
     # Counting needs the index in memory: the active version's is (it serves); a kept
     # version's is only read if this process already holds it.
     vectors_deleted: int | None = None
@@ -39,37 +88,31 @@ def _version_row(engine: Engine, info: CollectionInfo, active: str) -> dict[str,
         idx = engine.indexes(info)  # as saved: listing never rebuilds or embeds
         vectors_deleted = idx.vectors.deleted
         vector_entries = len(idx.vectors)
-    return {
-        "name": info.name, "version": version_of(info.name)[1],
-        "active": info.name == active, "model": info.identity.model,
-        "identity": info.identity.to_dict(), "chunker": dict(info.chunker),
-        "documents": info.documents, "chunks": info.chunks,
-        "vectors_live": vector_entries, "vectors_deleted": vectors_deleted,
-        "generation": info.generation, "created_at": info.created_at,
-        "bytes_on_disk": engine.index_storage.disk_bytes(info.name),
-    }
+    return VersionSummary(
+        name=info.name, version=version_of(info.name)[1], active=info.name == active,
+        model=info.identity.model, identity=info.identity.to_dict(),
+        chunker=dict(info.chunker), documents=info.documents, chunks=info.chunks,
+        vectors_live=vector_entries, vectors_deleted=vectors_deleted,
+        generation=info.generation, created_at=info.created_at,
+        bytes_on_disk=engine.index_storage.disk_bytes(info.name))
 
 
-def describe_collections(engine: Engine) -> list[dict[str, Any]]:
-    """One row per collection name, describing its active version, with all versions."""
+def describe_collections(engine: Engine) -> list[CollectionSummary]:
+    """One summary per collection name, describing its active version, with all versions."""
     aliases = engine.store.list_aliases()
     grouped = _by_name(engine.store.list_collections())  # one read for every name
-    rows: list[dict[str, Any]] = []
+    rows: list[CollectionSummary] = []
     for name in sorted(set(grouped) | set(aliases)):
         active = aliases[name][0] if name in aliases else name
         infos = grouped.get(name, [])
         by_name = {i.name: i for i in infos}
         if active not in by_name:
             continue  # versions only (a shadow being built for a name not yet aliased)
-        info = by_name[active]
-        row = _version_row(engine, info, active)
-        row.update({
-            "name": name, "active_version": row.pop("version"), "active": info.name,
-            "dimension": info.identity.dimension, "metric": info.identity.metric,
-            "previous": list(aliases[name][1]) if name in aliases else [],
-            "versions": [_version_row(engine, i, active) for i in infos],
-        })
-        rows.append(row)
+        current = _version_row(engine, by_name[active], active)
+        rows.append(CollectionSummary(
+            name=name, active=active, active_version=current.version, current=current,
+            previous=list(aliases[name][1]) if name in aliases else [],
+            versions=[_version_row(engine, i, active) for i in infos]))
     return rows
 
 

@@ -68,7 +68,7 @@ class ReindexReport:
     previous: str
     version: str
     plan: ReindexPlan
-    build: dict[str, Any]
+    build: IndexReport
     caught_up: int = 0
     gate: GateResult | None = None
     swapped: bool = False
@@ -78,6 +78,7 @@ class ReindexReport:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["plan"] = self.plan.to_dict()
+        out["build"] = self.build.to_dict()
         out["gate"] = self.gate.to_dict() if self.gate else None
         return out
 
@@ -246,7 +247,7 @@ def reindex(engine: Engine, collection: str, *, model: str | None = None,
             drop_collection(engine, shadow)  # a half-built shadow is useless: leave nothing
             raise
         report = ReindexReport(collection=collection, previous=active, version=shadow,
-                               plan=plan, build=build.to_dict(), caught_up=caught_up)
+                               plan=plan, build=build, caught_up=caught_up)
         if gate is not None:
             report.gate = evaluate_gate(engine, active, shadow, gate, tolerance, gate_modes,
                                         gate_split)
