@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,80 +41,6 @@ def test_analyzer_lowercases_drops_stop_words_and_stems() -> None:
     assert a.terms("the and of") == []
     assert Analyzer(frozenset(), stem=False).terms("The Foxes") == ["the", "foxes"]
     assert 140 <= len(ENGLISH_STOP_WORDS) <= 200
-
-
-def test_search_ranks_best_first_with_positive_scores(index: Fts5KeywordIndex) -> None:
-    hits = index.search("dog barking", 10)
-    assert labels(hits)[0] == 3
-    assert set(labels(hits)) == {1, 3}
-    scores = [s for _, s in hits]
-    assert all(s > 0 for s in scores) and scores == sorted(scores, reverse=True)
-    assert len(index.search("dog fox", 1)) == 1
-    assert index.search("dog", 0) == []
-    assert len(index) == 5
-
-
-def test_add_replaces_existing_labels(index: Fts5KeywordIndex) -> None:
-    index.add([(4, "Wind turbines generate power.")])
-    assert index.search("solar", 5) == []
-    assert labels(index.search("turbine", 5)) == [4]
-    index.add([(9, "first version apple"), (9, "second version banana")])  # last one wins
-    assert labels(index.search("banana", 5)) == [9]
-    assert index.search("apple", 5) == []
-    assert len(index) == 6
-
-
-def test_remove_deletes_and_ignores_unknown_labels(index: Fts5KeywordIndex) -> None:
-    index.remove([1, 3, 12345])
-    assert index.search("dog", 5) == []
-    assert labels(index.search("fox", 5)) == [2]
-    assert len(index) == 3
-
-
-def test_allowed_restricts_results(index: Fts5KeywordIndex) -> None:
-    assert labels(index.search("dog fox", 10, allowed={2})) == [2]
-    assert index.search("dog fox", 10, allowed={4, 5}) == []
-    assert index.search("dog fox", 10, allowed=set()) == []
-
-
-@pytest.mark.parametrize("n_allowed", [30, 2000])  # bound parameters and the json_each path
-def test_filter_returns_k_results_when_k_matches_exist(tmp_path: Path, n_allowed: int) -> None:
-    idx = Fts5KeywordIndex(tmp_path / "kw.db")
-    rng = random.Random(0)
-    idx.add([(i, "common " * rng.randint(1, 5) + f"filler{i} other words") for i in range(3000)])
-    full = idx.search("common", 3000)
-    assert len(full) == 3000
-    # The allowed labels are the *worst* ranked ones: a post-filter of a top-k would miss them.
-    allowed = set(labels(full[-n_allowed:]))
-    hits = idx.search("common", 10, allowed=allowed)
-    assert len(hits) == 10 and set(labels(hits)) <= allowed
-    assert hits == [h for h in full if h[0] in allowed][:10]
-    idx.close()
-
-
-def test_persistence_and_generation(tmp_path: Path) -> None:
-    path = tmp_path / "sub" / "kw.db"
-    idx = Fts5KeywordIndex(path)
-    assert idx.generation == -1
-    idx.add(DOCS)
-    idx.save(7)
-    assert idx.generation == 7
-    idx.add([(6, "unsaved zebra")])
-    idx.remove([1])
-    idx.close()  # unsaved changes are discarded
-
-    idx = Fts5KeywordIndex(path)
-    assert idx.generation == 7 and len(idx) == 5
-    assert idx.search("zebra", 5) == []
-    assert 1 in labels(idx.search("fox", 5))
-    idx.clear()
-    assert len(idx) == 0 and idx.generation == -1
-    idx.save(8)
-    idx.close()
-
-    idx = Fts5KeywordIndex(path)
-    assert len(idx) == 0 and idx.generation == 8
-    idx.close()
 
 
 HOSTILE = ['"', '""', '"unterminated fox', "fox AND", "AND", "OR", "NOT", "NOT fox", "fox OR",
@@ -168,36 +93,6 @@ def test_concurrent_searches(index: Fts5KeywordIndex) -> None:
     for t in threads:
         t.join()
     assert not errors
-
-
-def _synthetic_corpus(n_docs: int, seed: int) -> tuple[list[str], list[str]]:
-    rng = random.Random(seed)
-    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pu", "gra", "shi"]
-    vocab = sorted({"".join(rng.choices(syllables, k=rng.randint(2, 4))) for _ in range(3000)})
-    weights = [1 / (r + 1) for r in range(len(vocab))]  # Zipf-like term frequencies
-    docs = [" ".join(rng.choices(vocab, weights, k=rng.randint(5, 150))) for _ in range(n_docs)]
-    mid = vocab[30:1500]  # neither ubiquitous (negative idf) nor absent
-    queries = [" ".join(rng.sample(mid, rng.randint(2, 6))) for _ in range(40)]
-    return docs, queries
-
-
-def test_ranking_agrees_with_rank_bm25(tmp_path: Path) -> None:
-    rank_bm25 = pytest.importorskip("rank_bm25")
-    docs, queries = _synthetic_corpus(1500, seed=1)
-    analyzer = Analyzer()
-    idx = Fts5KeywordIndex(tmp_path / "kw.db", analyzer)
-    idx.add(list(enumerate(docs)))
-    oracle = rank_bm25.BM25Okapi([analyzer.terms(d) for d in docs], k1=1.2, b=0.75)
-    overlaps = []
-    for q in queries:
-        ours = idx.search(q, 10)
-        scores = oracle.get_scores(list(dict.fromkeys(analyzer.terms(q))))
-        theirs = sorted(range(len(docs)), key=lambda i: -scores[i])[:10]
-        overlaps.append(len(set(labels(ours)) & set(theirs)) / 10)
-        for label, score in ours:  # FTS5 bm25() is the same Okapi BM25 (k1=1.2, b=0.75)
-            assert score == pytest.approx(scores[label], rel=1e-4)
-    assert sum(overlaps) / len(overlaps) >= 0.9
-    idx.close()
 
 
 def test_writes_sqlite_threw_away_on_a_full_database_are_never_saved(tmp_path: Path) -> None:

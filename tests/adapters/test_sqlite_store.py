@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from semsearch.adapters.stores.sqlite_store import SqliteDocumentStore
-from semsearch.core.filters import matches, parse_filter
 from semsearch.core.types import Chunk, Document, EmbedderIdentity
 from semsearch.errors import NotFoundError, StorageFullError
 from semsearch.ports import DocumentWrite
@@ -29,67 +27,9 @@ def store(tmp_path: Path) -> SqliteDocumentStore:
     return s
 
 
-def test_write_replace_delete_and_labels_are_never_reused(store: SqliteDocumentStore) -> None:
-    r1 = store.write("c", [_write(Document("d1", "alpha")), _write(Document("d2", "beta"))])
-    assert len(r1.added) == 4 and r1.removed == [] and r1.generation == 1
-    first_labels = {label for label, _ in r1.added}
-    r2 = store.write("c", [_write(Document("d1", "alpha v2"), 3)])
-    assert sorted(r2.removed) == sorted(lb for lb, ch in r1.added if ch.doc_id == "d1")
-    assert not first_labels & {lb for lb, _ in r2.added}
-    info = store.get_collection("c")
-    assert (info.documents, info.chunks, info.generation) == (2, 5, 2)
-    r3 = store.write("c", [], deletes=["d2"])
-    assert len(r3.removed) == 2
-    assert store.all_doc_ids("c") == ["d1"]
-    got = store.chunks_by_label("c", [lb for lb, _ in r2.added])
-    assert {sc.chunk.doc_id for sc in got.values()} == {"d1"}
-
-
-def test_failed_write_changes_nothing(store: SqliteDocumentStore) -> None:
-    store.write("c", [_write(Document("d1", "alpha"))])
-    bad = _write(Document("d2", "beta"))
-    dup = DocumentWrite(bad.document, bad.content_hash, [bad.chunks[0], bad.chunks[0]],
-                        bad.doc_vector)  # duplicate chunk id violates UNIQUE
-    with pytest.raises(Exception, match="UNIQUE"):
-        store.write("c", [_write(Document("d1", "changed")), dup])
-    assert store.get_document("c", "d1")["text"] == "alpha"
-    assert store.all_doc_ids("c") == ["d1"] and store.get_collection("c").generation == 1
-
-
 def test_unknown_collection_names_known_ones(store: SqliteDocumentStore) -> None:
     with pytest.raises(NotFoundError, match="unknown collection 'nope'; known: c"):
         store.get_collection("nope")
-
-
-def test_iter_chunks_pages_through_everything(store: SqliteDocumentStore) -> None:
-    store.write("c", [_write(Document(f"d{i}", f"text {i}"), 3) for i in range(10)])
-    seen = [sc.label for batch in store.iter_chunks("c", batch=7) for sc in batch]
-    assert len(seen) == 30 and seen == sorted(seen)
-
-
-def test_sql_filters_agree_with_reference_semantics(store: SqliteDocumentStore) -> None:
-    rng = random.Random(7)
-    docs = []
-    for i in range(60):
-        meta: dict[str, object] = {}
-        if rng.random() < 0.8:
-            meta["cat"] = rng.choice(["a", "b", "c"])
-        if rng.random() < 0.8:
-            meta["year"] = rng.choice([1999, 2005, 2010, 2020, 2.5e3])
-        if rng.random() < 0.3:
-            meta["year"] = "unknown"
-        meta["flag"] = rng.random() < 0.5
-        docs.append(Document(f"d{i}", f"t{i}", metadata=meta))
-    store.write("c", [_write(d, 1) for d in docs])
-    specs = [{"cat": "a"}, {"cat": {"in": ["a", "c"]}}, {"year": {"gte": 2005}},
-             {"year": {"lt": 2010, "gt": 1999}}, {"cat": "b", "year": {"lte": 2020}},
-             {"flag": True}, {"flag": False}, {"cat": "zzz"}, {"missing": 1}]
-    for spec in specs:
-        filt = parse_filter(spec)
-        labels = store.labels_matching("c", filt)
-        got = {sc.chunk.doc_id for sc in store.chunks_by_label("c", sorted(labels)).values()}
-        want = {d.id for d in docs if matches(filt, d.metadata)}
-        assert got == want, spec
 
 
 def test_a_full_database_fails_a_write_naming_the_file_and_loses_nothing(
