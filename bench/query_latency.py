@@ -5,21 +5,75 @@
 
 Each mode runs every test query once with a cold query cache (the embedding cache is
 bypassed for queries by giving this process an empty cache), so dense and hybrid times
-include embedding the query. Dense-exact is the baseline the ratios are against."""
+include embedding the query.
+
+``--baseline-src DIR --baseline-home DIR`` measures another checkout of semsearch (its
+``src`` folder, e.g. a ``git worktree`` of an earlier commit, with the collection indexed
+into its own home) in the same run: the two alternate, round by round, each in its own
+process, and the table gives each one's median over the rounds and the ratio current /
+baseline, so machine noise hits both alike."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+MODES = ("keyword", "dense", "hybrid")
 
-from semsearch.adapters.sources import beir
-from semsearch.config import Settings
-from semsearch.core.types import Mode
-from semsearch.services.search import SearchRequest, search
-from semsearch.wiring import open_engine
+
+def measure(data: Path, collection: str, k: int) -> dict[str, list[float]]:
+    """Latencies (ms) per mode in this process, with whatever semsearch it imports."""
+    from semsearch.config import Settings
+    from semsearch.core.types import Mode
+    from semsearch.services.search import SearchRequest, search
+    from semsearch.wiring import open_engine
+
+    queries = [json.loads(line)["text"] for line in (data / "queries.jsonl").open()
+               if line.strip()]
+    qrels = data / "qrels" / "test.tsv"
+    wanted = {line.split("\t")[0] for line in qrels.open().readlines()[1:]}
+    queries = [q for q, qid in zip(queries, _ids(data), strict=True) if qid in wanted]
+    engine = open_engine(Settings(cache_url="none"))
+    out: dict[str, list[float]] = {}
+    try:
+        search(engine, collection, SearchRequest("warm up", k=k))  # load + open
+        for mode in MODES:
+            lat = []
+            for q in queries:
+                t = time.perf_counter()
+                search(engine, collection, SearchRequest(q, mode=Mode(mode), k=k))
+                lat.append((time.perf_counter() - t) * 1000)
+            out[mode] = lat
+    finally:
+        engine.close()
+    return out
+
+
+def _ids(data: Path) -> list[str]:
+    return [json.loads(line)["_id"] for line in (data / "queries.jsonl").open() if line.strip()]
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def _child(src: Path | None, home: Path | None, args: argparse.Namespace) -> dict[str, Any]:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    if home is not None:
+        env["SEMSEARCH_HOME"] = str(home)
+    out = subprocess.run([sys.executable, __file__, str(args.data), "--collection",
+                          args.collection, "--k", str(args.k), "--child"],
+                         capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 def main() -> None:
@@ -27,26 +81,43 @@ def main() -> None:
     ap.add_argument("data", type=Path)
     ap.add_argument("--collection", default="scifact")
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--baseline-src", type=Path, help="another checkout's src/ to compare")
+    ap.add_argument("--baseline-home", type=Path, help="SEMSEARCH_HOME for the baseline")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    queries = list(beir.load_queries(args.data).values())
-    engine = open_engine(Settings(cache_url="none"))
-    try:
-        search(engine, args.collection, SearchRequest("warm up", k=args.k))  # load + open
-        rows = []
-        for mode in (Mode.KEYWORD, Mode.DENSE, Mode.HYBRID):
-            lat = []
-            for q in queries:
-                t = time.perf_counter()
-                search(engine, args.collection, SearchRequest(q, mode=mode, k=args.k))
-                lat.append((time.perf_counter() - t) * 1000)
-            rows.append((mode.value, np.percentile(lat, 50), np.percentile(lat, 99)))
-    finally:
-        engine.close()
-    print(f"{len(queries)} queries, k={args.k}, query embedding included for dense/hybrid")
-    print("| mode | p50 ms | p99 ms |")
-    print("| --- | --- | --- |")
-    for name, p50, p99 in rows:
-        print(f"| {name} | {p50:.2f} | {p99:.2f} |")
+    if args.child:
+        lat = measure(args.data, args.collection, args.k)
+        print(json.dumps({m: [_pct(v, 50), _pct(v, 99)] for m, v in lat.items()}))
+        return
+    if args.baseline_src is None:
+        lat = measure(args.data, args.collection, args.k)
+        print(f"k={args.k}, query embedding included for dense/hybrid")
+        print("| mode | p50 ms | p99 ms |")
+        print("| --- | --- | --- |")
+        for mode, v in lat.items():
+            print(f"| {mode} | {_pct(v, 50):.2f} | {_pct(v, 99):.2f} |")
+        return
+    here = Path(__file__).resolve().parents[1] / "src"
+    runs: dict[str, list[dict[str, Any]]] = {"current": [], "baseline": []}
+    for r in range(args.rounds):
+        order = [("current", here, None), ("baseline", args.baseline_src, args.baseline_home)]
+        for name, src, home in order if r % 2 == 0 else order[::-1]:
+            runs[name].append(_child(src, home, args))
+            print(f"round {r + 1}/{args.rounds}: {name} done", file=sys.stderr)
+    print(f"k={args.k}, query embedding included for dense/hybrid; median of {args.rounds} "
+          "alternating rounds, each round every test query once per mode")
+    print("| mode | current p50 / p99 ms | baseline p50 / p99 ms | ratio p50 / p99 |")
+    print("| --- | --- | --- | --- |")
+    for mode in MODES:
+        cur = [_median([x[mode][i] for x in runs["current"]]) for i in (0, 1)]
+        base = [_median([x[mode][i] for x in runs["baseline"]]) for i in (0, 1)]
+        print(f"| {mode} | {cur[0]:.2f} / {cur[1]:.2f} | {base[0]:.2f} / {base[1]:.2f} | "
+              f"{cur[0] / base[0]:.2f} / {cur[1] / base[1]:.2f} |")
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 if __name__ == "__main__":

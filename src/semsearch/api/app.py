@@ -26,7 +26,6 @@ from semsearch.api.errors import ApiError, error_response
 from semsearch.api.metrics import Metrics
 from semsearch.api.state import AppState
 from semsearch.config import Settings
-from semsearch.core.types import InputType
 
 
 class BodyCap:
@@ -81,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = open_engine(settings)
         state.engine = engine
         try:
-            engine.embedder.embedder.embed(["warm up"], InputType.QUERY)  # load the model now
+            engine.warm_up()  # load the model now: /readyz turns true only after
             state.ready = True
             yield
         finally:

@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from semsearch.config import Settings
 from semsearch.core.chunking import ChunkerConfig
+from semsearch.core.types import InputType
 from semsearch.errors import IdentityMismatchError, NotFoundError
 from semsearch.ports import (
     CollectionInfo,
@@ -71,7 +72,7 @@ class Engine:
 
     def _create(self, name: str) -> CollectionInfo:
         s = self.settings
-        identity = self.embedder.embedder.identity
+        identity = self.embedder.identity
         # Chunks must fit the model's window (128 tokens for paraphrase-MiniLM-L3-v2), or
         # the model silently cuts every chunk's tail.
         size = min(s.chunk_max_tokens, identity.max_tokens)
@@ -169,6 +170,11 @@ class Engine:
         self.index_storage.remove(name)
 
     # -- lifecycle ---------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Load the configured model now (a server's readiness), not on the first query:
+        the cache is bypassed so the model really runs."""
+        self.embedder.embedder.embed(["warm up"], InputType.QUERY)
+
     def executor(self) -> ThreadPoolExecutor:
         """A small pool for overlapping the halves of a hybrid query; made on first use."""
         with self._lock:
