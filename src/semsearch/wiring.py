@@ -54,6 +54,25 @@ def _openai_embedder(settings: Settings) -> Embedder:
         max_retries=settings.embedder_max_retries, **optional)
 
 
+def _cohere_embedder(settings: Settings) -> Embedder:
+    if not settings.embedder_model:
+        raise InputError("the cohere embedder needs SEMSEARCH_EMBEDDER_MODEL (e.g. "
+                         "embed-english-v3.0, embed-multilingual-v3.0, embed-v4.0)")
+    from semsearch.adapters.embedders.cohere import DEFAULT_BASE_URL, CohereEmbedder
+    from semsearch.adapters.embedders.onnx_local import LocalOnnxEmbedder
+
+    # Cohere's tokenizer is not available offline; chunking only needs a consistent measure.
+    tokenizer = LocalOnnxEmbedder(settings.models_dir).tokenizer
+    return CohereEmbedder(
+        base_url=settings.embedder_base_url or DEFAULT_BASE_URL,
+        model=settings.embedder_model, api_key=settings.api_key(),
+        api_key_header=settings.embedder_api_key_header, tokenizer=tokenizer,
+        dimensions=settings.embedder_dimensions, revision=settings.embedder_revision or None,
+        max_input_tokens=settings.embedder_max_input_tokens or None,
+        truncate=settings.embedder_truncate, concurrency=settings.embedder_concurrency,
+        timeout=settings.embedder_timeout, max_retries=settings.embedder_max_retries)
+
+
 def _st_embedder(settings: Settings) -> Embedder:
     from semsearch.adapters.embedders.sentence_transformers import (
         SentenceTransformersEmbedder,
@@ -78,6 +97,7 @@ EMBEDDERS: dict[str, Callable[[Settings], Embedder]] = {
     "local": _local_embedder,
     "fake": _fake_embedder,
     "openai-compatible": _openai_embedder,
+    "cohere": _cohere_embedder,
     "sentence-transformers": _st_embedder,
 }
 
@@ -263,6 +283,13 @@ def available_models(settings: Settings) -> list[dict[str, Any]]:
         "configured": settings.embedder == "openai-compatible",
         "how": "SEMSEARCH_EMBEDDER=openai-compatible SEMSEARCH_EMBEDDER_BASE_URL=... "
                "SEMSEARCH_EMBEDDER_MODEL=..."})
+    rows.append({
+        "id": settings.embedder_model or "<SEMSEARCH_EMBEDDER_MODEL>",
+        "provider": "cohere", "dimension": settings.embedder_dimensions,
+        "installed": util.find_spec("httpx") is not None,
+        "configured": settings.embedder == "cohere",
+        "how": "SEMSEARCH_EMBEDDER=cohere SEMSEARCH_EMBEDDER_MODEL=embed-english-v3.0 "
+               "SEMSEARCH_EMBEDDER_API_KEY_FILE=..."})
     rows.append({
         "id": settings.embedder_model or "<local model folder>",
         "provider": "sentence-transformers", "dimension": None,

@@ -18,6 +18,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
+from semsearch.adapters.embedders.cohere import CohereEmbedder
 from semsearch.adapters.embedders.fake import FakeEmbedder
 from semsearch.adapters.embedders.onnx_local import LocalOnnxEmbedder
 from semsearch.adapters.embedders.openai_compat import OpenAICompatibleEmbedder
@@ -26,6 +27,7 @@ from semsearch.core.types import InputType
 from semsearch.errors import InputError
 from semsearch.ports import Embedder, Vectors
 from semsearch.wiring import make_embedder
+from tests.fakes.cohere_server import FakeCohereServer
 from tests.fakes.openai_server import FakeOpenAIServer
 
 TEXTS = [
@@ -76,6 +78,13 @@ def _openai(request: pytest.FixtureRequest) -> Embedder:
         timeout=10.0)
 
 
+def _cohere(request: pytest.FixtureRequest) -> Embedder:
+    server: FakeCohereServer = request.getfixturevalue("cohere_server")
+    return CohereEmbedder(
+        base_url=server.url, model="embed-english-light-v3.0", api_key="co-contract",
+        tokenizer=FakeEmbedder().tokenizer, batch_size=4, concurrency=3, timeout=10.0)
+
+
 INT8_BATCHES = pytest.mark.xfail(
     strict=True, reason="int8 activations are quantized per batch (dynamic quantization): a "
     "text's vector moves with its batch mates, cosine down to ~0.987 (batch_size=1 or fp32 "
@@ -86,6 +95,7 @@ BACKENDS = [
     pytest.param(EmbedderBackend(lambda r: FakeEmbedder(dimension=16), 1 - 1e-6),
                  id="fake-16d"),
     pytest.param(EmbedderBackend(_openai, 1 - 1e-6), id="openai-compatible"),
+    pytest.param(EmbedderBackend(_cohere, 1 - 1e-6), id="cohere"),
     pytest.param(EmbedderBackend(_onnx("int8", 1), 1 - 1e-3), id="onnx-int8-batch1",
                  marks=pytest.mark.model),
     pytest.param(EmbedderBackend(_onnx("int8", 8), 1 - 1e-3), id="onnx-int8",
@@ -100,6 +110,14 @@ def openai_server() -> Iterator[FakeOpenAIServer]:
     """A real HTTP server on loopback speaking OpenAI's format, serving the fake's vectors."""
     with FakeOpenAIServer(cast(Any, FakeEmbedder()), models=("fake-model",),
                           api_key="sk-contract", shuffle=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cohere_server() -> Iterator[FakeCohereServer]:
+    """A real HTTP server on loopback speaking Cohere's format, serving the fake's vectors."""
+    with FakeCohereServer(FakeEmbedder(), models=("embed-english-light-v3.0",),
+                          api_key="co-contract") as server:
         yield server
 
 
