@@ -40,7 +40,10 @@ class Settings(BaseSettings):
     embedder: str = Field(default="local", description="embedding provider: local, "
                           "openai-compatible, sentence-transformers")
     embedder_model: str = Field(default="", description="model name (API) or path (ST)")
-    embedder_base_url: str = Field(default="", description="OpenAI-compatible API base URL")
+    embedder_base_url: str = Field(default="", description="OpenAI-compatible API base URL; "
+                                   "bedrock: an endpoint URL instead of the region's")
+    embedder_region: str = Field(default="", description="bedrock: AWS region; default "
+                                 "AWS_REGION, else AWS_DEFAULT_REGION or the profile's")
     embedder_api_key: SecretStr | None = Field(default=None)
     embedder_api_key_file: Path | None = Field(default=None,
                                                description="file holding the API key")

@@ -86,6 +86,24 @@ def _st_embedder(settings: Settings) -> Embedder:
         batch_size=settings.embed_batch_size, threads=settings.embedder_threads)
 
 
+def _bedrock_embedder(settings: Settings) -> Embedder:
+    if not settings.embedder_model:
+        raise InputError("the bedrock embedder needs SEMSEARCH_EMBEDDER_MODEL, e.g. "
+                         "amazon.titan-embed-text-v2:0 or cohere.embed-english-v3")
+    from semsearch.adapters.embedders.bedrock import BedrockEmbedder
+    from semsearch.adapters.embedders.onnx_local import LocalOnnxEmbedder
+
+    # As for the OpenAI-compatible provider: Bedrock's tokenizers are not available
+    # offline, and chunking only needs a consistent measure of length.
+    return BedrockEmbedder(
+        model=settings.embedder_model, tokenizer=LocalOnnxEmbedder(settings.models_dir).tokenizer,
+        region=settings.embedder_region or None, endpoint_url=settings.embedder_base_url or None,
+        dimensions=settings.embedder_dimensions, revision=settings.embedder_revision or None,
+        max_input_tokens=settings.embedder_max_input_tokens or None,
+        truncate=settings.embedder_truncate, concurrency=settings.embedder_concurrency,
+        timeout=settings.embedder_timeout, max_retries=settings.embedder_max_retries)
+
+
 def _fake_embedder(settings: Settings) -> Embedder:
     from semsearch.adapters.embedders.fake import FakeEmbedder
 
@@ -99,6 +117,7 @@ EMBEDDERS: dict[str, Callable[[Settings], Embedder]] = {
     "openai-compatible": _openai_embedder,
     "cohere": _cohere_embedder,
     "sentence-transformers": _st_embedder,
+    "bedrock": _bedrock_embedder,
 }
 
 
@@ -297,4 +316,12 @@ def available_models(settings: Settings) -> list[dict[str, Any]]:
         "configured": settings.embedder == "sentence-transformers",
         "how": 'pip install -e ".[sentence-transformers]"; SEMSEARCH_EMBEDDER='
                "sentence-transformers SEMSEARCH_EMBEDDER_MODEL=/path/to/model"})
+    rows.append({
+        "id": settings.embedder_model or "amazon.titan-embed-text-v2:0",
+        "provider": "bedrock", "dimension": settings.embedder_dimensions,
+        "installed": util.find_spec("boto3") is not None,
+        "configured": settings.embedder == "bedrock",
+        "how": 'pip install -e ".[bedrock]"; SEMSEARCH_EMBEDDER=bedrock '
+               "SEMSEARCH_EMBEDDER_MODEL=amazon.titan-embed-text-v2:0 "
+               "SEMSEARCH_EMBEDDER_REGION=us-east-1"})
     return rows

@@ -36,8 +36,8 @@ def test_api_key_from_environment_or_secret_file(tmp_path: Path,
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"embedder": "magic"}, "unknown embedder 'magic'; known: fake, local, openai-compatible, "
-                            "sentence-transformers"),
+    ({"embedder": "magic"}, "unknown embedder 'magic'; known: bedrock, cohere, fake, local, "
+                            "openai-compatible, sentence-transformers"),
     ({"embedder_model": "bert-huge"}, "unknown local model 'bert-huge'"),
     ({"embedder": "openai-compatible"}, "needs SEMSEARCH_EMBEDDER_BASE_URL"),
     ({"embedder": "sentence-transformers"}, "needs SEMSEARCH_EMBEDDER_MODEL"),

@@ -27,6 +27,7 @@ from semsearch.core.types import InputType
 from semsearch.errors import InputError
 from semsearch.ports import Embedder, Vectors
 from semsearch.wiring import make_embedder
+from tests.fakes.bedrock_server import COHERE_EN, TITAN_V2, FakeBedrockServer, aws_environment
 from tests.fakes.cohere_server import FakeCohereServer
 from tests.fakes.openai_server import FakeOpenAIServer
 
@@ -85,6 +86,17 @@ def _cohere(request: pytest.FixtureRequest) -> Embedder:
         tokenizer=FakeEmbedder().tokenizer, batch_size=4, concurrency=3, timeout=10.0)
 
 
+def _bedrock(model: str, dimensions: int | None) -> Make:
+    def make(request: pytest.FixtureRequest) -> Embedder:
+        server: FakeBedrockServer = request.getfixturevalue("bedrock_server")
+        # through the registry, as SEMSEARCH_EMBEDDER=bedrock builds it
+        return make_embedder(Settings(embedder="bedrock", embedder_model=model,
+                                      embedder_base_url=server.url, embedder_region=server.region,
+                                      embedder_dimensions=dimensions))
+
+    return make
+
+
 INT8_BATCHES = pytest.mark.xfail(
     strict=True, reason="int8 activations are quantized per batch (dynamic quantization): a "
     "text's vector moves with its batch mates, cosine down to ~0.987 (batch_size=1 or fp32 "
@@ -96,6 +108,8 @@ BACKENDS = [
                  id="fake-16d"),
     pytest.param(EmbedderBackend(_openai, 1 - 1e-6), id="openai-compatible"),
     pytest.param(EmbedderBackend(_cohere, 1 - 1e-6), id="cohere"),
+    pytest.param(EmbedderBackend(_bedrock(TITAN_V2, 256), 1 - 1e-6), id="bedrock"),
+    pytest.param(EmbedderBackend(_bedrock(COHERE_EN, None), 1 - 1e-6), id="bedrock-cohere"),
     pytest.param(EmbedderBackend(_onnx("int8", 1), 1 - 1e-3), id="onnx-int8-batch1",
                  marks=pytest.mark.model),
     pytest.param(EmbedderBackend(_onnx("int8", 8), 1 - 1e-3), id="onnx-int8",
@@ -118,6 +132,19 @@ def cohere_server() -> Iterator[FakeCohereServer]:
     """A real HTTP server on loopback speaking Cohere's format, serving the fake's vectors."""
     with FakeCohereServer(FakeEmbedder(), models=("embed-english-light-v3.0",),
                           api_key="co-contract") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def bedrock_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeBedrockServer]:
+    """A real HTTP server on loopback speaking Bedrock's runtime API, checking SigV4; boto3
+    finds static test credentials in the environment and nothing of the machine's AWS."""
+    with pytest.MonkeyPatch.context() as mp, FakeBedrockServer(region="eu-west-3") as server:
+        for name, value in aws_environment(tmp_path_factory.mktemp("aws")).items():
+            if value is None:
+                mp.delenv(name, raising=False)
+            else:
+                mp.setenv(name, value)
         yield server
 
 
