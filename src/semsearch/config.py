@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="semsearch serve: bind address")
     port: int = Field(default=8000, ge=0, le=65535, description="semsearch serve: port")
     no_progress: bool = Field(default=False, description="CLI: draw no progress bars")
+    otlp_endpoint: str = Field(default="", description="OpenTelemetry: base URL of an OTLP/HTTP "
+                               "receiver (http://127.0.0.1:4318); traces and metrics go to "
+                               "<url>/v1/traces and /v1/metrics. '' = no export (needs the "
+                               "otel extra)")
+    metrics_namespace: str = Field(default="semsearch", min_length=1, max_length=1024,
+                                   description="CloudWatch namespace of --metrics-format emf")
     failpoints: str = Field(default="", description="tests only: name=N,... kills the "
                             "process the N-th time a write reaches the named point")
 

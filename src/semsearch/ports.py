@@ -321,6 +321,76 @@ class EmbedderFactory(Protocol):
     def for_model(self, model: str) -> Embedder: ...
 
 
+# -- telemetry ------------------------------------------------------------------------------
+AttributeValue = str | int | float | bool
+Attributes = Mapping[str, AttributeValue]
+
+
+class Span(Protocol):
+    """An open span: attributes learned after it started (hit counts, the model once the
+    collection is resolved) are added here."""
+
+    def set(self, attributes: Attributes) -> None: ...
+
+
+class Telemetry(Protocol):
+    """Traces and metrics of the steps a search or a write takes. The engine's default is
+    ``NoTelemetry``, which does nothing and imports nothing; wiring puts an exporter (OTLP)
+    here only when one is configured. A span opened on one thread is the parent of spans
+    opened under it on that thread, and on a thread the work was handed to with
+    ``contextvars.copy_context().run``."""
+
+    def span(self, name: str,
+             attributes: Attributes | None = None) -> AbstractContextManager[Span]: ...
+
+    def add(self, name: str, value: float, attributes: Attributes | None = None, *,
+            unit: str = "1", description: str = "") -> None:
+        """Add to a monotonic counter (tokens, cost, cache hits, a run's rows)."""
+        ...
+
+    def observe(self, name: str, value: float, attributes: Attributes | None = None, *,
+                unit: str = "s", description: str = "") -> None:
+        """Record one value in a histogram (a latency)."""
+        ...
+
+    def shutdown(self) -> None:
+        """Flush what is buffered and stop; called once, when the engine closes."""
+        ...
+
+
+class _NoSpan:
+    def set(self, attributes: Attributes) -> None:
+        pass
+
+    def __enter__(self) -> _NoSpan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SPAN = _NoSpan()
+
+
+class NoTelemetry:
+    """The default: every call returns at once (one shared span object, no allocation
+    beyond the caller's arguments), so the default path costs nothing measurable."""
+
+    def span(self, name: str, attributes: Attributes | None = None) -> _NoSpan:
+        return _NO_SPAN
+
+    def add(self, name: str, value: float, attributes: Attributes | None = None, *,
+            unit: str = "1", description: str = "") -> None:
+        pass
+
+    def observe(self, name: str, value: float, attributes: Attributes | None = None, *,
+                unit: str = "s", description: str = "") -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
 class Corpora(Protocol):
     """Documents and labelled queries read from a path (a BEIR folder, a folder of files, a
     .jsonl or .csv file)."""

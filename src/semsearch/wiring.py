@@ -12,7 +12,7 @@ from semsearch.config import Settings
 from semsearch.core.sources import SourceSpec
 from semsearch.core.types import EmbedderIdentity
 from semsearch.errors import InputError
-from semsearch.ports import Embedder, EmbeddingCache, Store, SyncSource
+from semsearch.ports import Embedder, EmbeddingCache, NoTelemetry, Store, SyncSource, Telemetry
 from semsearch.runtime.embedding import CachedEmbedder
 from semsearch.runtime.engine import Engine
 
@@ -223,6 +223,16 @@ def make_store(settings: Settings) -> Store:
     return SqliteDocumentStore(settings.store_path)
 
 
+def make_telemetry(settings: Settings) -> Telemetry:
+    """OTLP export when SEMSEARCH_OTLP_ENDPOINT is set (the otel extra); otherwise nothing,
+    and no OpenTelemetry module is imported."""
+    if not settings.otlp_endpoint.strip():
+        return NoTelemetry()
+    from semsearch.adapters.telemetry.otel import OtelTelemetry
+
+    return OtelTelemetry(settings.otlp_endpoint)
+
+
 def open_engine(settings: Settings | None = None) -> Engine:
     from semsearch.adapters.index_storage import LocalIndexStorage
     from semsearch.adapters.locks import FileLocks
@@ -230,12 +240,14 @@ def open_engine(settings: Settings | None = None) -> Engine:
 
     settings = settings or Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
+    telemetry = make_telemetry(settings)  # a bad endpoint fails before anything opens
     store = make_store(settings)
     try:
         embedder = CachedEmbedder(make_embedder(settings), make_cache(settings),
                                   price_per_mtok=settings.embedder_price_per_mtok)
     except BaseException:
         store.close()
+        telemetry.shutdown()
         raise
     return Engine(
         settings=settings, store=store, embedder=embedder,
@@ -243,7 +255,7 @@ def open_engine(settings: Settings | None = None) -> Engine:
                                         ann_threshold=settings.ann_threshold,
                                         ef_search=settings.hnsw_ef_search),
         locks=FileLocks(settings.home / "locks"), embedders=SettingsEmbedders(settings),
-        corpora=FileCorpora())
+        corpora=FileCorpora(), telemetry=telemetry)
 
 
 def open_source(engine: Engine, spec: SourceSpec) -> SyncSource:

@@ -26,6 +26,7 @@ from semsearch.api.errors import ApiError, error_response
 from semsearch.api.metrics import Metrics
 from semsearch.api.state import AppState
 from semsearch.config import Settings
+from semsearch.ports import NoTelemetry
 
 
 class BodyCap:
@@ -108,12 +109,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                   f"{settings.api_max_body_bytes:,} (SEMSEARCH_API_MAX_BODY_BYTES)",
                                   path=request.url.path)
         started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
+        # The engine's telemetry (a no-op unless SEMSEARCH_OTLP_ENDPOINT is set): the
+        # request's span parents the search's, which the route opens in a worker thread
+        # that inherits this context.
+        tel = state.engine.telemetry if state.engine is not None else NoTelemetry()
+        with tel.span("semsearch.request", {"http.request.method": request.method,
+                                            "url.path": request.url.path}) as span:
+            response = await call_next(request)
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            span.set({"http.route": path, "http.response.status_code": response.status_code})
+        elapsed = time.perf_counter() - started
         metrics.requests.labels(route=path, method=request.method,
-                                          status=str(response.status_code)).observe(
-            time.perf_counter() - started)
+                                          status=str(response.status_code)).observe(elapsed)
+        tel.observe("semsearch.request.duration", elapsed,
+                    {"http.route": path, "http.request.method": request.method,
+                     "http.response.status_code": response.status_code},
+                    description="request latency")
         return response
 
     from semsearch.api.routes import router

@@ -53,13 +53,33 @@ class Metrics:
                                     registry=r)
         self.errors = Counter("semsearch_errors", "errors by code", ["code"], registry=r)
         self.registry.register(_CollectionGauges(app_state))
+        self._state = app_state
 
     def observe_stages(self, timings: dict[str, float], mode: str) -> None:
         for stage, seconds in timings.items():
             self.stages.labels(stage=stage, mode=mode).observe(seconds)
+        engine = self._state.engine
+        if engine is not None:  # the same histograms over OTLP, when it is configured
+            tel = engine.telemetry
+            for stage, seconds in timings.items():
+                if stage == "total":
+                    tel.observe("semsearch.search.duration", seconds, {"semsearch.mode": mode},
+                                description="search latency, by mode")
+                else:
+                    tel.observe("semsearch.search.stage.duration", seconds,
+                                {"semsearch.mode": mode, "semsearch.stage": stage},
+                                description="search stage latency")
 
     def observe_embedding(self, tokens: int, cost: float, hits: int, misses: int) -> None:
         self.tokens.inc(tokens)
         self.cost.inc(cost)
         self.cache_hits.inc(hits)
         self.cache_misses.inc(misses)
+        engine = self._state.engine
+        if engine is not None:  # the same counters over OTLP, when it is configured
+            tel = engine.telemetry
+            tel.add("semsearch.tokens", tokens, unit="{token}",
+                    description="tokens sent to the embedding provider")
+            tel.add("semsearch.cost", cost, unit="USD", description="embedding cost")
+            tel.add("semsearch.cache.hits", hits, description="embedding cache hits")
+            tel.add("semsearch.cache.misses", misses, description="embedding cache misses")

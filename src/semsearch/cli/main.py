@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from semsearch.cli.common import _echo_json, _engine, _progress
+from semsearch.cli.run_metrics import emf_line, metrics_format_option, record_run, run_span
 from semsearch.cli.serve import keys, serve
 from semsearch.cli.sync import runs, sync
 from semsearch.cli.versions import activate, compact, reindex, rollback
@@ -34,7 +35,9 @@ def cli() -> None:
 @click.option("--strict", is_flag=True,
               help="stop at the first invalid document instead of skipping it")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object")
-def index(source: Path, collection: str, batch_size: int, strict: bool, as_json: bool) -> None:
+@metrics_format_option
+def index(source: Path, collection: str, batch_size: int, strict: bool, as_json: bool,
+          metrics_format: str) -> None:
     """Index SOURCE into a collection (created with the configured model if new).
 
     \b
@@ -60,10 +63,20 @@ def index(source: Path, collection: str, batch_size: int, strict: bool, as_json:
 
     if "@" not in collection:
         validate_name(collection)  # before any progress is drawn
+    emf = metrics_format == "emf"
     with _engine() as engine, _progress(None, "indexing", "doc") as tick:
-        report = index_path(engine, collection, source, batch_size=batch_size,
-                            skip_invalid=not strict, on_total=tick.set_total,
-                            on_progress=tick)
+        try:
+            with run_span(engine, "index", collection):
+                report = index_path(engine, collection, source, batch_size=batch_size,
+                                    skip_invalid=not strict, on_total=tick.set_total,
+                                    on_progress=tick)
+        except Exception as exc:  # the error itself is printed by main()
+            failed = {"collection": collection, "status": "failed", "error": str(exc)}
+            record_run(engine, "index", failed)
+            if emf:
+                click.echo(emf_line(engine, "index", failed))
+            raise
+        record_run(engine, "index", report.to_dict())
     for reason in report.skipped_reasons:
         click.echo(f"warning: skipped: {reason}", err=True)
     if report.skipped > len(report.skipped_reasons):
@@ -78,7 +91,9 @@ def index(source: Path, collection: str, batch_size: int, strict: bool, as_json:
     if report.cache_errors:
         click.echo(f"warning: the embedding cache failed {report.cache_errors} times (see the "
                    "log); texts were embedded without it", err=True)
-    if as_json:
+    if emf:
+        click.echo(emf_line(engine, "index", report.to_dict()))
+    elif as_json:
         _echo_json(report.to_dict())
         return
     click.echo(f"indexed {report.documents} documents into {collection!r}: "
@@ -87,7 +102,7 @@ def index(source: Path, collection: str, batch_size: int, strict: bool, as_json:
                f"{report.chunks} chunks written; {report.embedded} texts embedded in "
                f"{report.model_calls} model calls, {report.cache_hits} cache hits, "
                f"{report.tokens} tokens, ${report.cost:.4f} (cache saved "
-               f"${report.saved_cost:.4f}); {report.seconds:.1f} s")
+               f"${report.saved_cost:.4f}); {report.seconds:.1f} s", err=emf)
 
 
 def _search_request(query: str, mode: str, k: int, filters: tuple[str, ...], fusion: str,
@@ -365,6 +380,16 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except ValueError as exc:
+        from pydantic import ValidationError
+
+        if not isinstance(exc, ValidationError):
+            raise
+        # A SEMSEARCH_* variable (or semsearch.toml key) out of range: name it, no traceback.
+        problems = "; ".join(f"SEMSEARCH_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                             for e in exc.errors())
+        click.echo(f"error: invalid setting: {problems}", err=True)
+        sys.exit(2)
     except OSError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -7,6 +7,7 @@ collection, 2 = bad arguments)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import click
 
 from semsearch.cli.common import _echo_json, _engine, _progress
+from semsearch.cli.run_metrics import emf_line, metrics_format_option, record_run, run_span
 from semsearch.errors import BusyError, InputError, SemsearchError
 
 
@@ -65,8 +67,9 @@ def _spec_from_flags(opts: dict[str, Any], engine: Any) -> Any:
               "longer holds (hard deletes)")
 @click.option("--audit", is_flag=True, help="compare source and collection; change nothing")
 @click.option("--repair", is_flag=True, help="with --audit: fix the drift found")
+@metrics_format_option
 def sync(config: Path | None, only: str | None, full: bool, audit: bool, repair: bool,
-         **opts: Any) -> None:
+         metrics_format: str, **opts: Any) -> None:
     """Keep a collection in step with a source database table/query or a folder of files.
 
     Only rows new or changed since the last run are read (watermark on --updated-at with an
@@ -88,13 +91,17 @@ def sync(config: Path | None, only: str | None, full: bool, audit: bool, repair:
         else:
             specs = [_spec_from_flags(opts, engine)]
         for spec in specs:
-            failed += _run_one(engine, spec, full=full, audit=audit, repair=repair)
+            failed += _run_one(engine, spec, full=full, audit=audit, repair=repair,
+                               emf=metrics_format == "emf")
     if failed:
         sys.exit(failed)
 
 
-def _run_one(engine: Any, spec: Any, *, full: bool, audit: bool, repair: bool) -> int:
-    """Returns the exit code contribution: 0 ok, 1 failed or drift, 3 busy."""
+def _run_one(engine: Any, spec: Any, *, full: bool, audit: bool, repair: bool,
+             emf: bool = False) -> int:
+    """Returns the exit code contribution: 0 ok, 1 failed or drift, 3 busy. The run's
+    metrics line is plain JSON, or CloudWatch EMF with ``emf`` (an audit prints its own
+    JSON report either way)."""
     from semsearch.services import sync as sync_service
     from semsearch.services.sync_audit import audit as audit_service
     from semsearch.wiring import open_source
@@ -110,20 +117,27 @@ def _run_one(engine: Any, spec: Any, *, full: bool, audit: bool, repair: bool) -
                 _echo_json({"event": "sync_audit", **report.to_dict()})
                 _print_audit(report)
                 return 1 if report.drift and not repair else 0
-            result = sync_service.sync(engine, source, spec, full=full,
-                                       on_total=bar.set_total, on_progress=bar)
+            with run_span(engine, "sync", spec.collection):
+                result = sync_service.sync(engine, source, spec, full=full,
+                                           on_total=bar.set_total, on_progress=bar)
     except BusyError as exc:
         click.echo(f"error: {exc}", err=True)
         return 3
     except SemsearchError as exc:
         click.echo(f"error: sync of {spec.collection!r} failed: {exc}", err=True)
-        _echo_json({"event": "sync_run", "collection": spec.collection, "status": "failed",
-                    "error": str(exc)})
+        failed = {"event": "sync_run", "collection": spec.collection, "status": "failed",
+                  "error": str(exc)}
+        if not audit:
+            record_run(engine, "sync", failed)
+        click.echo(emf_line(engine, "sync", failed) if emf and not audit
+                   else json.dumps(failed, ensure_ascii=False))
         return 1
     finally:
         if source is not None:
             source.close()
-    click.echo(result.json_line())
+    record_run(engine, "sync", result.to_dict())
+    click.echo(emf_line(engine, "sync", {"event": "sync_run", **result.to_dict()}) if emf
+               else result.json_line())
     for doc_id, reason in result.rejected_reasons.items():
         click.echo(f"warning: skipped row {doc_id}: {reason}", err=True)
     click.echo(

@@ -24,7 +24,11 @@ from semsearch.ports import (
     Corpora,
     EmbedderFactory,
     IndexStorage,
+    KeywordIndex,
+    NoTelemetry,
     Store,
+    Telemetry,
+    VectorIndex,
 )
 from semsearch.runtime.collection import Collection
 from semsearch.runtime.embedding import CachedEmbedder
@@ -47,6 +51,8 @@ class Engine:
     locks: CollectionLocks
     embedders: EmbedderFactory
     corpora: Corpora
+    # spans and metrics of searches and writes; exported only when wiring configures it
+    telemetry: Telemetry = field(default_factory=NoTelemetry)
     _indexes: dict[str, CollectionIndexes] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _executor: ThreadPoolExecutor | None = None
@@ -132,7 +138,7 @@ class Engine:
             if idx is None:
                 name, dim = info.name, info.identity.dimension
 
-                def opener() -> tuple:  # type: ignore[type-arg]
+                def opener() -> tuple[VectorIndex, KeywordIndex]:
                     return self.index_storage.open(name, dim)
 
                 vectors, keyword = opener()
@@ -184,9 +190,12 @@ class Engine:
             return self._executor
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-        for name in list(self._indexes):
-            self.forget_indexes(name)
-        self.embedder.cache.close()
-        self.store.close()
+        try:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            for name in list(self._indexes):
+                self.forget_indexes(name)
+            self.embedder.cache.close()
+            self.store.close()
+        finally:
+            self.telemetry.shutdown()  # flush: a CLI run's spans leave with the process

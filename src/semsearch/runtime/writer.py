@@ -16,6 +16,7 @@ import json
 import os
 import signal
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,7 +25,7 @@ import numpy as np
 from semsearch.core.chunking import chunk_document
 from semsearch.core.types import Document, InputType
 from semsearch.errors import InputError
-from semsearch.ports import DocumentWrite, LedgerUpdate, Vectors, WriteResult
+from semsearch.ports import DocumentWrite, LedgerUpdate, Span, Vectors, WriteResult
 from semsearch.runtime.collection import Collection
 from semsearch.runtime.embedding import EmbedStats
 from semsearch.runtime.indexes import doc_vector, split_vectors
@@ -150,9 +151,22 @@ class BatchWriter:
         self._store = handle.engine.store
         self._version = handle.version
         self._chunker = handle.chunker
-        handle.embedder  # noqa: B018  (a version no embedder here serves is refused up front)
+        # (a version no embedder here serves is refused up front)
+        model = handle.embedder.identity.model
         self.indexes = handle.indexes()
         self.generation = handle.info.generation
+        self._tel = handle.engine.telemetry
+        self._attrs = {"semsearch.collection": handle.name, "semsearch.version": self._version,
+                       "semsearch.model": model}
+
+    def span(self, batch: Batch | None = None) -> AbstractContextManager[Span]:
+        """The span of one batch (prepare and commit): callers that run the two halves
+        themselves (a sync, which builds its ledger between them) open it around both."""
+        attrs: dict[str, str | int | float | bool] = dict(self._attrs)
+        if batch is not None:
+            attrs["semsearch.upserts"] = len(batch.upserts)
+            attrs["semsearch.deletes"] = len(batch.deletes)
+        return self._tel.span("semsearch.write_batch", attrs)
 
     # -- prepare: everything but the write --------------------------------------------------
     def prepare(self, batch: Batch) -> Prepared:
@@ -197,10 +211,12 @@ class BatchWriter:
         if not docs:
             return [], None
         embedder = self.handle.embedder
-        chunk_lists = [chunk_document(d, embedder.tokenizer, self._chunker) for d in docs]
+        with self._tel.span("semsearch.chunk", {**self._attrs, "semsearch.documents": len(docs)}):
+            chunk_lists = [chunk_document(d, embedder.tokenizer, self._chunker) for d in docs]
         texts = [c.embed_text for cl in chunk_lists for c in cl]
         try:
-            vectors = embedder.embed(texts, InputType.PASSAGE, self.counts.embed)
+            with self._tel.span("semsearch.embed", {**self._attrs, "semsearch.texts": len(texts)}):
+                vectors = embedder.embed(texts, InputType.PASSAGE, self.counts.embed)
         except InputError:
             if len(docs) == 1 or self._refused == "raise":
                 raise
@@ -233,14 +249,18 @@ class BatchWriter:
         self._fail.hit("before_commit")
         idx = self.indexes
         with idx.rw.write():  # searches see the batch whole or not at all
-            result = self._store.write(self._version, prepared.writes, prepared.deletes,
-                                       ledger)
+            with self._tel.span("semsearch.store_write", self._attrs):
+                result = self._store.write(self._version, prepared.writes, prepared.deletes,
+                                           ledger)
             self._fail.hit("after_commit")
             if result.generation != self.generation:
                 vectors = prepared.vectors if prepared.vectors is not None \
                     else np.zeros((0, 0), dtype=np.float32)
                 try:
-                    idx.apply(result, vectors)
+                    with self._tel.span("semsearch.index_apply", {
+                            **self._attrs, "semsearch.chunks_added": len(result.added),
+                            "semsearch.chunks_removed": len(result.removed)}):
+                        idx.apply(result, vectors)
                 except BaseException:
                     # Half-applied: drop it; the next open sees the gap and rebuilds.
                     self._engine.forget_indexes(self._version)
@@ -253,7 +273,8 @@ class BatchWriter:
         return result
 
     def write(self, batch: Batch, ledger: LedgerUpdate | None = None) -> WriteResult:
-        return self.commit(self.prepare(batch), ledger)
+        with self.span(batch):
+            return self.commit(self.prepare(batch), ledger)
 
     def save(self) -> None:
         """Persist the derived indexes if they reflect the last commit and are not saved

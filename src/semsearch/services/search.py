@@ -8,6 +8,7 @@ back whenever k exist."""
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,9 +17,9 @@ from semsearch.core.filters import Filter
 from semsearch.core.fusion import FUSIONS, fuse
 from semsearch.core.types import ComponentScore, Hit, InputType, Mode
 from semsearch.errors import InputError
-from semsearch.ports import Vectors
+from semsearch.ports import Attributes, Vectors
 from semsearch.runtime.collection import Collection
-from semsearch.runtime.embedding import EmbedStats
+from semsearch.runtime.embedding import CachedEmbedder, EmbedStats
 from semsearch.runtime.engine import Engine
 from semsearch.runtime.indexes import CollectionIndexes
 
@@ -79,20 +80,24 @@ def _group(ranked: Ranked, doc_of: Mapping[int, str]) -> list[tuple[str, float, 
 
 
 def _retrieve(engine: Engine, idx: CollectionIndexes, req: SearchRequest, qv: Vectors | None,
-              n: int, allowed: set[int] | None, timings: dict[str, float]) -> dict[str, Ranked]:
+              n: int, allowed: set[int] | None, timings: dict[str, float],
+              attrs: Attributes) -> dict[str, Ranked]:
     """Hybrid runs the keyword side on a worker thread while the dense side searches; both
     numpy and SQLite release the GIL, so the two halves overlap instead of adding."""
+    tel = engine.telemetry
 
     def keyword() -> Ranked:
         t = time.perf_counter()
-        found = idx.keyword.search(req.query, n, allowed)
+        with tel.span("semsearch.keyword", attrs):
+            found = idx.keyword.search(req.query, n, allowed)
         timings["keyword"] = time.perf_counter() - t
         return found
 
     def dense() -> Ranked:
         assert qv is not None
         t = time.perf_counter()
-        found = idx.vectors.search(qv, n, allowed)
+        with tel.span("semsearch.dense", attrs):
+            found = idx.vectors.search(qv, n, allowed)
         timings["dense"] = time.perf_counter() - t
         return found
 
@@ -100,7 +105,8 @@ def _retrieve(engine: Engine, idx: CollectionIndexes, req: SearchRequest, qv: Ve
         return {"keyword": keyword()}
     if req.mode == Mode.DENSE:
         return {"dense": dense()}
-    pending = engine.executor().submit(keyword)
+    # The worker runs in a copy of this context, so its span is a child of this search's.
+    pending = engine.executor().submit(contextvars.copy_context().run, keyword)
     dense_hits = dense()
     return {"dense": dense_hits, "keyword": pending.result()}
 
@@ -110,34 +116,57 @@ def search(engine: Engine, collection: str | Collection, req: SearchRequest) -> 
     hundreds of queries against one)."""
     req.validate()
     started = time.perf_counter()
-    handle = collection if isinstance(collection, Collection) else engine.collection(collection)
-    embedder = handle.embedder  # another model's collection is refused in every mode
-    idx = handle.indexes()
-    version = handle.version
+    tel = engine.telemetry
+    name = collection.name if isinstance(collection, Collection) else collection
+    attrs: dict[str, str | int | float | bool] = {
+        "semsearch.collection": name, "semsearch.mode": req.mode.value}
+    with tel.span("semsearch.search", attrs) as span:
+        with tel.span("semsearch.store", {**attrs, "semsearch.op": "open_collection"}) as op:
+            handle = collection if isinstance(collection, Collection) \
+                else engine.collection(collection)
+            embedder = handle.embedder  # another model's collection is refused in every mode
+            attrs["semsearch.model"] = embedder.identity.model
+            attrs["semsearch.version"] = handle.version
+            op.set(attrs)
+            idx = handle.indexes()
+        span.set(attrs)
+        result = _search(engine, handle.version, idx, embedder, req, started, attrs)
+        span.set({"semsearch.hits": len(result.hits)})
+    return result
+
+
+def _search(engine: Engine, version: str, idx: CollectionIndexes, embedder: CachedEmbedder,
+            req: SearchRequest, started: float, attrs: Attributes) -> SearchResult:
+    tel = engine.telemetry
     timings: dict[str, float] = {}
     allowed: set[int] | None = None
     if req.filter:
-        allowed = engine.store.labels_matching(version, req.filter)
+        with tel.span("semsearch.store", {**attrs, "semsearch.op": "labels_matching"}):
+            allowed = engine.store.labels_matching(version, req.filter)
         if not allowed:
             return SearchResult([], {"total": time.perf_counter() - started}, version)
     qv = None
     if req.mode != Mode.KEYWORD:  # embed outside the lock: it is the slow part
         t = time.perf_counter()
-        qv = embedder.embed([req.query], InputType.QUERY)[0]
+        with tel.span("semsearch.embed", attrs):
+            qv = embedder.embed([req.query], InputType.QUERY)[0]
         timings["embed"] = time.perf_counter() - t
     with idx.rw.read():  # a concurrent batch upsert is seen whole or not at all
-        return _search_locked(engine, version, idx, req, qv, allowed, timings, started)
+        return _search_locked(engine, version, idx, req, qv, allowed, timings, started, attrs)
 
 
 def _search_locked(engine: Engine, version: str, idx: CollectionIndexes,
                    req: SearchRequest, qv: Vectors | None, allowed: set[int] | None,
-                   timings: dict[str, float], started: float) -> SearchResult:
+                   timings: dict[str, float], started: float,
+                   attrs: Attributes) -> SearchResult:
+    tel = engine.telemetry
     n = max(req.candidates or engine.settings.candidates, req.k)
     rrf_k = req.rrf_k or engine.settings.rrf_k
     while True:
-        lists = _retrieve(engine, idx, req, qv, n, allowed, timings)
-        doc_of = engine.store.doc_ids_by_label(
-            version, list({label for ranked in lists.values() for label, _ in ranked}))
+        lists = _retrieve(engine, idx, req, qv, n, allowed, timings, attrs)
+        with tel.span("semsearch.store", {**attrs, "semsearch.op": "doc_ids_by_label"}):
+            doc_of = engine.store.doc_ids_by_label(
+                version, list({label for ranked in lists.values() for label, _ in ranked}))
         # A label can vanish between retrieval and lookup under a concurrent delete.
         lists = {name: [(lb, s) for lb, s in ranked if lb in doc_of]
                  for name, ranked in lists.items()}
@@ -149,9 +178,11 @@ def _search_locked(engine: Engine, version: str, idx: CollectionIndexes,
             break
         n *= 4  # many chunks per document: fetch deeper until k documents are covered
     t = time.perf_counter()
-    fused = _fuse(lists, doc_of, req, rrf_k)
+    with tel.span("semsearch.fusion", attrs):
+        fused = _fuse(lists, doc_of, req, rrf_k)
     timings["fusion"] = time.perf_counter() - t
-    stored = engine.store.chunks_by_label(version, [label for label, _, _ in fused])
+    with tel.span("semsearch.store", {**attrs, "semsearch.op": "chunks_by_label"}):
+        stored = engine.store.chunks_by_label(version, [label for label, _, _ in fused])
     hits = [Hit(doc_id=sc.chunk.doc_id, chunk_id=sc.chunk.id, score=score, components=comps,
                 text=sc.chunk.text, title=sc.chunk.title, metadata=sc.metadata)
             for label, score, comps in fused if (sc := stored.get(label)) is not None]

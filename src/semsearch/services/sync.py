@@ -147,10 +147,11 @@ class _Run:
 
     def commit(self, batch: Batch, position: Mapping[str, Any] | None,
                spec: Mapping[str, Any] | None, gone: Sequence[str] = ()) -> None:
-        prepared = self.writer.prepare(batch)
-        ledger = LedgerUpdate(source=self.source.name, spec=spec, position=position,
-                              rejected=prepared.rejected, gone=[*prepared.gone, *gone])
-        self.writer.commit(prepared, ledger)
+        with self.writer.span(batch):
+            prepared = self.writer.prepare(batch)
+            ledger = LedgerUpdate(source=self.source.name, spec=spec, position=position,
+                                  rejected=prepared.rejected, gone=[*prepared.gone, *gone])
+            self.writer.commit(prepared, ledger)
         if position is not None:
             self.report.watermark = position
 
