@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import threading
 import time
@@ -43,6 +42,7 @@ from semsearch.adapters.embedders.http_base import (
     EmbedderModelNotFoundError,
     EmbedderRejectedInputError,
     Retryable,
+    backoff_delay,
 )
 from semsearch.core.metering import ProviderMeter
 from semsearch.core.types import EmbedderIdentity, InputType
@@ -111,12 +111,6 @@ def model_family(model: str) -> ModelFamily:
 
 class _Skipped(Exception):
     """A call not sent because another call of the same batch had already failed."""
-
-
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**attempt)], so clients that were
-    throttled together do not come back together."""
-    return random.uniform(0, min(cap, base * 2 ** attempt))
 
 
 class BedrockEmbedder:

@@ -281,8 +281,8 @@ class HttpEmbedder:
                     raise BackendError(f"embedding request to {self._url} failed after "
                                        f"{attempt + 1} attempts: {exc}") from None
                 self.meter.add(retries=1)
-                cap = min(self._backoff_max, self._backoff_base * 2 ** attempt)
-                delay = exc.retry_after if exc.retry_after is not None else random.uniform(0, cap)
+                delay = exc.retry_after if exc.retry_after is not None else backoff_delay(
+                    attempt, self._backoff_base, self._backoff_max)
                 self._sleep(delay)
                 attempt += 1
                 continue
@@ -332,6 +332,12 @@ class HttpEmbedder:
         if not np.isfinite(vectors).all():
             raise Retryable("malformed embedding values (NaN or infinity)")
         return vectors, tokens
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)], so clients that were
+    throttled together do not come back together. Every provider's retries use it."""
+    return random.uniform(0, min(cap, base * 2 ** attempt))
 
 
 def token_count(value: object) -> int | None:
