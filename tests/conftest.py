@@ -45,14 +45,30 @@ def embedder(models_dir: Path) -> LocalOnnxEmbedder:
     return LocalOnnxEmbedder(models_dir, precision="int8", threads=2)
 
 
+# SEMSEARCH_TEST_STORE=postgres runs the tests that take their settings from the fixtures
+# below against PostgreSQL (a fresh database each) instead of the embedded SQLite home:
+# the same end-to-end, sync, versioning and API tests, once per backend (scripts/test.sh).
+ON_POSTGRES = os.environ.get("SEMSEARCH_TEST_STORE") == "postgres"
+
+
+def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """SEMSEARCH_STORE for this test: a fresh PostgreSQL database on the postgres run."""
+    if not ON_POSTGRES:
+        return {}
+    return {"SEMSEARCH_STORE": request.getfixturevalue("postgres_url")}
+
+
 @pytest.fixture
-def settings(tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def settings(tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch,
+             request: pytest.FixtureRequest) -> Settings:
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("SEMSEARCH_HOME", str(home))
     # Every engine in a test shares the session's built model instead of rebuilding it.
     monkeypatch.setenv("SEMSEARCH_MODEL_CACHE_DIR", str(models_dir))
     monkeypatch.setenv("SEMSEARCH_EMBEDDER_THREADS", "2")
+    for key, value in store_env(request).items():
+        monkeypatch.setenv(key, value)
     return Settings()
 
 
@@ -76,6 +92,10 @@ _BY_PARAM = {"postgresql": "postgres", "mariadb": "mariadb"}
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        if ON_POSTGRES and item.get_closest_marker("embedded_only") is not None:
+            reason = item.get_closest_marker("embedded_only").kwargs.get(  # type: ignore[union-attr]
+                "reason", "about the embedded backend's files")
+            item.add_marker(pytest.mark.skip(reason=f"embedded backend only: {reason}"))
         names = set(getattr(item, "fixturenames", ()))
         marks = {m for f, m in _BY_FIXTURE.items() if f in names}
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""

@@ -58,12 +58,20 @@ def make_home(root: Path, models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def live_factory(tmp_path_factory: pytest.TempPathFactory,
-                 models_dir: Path) -> Iterator[Callable[..., LiveServer]]:
+def live_factory(tmp_path_factory: pytest.TempPathFactory, models_dir: Path,
+                 request: pytest.FixtureRequest) -> Iterator[Callable[..., LiveServer]]:
+    from tests.conftest import ON_POSTGRES
+
     servers: list[LiveServer] = []
+    databases: list[str] = []
+    pg = request.getfixturevalue("postgres_server") if ON_POSTGRES else None
 
     def start(**settings: Any) -> LiveServer:
         home = make_home(tmp_path_factory.mktemp("api"), models_dir)
+        if pg is not None and "store_url" not in settings:
+            name, url = pg.new_database()  # the PostgreSQL run: each server its own database
+            databases.append(name)
+            settings["store_url"] = url
         srv = LiveServer(Settings(home=home, embedder_threads=2, **settings)).start()
         servers.append(srv)
         return srv
@@ -71,6 +79,8 @@ def live_factory(tmp_path_factory: pytest.TempPathFactory,
     yield start
     for srv in servers:
         srv.stop()
+    for name in databases:
+        pg.drop_database(name)
 
 
 @pytest.fixture(scope="module")
