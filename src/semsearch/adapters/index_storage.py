@@ -17,6 +17,8 @@ from semsearch.ports import KeywordIndex, VectorIndex
 
 
 class LocalIndexStorage:
+    shared = False  # each process holds its own copy in memory; files saved at run end
+
     def __init__(self, root: Path, *, ann_threshold: int = 20000, ef_search: int = 256) -> None:
         self._root = root
         self._ann_threshold = ann_threshold

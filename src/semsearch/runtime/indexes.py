@@ -38,13 +38,19 @@ class CollectionIndexes:
     """``applied`` is the store generation the in-memory indexes reflect; the files on disk
     may lag behind it (they are saved at the end of a run). Another process's write shows
     up as a generation gap, answered by reloading its saved files or, failing that, by a
-    rebuild from the canonical store."""
+    rebuild from the canonical store.
+
+    ``durable`` indexes (in a shared database) are one copy for every process: each write
+    applies to them and stamps its generation at once, under the shared lock held from the
+    store write on (``writing()``), so the writers of a collection apply in the order they
+    committed and a reader never sees a stamp that claims more than the index holds."""
 
     name: str
     vectors: VectorIndex
     keyword: KeywordIndex
     opener: Opener | None = None
     shared_lock: SharedLock = nullcontext
+    durable: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock)
     rw: RWLock = field(default_factory=RWLock)  # searches read; batch writes write
     applied: int = -1
@@ -66,8 +72,20 @@ class CollectionIndexes:
                 labels = [label for label, _ in result.added]
                 self.vectors.add(labels, vectors)
                 self.keyword.add([(label, keyword_text(ch)) for label, ch in result.added])
+            if self.durable:
+                # Under writing(): every earlier commit is applied and stamped already.
+                self.vectors.save(result.generation)
+                self.keyword.save(result.generation)
+                self.applied = result.generation
+                return
             # A gap means another process committed in between: we hold a partial view.
             self.applied = result.generation if self.applied == result.generation - 1 else -1
+
+    def writing(self) -> AbstractContextManager[None]:
+        """Held by a writer from its store write to the end of its apply: the shared lock
+        for durable indexes (writers of one collection then apply in commit order), nothing
+        for per-process ones."""
+        return self.shared_lock() if self.durable else nullcontext()
 
     def save(self, generation: int) -> None:
         with self.lock, self.shared_lock():
