@@ -144,7 +144,8 @@ class Engine:
                 vectors, keyword = opener()
                 idx = self._indexes[name] = CollectionIndexes(
                     name=name, vectors=vectors, keyword=keyword, opener=opener,
-                    shared_lock=lambda: self.index_storage.lock(name))
+                    shared_lock=lambda: self.index_storage.lock(name),
+                    durable=getattr(self.index_storage, "shared", False))
             return idx
 
     def fresh_indexes(self, info: CollectionInfo) -> CollectionIndexes:

@@ -248,7 +248,8 @@ class BatchWriter:
     def commit(self, prepared: Prepared, ledger: LedgerUpdate | None = None) -> WriteResult:
         self._fail.hit("before_commit")
         idx = self.indexes
-        with idx.rw.write():  # searches see the batch whole or not at all
+        # Searches see the batch whole or not at all; shared indexes apply in commit order.
+        with idx.rw.write(), idx.writing():
             with self._tel.span("semsearch.store_write", self._attrs):
                 result = self._store.write(self._version, prepared.writes, prepared.deletes,
                                            ledger)
