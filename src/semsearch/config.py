@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -76,6 +77,9 @@ class Settings(BaseSettings):
     ann_threshold: int = Field(default=20000, ge=0,
                                description="chunks above which dense search uses HNSW")
     hnsw_ef_search: int = Field(default=256, ge=1)
+    store_vector_type: Literal["vector", "halfvec"] = Field(
+        default="vector", description="PostgreSQL store: pgvector column type; halfvec "
+        "(16-bit floats) halves the vectors' memory and disk")
     rrf_k: int = Field(default=60, ge=1)
     candidates: int = Field(default=100, ge=1, description="per-component candidates in hybrid")
     max_text_chars: int = Field(default=1_000_000, ge=1,

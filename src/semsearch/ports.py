@@ -192,6 +192,10 @@ class Store(CollectionCatalog, DocumentStore, SyncLedger, RunLog, Protocol):
 
     def vacuum(self) -> None: ...
 
+    def ping(self) -> bool:
+        """Whether the store answers now: cheap, never raises (what /readyz asks)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -309,6 +313,33 @@ class CollectionLocks(Protocol):
     def hold(self, collection: str) -> AbstractContextManager[None]:
         """Raises ``BusyError`` (naming the holder) when another run holds it."""
         ...
+
+
+class KeyStorage(Protocol):
+    """Where the API's hashed keys live: a JSON file in the home, or a table in the shared
+    database so a key created on one machine is accepted by servers on every other.
+    Entries are ``{"name", "sha256", "scopes"}``; validating them is the caller's job."""
+
+    @property
+    def where(self) -> str:
+        """For messages: 'file /path/api_keys.json', 'table semsearch_api_keys at ...'."""
+        ...
+
+    def version(self) -> object:
+        """Cheap, and different whenever the keys changed: checked on every request."""
+        ...
+
+    def load(self) -> list[dict[str, Any]]:
+        """Every entry; raises InputError when the storage cannot be read or parsed."""
+        ...
+
+    def upsert(self, entry: Mapping[str, Any]) -> None: ...
+
+    def delete(self, name: str) -> bool:
+        """False when there was no key ``name``."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class EmbedderFactory(Protocol):

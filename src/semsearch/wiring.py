@@ -12,7 +12,15 @@ from semsearch.config import Settings
 from semsearch.core.sources import SourceSpec
 from semsearch.core.types import EmbedderIdentity
 from semsearch.errors import InputError
-from semsearch.ports import Embedder, EmbeddingCache, NoTelemetry, Store, SyncSource, Telemetry
+from semsearch.ports import (
+    Embedder,
+    EmbeddingCache,
+    KeyStorage,
+    NoTelemetry,
+    Store,
+    SyncSource,
+    Telemetry,
+)
 from semsearch.runtime.embedding import CachedEmbedder
 from semsearch.runtime.engine import Engine
 
@@ -221,6 +229,40 @@ def make_store(settings: Settings) -> Store:
     from semsearch.adapters.stores.sqlite_store import SqliteDocumentStore
 
     return SqliteDocumentStore(settings.store_path)
+
+
+def store_url(settings: Settings) -> str:
+    """The shared database's URL (SEMSEARCH_STORE=postgresql://...), or '' for the embedded
+    SQLite home."""
+    url = str(getattr(settings, "store_url", "") or "").strip()
+    return url if url.startswith(("postgresql://", "postgres://")) else ""
+
+
+def make_database(settings: Settings, *, pool_size: int | None = None) -> Any:
+    """One connection pool to the shared database, with the settings' limits."""
+    from semsearch.adapters.postgres.db import Database
+
+    return Database(store_url(settings),
+                    pool_size=pool_size or int(getattr(settings, "store_pool_size", 10)),
+                    statement_timeout_ms=int(getattr(settings, "store_statement_timeout_ms",
+                                                     30000)))
+
+
+def file_key_storage(path: Path) -> KeyStorage:
+    from semsearch.adapters.api_keys import FileKeyStorage
+
+    return FileKeyStorage(path)
+
+
+def make_key_storage(settings: Settings) -> KeyStorage:
+    """API keys in the shared database when SEMSEARCH_STORE is set (every server on it sees
+    a key created anywhere), else in the home's keys file."""
+    if not store_url(settings):
+        return file_key_storage(settings.keys_path)
+    from semsearch.adapters.postgres.keys import PgKeyStorage
+
+    # A small pool of its own: the API builds its key store before the engine opens.
+    return PgKeyStorage(make_database(settings, pool_size=2), owns_db=True)
 
 
 def make_telemetry(settings: Settings) -> Telemetry:

@@ -92,7 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Embedding and semantic search: dense, BM25 and hybrid. With "
                   "API keys configured, use Authorize with a key from `semsearch keys create`.",
                   docs_url=None, redoc_url=None)
-    state = AppState(settings=settings, keys=KeyStore(settings.keys_path))
+    from semsearch.wiring import make_key_storage
+
+    # The keys file, or the shared database's table when SEMSEARCH_STORE is set.
+    state = AppState(settings=settings, keys=KeyStore(make_key_storage(settings)))
     state.metrics = metrics = Metrics(state)
     app.state.semsearch = state
     errors.install(app)

@@ -146,9 +146,13 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["health"])
 def readyz(request: Request) -> JSONResponse:
-    """Model loaded and store open (readiness: what Kubernetes probes)."""
+    """Model loaded and store reachable (readiness: what Kubernetes probes). A shared
+    database that cannot be reached makes it false until the database is back."""
     state = state_of(request)
     ready = state.ready and state.engine is not None
+    if ready and not state.store_reachable():
+        return JSONResponse({"ready": False, "reason": "the store cannot be reached"},
+                            status_code=503)
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 

@@ -3,7 +3,9 @@ attributes, so routes and middleware read fields a type checker knows."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -25,6 +27,27 @@ class AppState:
     metrics: Metrics | None = None  # made right after, as it reads this state at scrapes
     engine: Engine | None = None  # opened by the lifespan, never at import or per request
     ready: bool = False  # the model has embedded a first text
+    # the store's last health check: (when, answer), so probes ask it at most once a second
+    _store_check: tuple[float, bool] | None = None
+    _check_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def store_reachable(self, max_age: float = 1.0) -> bool:
+        """Whether the engine's store answers (the shared database can go away while the
+        process lives on); the answer is reused for ``max_age`` seconds, and probes that
+        arrive while one check runs wait for it instead of starting their own."""
+        engine = self.engine
+        if engine is None:
+            return False
+        with self._check_lock:
+            last = self._store_check
+            if last is not None and time.monotonic() - last[0] < max_age:
+                return last[1]
+            try:
+                ok = bool(engine.store.ping())
+            except Exception:
+                ok = False
+            self._store_check = (time.monotonic(), ok)
+            return ok
 
 
 def state_of(where: Request | FastAPI) -> AppState:

@@ -6,6 +6,8 @@ commands so ``semsearch --help`` stays instant."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -32,11 +34,16 @@ def serve(host: str | None, port: int | None, workers: int, log_level: str) -> N
 
     from semsearch.api.auth import KeyStore
     from semsearch.config import Settings
+    from semsearch.wiring import make_key_storage
 
     settings = Settings()
     host = host or settings.host
-    # Read the keys file once here too: a broken file fails now, not in every worker.
-    if not KeyStore(settings.keys_path).enabled and not _is_loopback(host):
+    # Read the keys once here too: a broken file (or an unreachable database) fails now,
+    # not in every worker.
+    checked = KeyStore(make_key_storage(settings))
+    enabled = checked.enabled
+    checked.close()
+    if not enabled and not _is_loopback(host):
         click.echo(f"warning: serving on {host} with no API keys: anyone who can reach it can "
                    "read, write and drop collections; create one with: semsearch keys "
                    "create NAME --scope '*:admin'", err=True)
@@ -80,6 +87,26 @@ def _parse_scope(text: str) -> tuple[str, str]:
     return collection, level
 
 
+@contextmanager
+def _key_store() -> Iterator[Any]:
+    """The keys where the settings keep them: the home's file, or the shared database."""
+    from semsearch.api.auth import KeyStore
+    from semsearch.config import Settings
+    from semsearch.wiring import make_key_storage
+
+    store = KeyStore(make_key_storage(Settings()))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _where(store: Any) -> str:
+    """The file's path as before, or which table of which database."""
+    where: str = store.where
+    return where.removeprefix("file ")
+
+
 @click.group()
 def keys() -> None:
     """Create, list and revoke API keys (only their SHA-256 hashes are stored).
@@ -94,43 +121,35 @@ def keys() -> None:
                    "collection; repeatable")
 def keys_create(name: str, scopes: tuple[str, ...]) -> None:
     """Create (or replace) the key NAME and print it, once."""
-    from semsearch.api.auth import KeyStore
-    from semsearch.config import Settings
-
     granted = dict(_parse_scope(s) for s in scopes)
-    store = KeyStore(Settings().keys_path)
-    key = store.create(name, granted)
-    click.echo(key)
-    click.echo(f"note: this is the only time the key is shown; {store.path} keeps only its "
-               "SHA-256 hash. Running servers accept it from now on.", err=True)
+    with _key_store() as store:
+        key = store.create(name, granted)
+        click.echo(key)
+        click.echo(f"note: this is the only time the key is shown; {_where(store)} keeps only "
+                   "its SHA-256 hash. Running servers accept it from now on.", err=True)
 
 
 @keys.command(name="revoke")
 @click.argument("name")
 def keys_revoke(name: str) -> None:
     """Delete the key NAME: running servers refuse it (401) from their next request on."""
-    from semsearch.api.auth import KeyStore
-    from semsearch.config import Settings
-
-    store = KeyStore(Settings().keys_path)
-    store.revoke(name)  # an unknown name: NotFoundError, exit 2 with the names there are
-    click.echo(f"revoked {name!r}", err=True)
-    if not store.enabled:
-        click.echo(f"warning: {store.path} holds no key now: the API is open to anyone who can "
-                   "reach it; create one with: semsearch keys create NAME --scope '*:admin'",
-                   err=True)
+    with _key_store() as store:
+        store.revoke(name)  # an unknown name: NotFoundError, exit 2 with the names there are
+        click.echo(f"revoked {name!r}", err=True)
+        if not store.enabled:
+            click.echo(f"warning: {_where(store)} holds no key now: the API is open to anyone "
+                       "who can reach it; create one with: semsearch keys create NAME "
+                       "--scope '*:admin'", err=True)
 
 
 @keys.command(name="list")
 def keys_list() -> None:
     """List key names and their scopes (never the keys or their hashes)."""
-    from semsearch.api.auth import KeyStore
-    from semsearch.config import Settings
-
-    store = KeyStore(Settings().keys_path)
-    entries = store.entries
+    with _key_store() as store:
+        entries = store.entries
+        where = _where(store)
     if not entries:
-        click.echo(f"no API keys in {store.path}; the API is open to anyone who can reach it")
+        click.echo(f"no API keys in {where}; the API is open to anyone who can reach it")
         return
     for e in entries:
         scopes = ", ".join(f"{c}:{lvl}" for c, lvl in sorted(e["scopes"].items()))

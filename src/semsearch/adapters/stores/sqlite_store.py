@@ -560,6 +560,9 @@ class SqliteDocumentStore:
         return {"id": row[0], "title": row[1], "text": row[2], "metadata": json.loads(row[3]),
                 "content_hash": row[4]}
 
+    def ping(self) -> bool:
+        return True  # a local file: open while the process is
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
