@@ -3,14 +3,16 @@ the same analyzer's terms, on 2,000 real SciFact passages and the 300 SciFact cl
 hit must carry the oracle's score, in the oracle's order, and the top 10 must be the oracle's
 top 10 (ties aside).
 
-A backend is a factory ``(folder) -> KeywordIndex``; called again with the same folder it
-must reopen what was saved there. Add a backend by adding a ``pytest.param``."""
+A backend is a factory ``(place) -> KeywordIndex``; called again with the same place (a
+folder, or a name in a database) it must reopen what was saved there. Add a backend by adding
+a ``pytest.param``."""
 
 from __future__ import annotations
 
 import json
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +20,42 @@ import pytest
 import rank_bm25  # type: ignore[import-untyped]
 
 from semsearch.adapters.keyword.fts5 import Fts5KeywordIndex
+from semsearch.adapters.postgres.db import Database
+from semsearch.adapters.postgres.keyword import PgKeywordIndex
 from semsearch.core.analysis import Analyzer
 from semsearch.ports import KeywordIndex
 from tests.conftest import DATA
 
-Factory = Callable[[Path], KeywordIndex]
 Hits = list[tuple[int, float]]
 
+
+@dataclass(frozen=True)
+class Place:
+    """Where an index lives: a folder, and for a database backend the database (the folder
+    then only names the index)."""
+
+    path: Path
+    db: Database | None = None
+
+    @property
+    def database(self) -> Database:
+        assert self.db is not None
+        return self.db
+
+
+@dataclass(frozen=True)
+class Factory:
+    open: Callable[[Place], KeywordIndex]
+    in_postgres: bool = False
+
+    def __call__(self, place: Place) -> KeywordIndex:
+        return self.open(place)
+
+
 BACKENDS = [
-    pytest.param(lambda folder: Fts5KeywordIndex(folder / "keyword.db"), id="fts5"),
+    pytest.param(Factory(lambda at: Fts5KeywordIndex(at.path / "keyword.db")), id="fts5"),
+    pytest.param(Factory(lambda at: PgKeywordIndex(at.database, str(at.path)), in_postgres=True),
+                 id="postgres", marks=pytest.mark.postgres),
 ]
 
 SCIFACT = DATA / "scifact"
@@ -59,18 +88,22 @@ def factory(request: pytest.FixtureRequest) -> Factory:
 
 
 @pytest.fixture
-def make(factory: Factory, tmp_path: Path) -> Iterator[Callable[..., KeywordIndex]]:
+def make(factory: Factory, tmp_path: Path,
+         request: pytest.FixtureRequest) -> Iterator[Callable[..., KeywordIndex]]:
     opened: list[KeywordIndex] = []
+    db = Database(request.getfixturevalue("postgres_url")) if factory.in_postgres else None
 
     def open_index(name: str = "kw") -> KeywordIndex:
         folder = tmp_path / name
         folder.mkdir(exist_ok=True)
-        opened.append(factory(folder))
+        opened.append(factory(Place(folder, db)))
         return opened[-1]
 
     yield open_index
     for index in opened:
         index.close()
+    if db is not None:
+        db.close()
 
 
 @pytest.fixture
@@ -227,12 +260,21 @@ def real(request: pytest.FixtureRequest,
         pytest.fail(f"the BM25 oracle needs the SciFact corpus at {SCIFACT}", pytrace=False)
     factory: Factory = request.param
     docs, queries = _scifact()
-    idx = factory(tmp_path_factory.mktemp("scifact-kw"))
+    db, databases = None, None
+    if factory.in_postgres:
+        from tests.pgserver import database
+
+        databases = database(request.getfixturevalue("postgres_server"))
+        db = Database(next(databases))
+    idx = factory(Place(tmp_path_factory.mktemp("scifact-kw"), db))
     for start in range(0, len(docs), 500):
         idx.add(list(enumerate(docs))[start:start + 500])
     idx.save(1)
     yield idx, docs, queries
     idx.close()
+    if db is not None and databases is not None:
+        db.close()
+        next(databases, None)
 
 
 def test_scores_and_ranking_agree_with_rank_bm25(

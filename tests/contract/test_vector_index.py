@@ -2,8 +2,9 @@
 return its top k, an approximate one must reach recall@10 >= 0.98 on real MiniLM vectors
 (tests/fixtures/scifact_minilm_vectors.npz, made by bench/make_contract_fixture.py).
 
-A backend is a factory ``(path, dimension) -> VectorIndex``; called again with the same
-path it must reopen what was saved there. Add a backend by adding a ``pytest.param``."""
+A backend is a factory ``(place, dimension) -> VectorIndex``; called again with the same
+place (a folder, or a name in a database) it must reopen what was saved there. Add a backend
+by adding a ``pytest.param``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from semsearch.adapters.postgres.db import Database
+from semsearch.adapters.postgres.vectors import PgVectorIndex
 from semsearch.adapters.vectors.local import LocalVectorIndex
 from semsearch.errors import InputError
 from semsearch.ports import VectorIndex, Vectors
@@ -25,16 +28,45 @@ RECALL_AT_10 = 0.98
 
 
 @dataclass(frozen=True)
+class Place:
+    """Where an index lives: a folder, and for a database backend the database (the folder
+    then only names the index)."""
+
+    path: Path
+    db: Database | None = None
+
+    @property
+    def database(self) -> Database:
+        assert self.db is not None
+        return self.db
+
+
+@dataclass(frozen=True)
 class VectorBackend:
-    open: Callable[[Path, int], VectorIndex]
+    open: Callable[[Place, int], VectorIndex]
     approximate: bool  # answers from an ANN structure: judged by recall, not equality
+    in_postgres: bool = False
+    # halfvec stores 16-bit floats: scores are within ~1e-4 of float32 ones, not 1e-6.
+    score_atol: float = 1e-5
+
+
+def _pg(vector_type: str) -> Callable[[Place, int], VectorIndex]:
+    def open_index(at: Place, dim: int) -> VectorIndex:
+        return PgVectorIndex(at.database, str(at.path), dim, vector_type=vector_type)
+
+    return open_index
 
 
 BACKENDS = [
-    pytest.param(VectorBackend(lambda p, d: LocalVectorIndex(p, d, ann_threshold=10**9),
+    pytest.param(VectorBackend(lambda at, d: LocalVectorIndex(at.path, d, ann_threshold=10**9),
                                approximate=False), id="local-exact"),
-    pytest.param(VectorBackend(lambda p, d: LocalVectorIndex(p, d, ann_threshold=0),
+    pytest.param(VectorBackend(lambda at, d: LocalVectorIndex(at.path, d, ann_threshold=0),
                                approximate=True), id="local-hnsw"),
+    pytest.param(VectorBackend(_pg("vector"), approximate=True, in_postgres=True),
+                 id="postgres", marks=pytest.mark.postgres),
+    pytest.param(VectorBackend(_pg("halfvec"), approximate=True, in_postgres=True,
+                               score_atol=1e-3),
+                 id="postgres-halfvec", marks=pytest.mark.postgres),
 ]
 
 
@@ -58,21 +90,23 @@ def labels_of(hits: list[tuple[int, float]]) -> list[int]:
     return [label for label, _ in hits]
 
 
-def assert_same_hits(got: list[tuple[int, float]], want: list[tuple[int, float]]) -> None:
+def assert_same_hits(got: list[tuple[int, float]], want: list[tuple[int, float]],
+                     atol: float = 1e-5) -> None:
     """Equal up to the order of (near-)ties and float rounding of the scores."""
     assert len(got) == len(want)
-    assert np.allclose([s for _, s in got], [s for _, s in want], atol=1e-5)
+    assert np.allclose([s for _, s in got], [s for _, s in want], atol=atol)
     if labels_of(got) != labels_of(want):  # only tied scores may swap places
+        ws = dict(want)
         for (gl, gs), (wl, _) in zip(got, want, strict=True):
-            assert gl == wl or any(abs(gs - s) < 1e-5 for lb, s in want if lb == gl), (got, want)
+            assert gl == wl or abs(gs - ws.get(gl, np.inf)) < atol, (got, want)
         assert set(labels_of(got)) == set(labels_of(want))
 
 
-def assert_top(index: VectorIndex, query: Vectors, label: int) -> None:
+def assert_top(index: VectorIndex, query: Vectors, label: int, atol: float = 1e-5) -> None:
     """``label``'s vector is ``query`` itself: it comes first, with score 1."""
     ((got, score),) = index.search(query, 1)
     assert got == label
-    assert score == pytest.approx(1.0, abs=1e-5)
+    assert score == pytest.approx(1.0, abs=atol)
 
 
 def assert_sorted(hits: list[tuple[int, float]]) -> None:
@@ -88,9 +122,26 @@ def backend(request: pytest.FixtureRequest) -> VectorBackend:
 
 
 @pytest.fixture
-def make(backend: VectorBackend, tmp_path: Path) -> Callable[..., VectorIndex]:
+def atol(backend: VectorBackend) -> float:
+    return backend.score_atol
+
+
+@pytest.fixture
+def database(backend: VectorBackend, request: pytest.FixtureRequest) -> Iterator[Database | None]:
+    """A fresh PostgreSQL database for a backend that lives in one."""
+    if not backend.in_postgres:
+        yield None
+        return
+    db = Database(request.getfixturevalue("postgres_url"))
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def make(backend: VectorBackend, tmp_path: Path,
+         database: Database | None) -> Callable[..., VectorIndex]:
     def open_index(name: str = "vec", dim: int = DIM) -> VectorIndex:
-        return backend.open(tmp_path / name, dim)
+        return backend.open(Place(tmp_path / name, database), dim)
 
     return open_index
 
@@ -122,44 +173,46 @@ def test_empty_index(make: Callable[..., VectorIndex]) -> None:
 
 
 def test_search_is_the_exact_top_k(
-        filled: tuple[VectorIndex, Vectors, npt.NDArray[np.int64]]) -> None:
+        filled: tuple[VectorIndex, Vectors, npt.NDArray[np.int64]], atol: float) -> None:
     index, vecs, labels = filled
     assert len(index) == 300
     for q in unit(np.random.default_rng(2), 20):
         hits = index.search(q, 10)
         assert_sorted(hits)
-        assert_same_hits(hits, oracle(vecs, labels, q, 10))
-    assert_same_hits(index.search(vecs[7], 1), [(int(labels[7]), 1.0)])  # a stored vector
+        assert_same_hits(hits, oracle(vecs, labels, q, 10), atol)
+    assert_same_hits(index.search(vecs[7], 1), [(int(labels[7]), 1.0)], atol)  # a stored one
     assert index.search(vecs[0], 0) == []
 
 
-def test_k_larger_than_the_index_returns_everything(make: Callable[..., VectorIndex]) -> None:
+def test_k_larger_than_the_index_returns_everything(make: Callable[..., VectorIndex],
+                                                     atol: float) -> None:
     index = make()
     vecs = unit(np.random.default_rng(3), 5)
     index.add([10, 11, 12, 13, 14], vecs)
     hits = index.search(vecs[2], 100)
     assert sorted(labels_of(hits)) == [10, 11, 12, 13, 14]
     assert_sorted(hits)
-    assert_same_hits(hits, oracle(vecs, np.arange(10, 15), vecs[2], 100))
+    assert_same_hits(hits, oracle(vecs, np.arange(10, 15), vecs[2], 100), atol)
 
 
-def test_add_upserts_and_the_last_vector_wins(make: Callable[..., VectorIndex]) -> None:
+def test_add_upserts_and_the_last_vector_wins(make: Callable[..., VectorIndex],
+                                              atol: float) -> None:
     index = make()
     a, b, c, d = unit(np.random.default_rng(4), 4)
     index.add([1, 2], np.stack([a, b]))
     index.add([1], c[None])  # replace across calls
     assert len(index) == 2
-    assert_top(index, c, 1)
-    assert dict(index.search(a, 2))[1] == pytest.approx(float(a @ c), abs=1e-5)
+    assert_top(index, c, 1, atol)
+    assert dict(index.search(a, 2))[1] == pytest.approx(float(a @ c), abs=atol)
     index.add([3, 3, 2, 3], np.stack([a, b, d, c]))  # within one batch: the last one wins
     assert len(index) == 3
-    assert_top(index, d, 2)
-    assert dict(index.search(c, 3))[3] == pytest.approx(1.0, abs=1e-5)
-    assert dict(index.search(c, 3))[1] == pytest.approx(1.0, abs=1e-5)
+    assert_top(index, d, 2, atol)
+    assert dict(index.search(c, 3))[3] == pytest.approx(1.0, abs=atol)
+    assert dict(index.search(c, 3))[1] == pytest.approx(1.0, abs=atol)
 
 
 def test_remove_hides_at_once_and_labels_can_come_back(
-        filled: tuple[VectorIndex, Vectors, npt.NDArray[np.int64]]) -> None:
+        filled: tuple[VectorIndex, Vectors, npt.NDArray[np.int64]], atol: float) -> None:
     index, vecs, labels = filled
     gone = set(labels[::3].tolist())
     index.remove([*gone, 999_999])  # an unknown label is ignored
@@ -169,17 +222,17 @@ def test_remove_hides_at_once_and_labels_can_come_back(
     for q in vecs[:12]:
         hits = index.search(q, 10)
         assert not gone & set(labels_of(hits))
-        assert_same_hits(hits, oracle(vecs[keep], labels[keep], q, 10))
+        assert_same_hits(hits, oracle(vecs[keep], labels[keep], q, 10), atol)
     index.remove(list(gone))  # twice: nothing more happens
     assert len(index) == 300 - len(gone)
     back = int(labels[0])
     index.add([back], vecs[0][None])
-    assert_top(index, vecs[0], back)
+    assert_top(index, vecs[0], back, atol)
     assert len(index) == 300 - len(gone) + 1
 
 
 def test_allowed_restricts_results_and_fills_k(
-        filled: tuple[VectorIndex, Vectors, npt.NDArray[np.int64]]) -> None:
+        filled: tuple[VectorIndex, Vectors, npt.NDArray[np.int64]], atol: float) -> None:
     index, vecs, labels = filled
     rng = np.random.default_rng(5)
     for size in (1, 7, 10, 40, 250):
@@ -189,7 +242,7 @@ def test_allowed_restricts_results_and_fills_k(
         assert set(labels_of(hits)) <= allowed
         assert len(hits) == min(10, size)
         assert_sorted(hits)
-        assert_same_hits(hits, oracle(vecs, labels, q, 10, allowed))
+        assert_same_hits(hits, oracle(vecs, labels, q, 10, allowed), atol)
     assert index.search(vecs[0], 10, allowed=set()) == []
     assert index.search(vecs[0], 10, allowed={-5, 77}) == []  # labels the index never had
     mixed = index.search(vecs[0], 10, allowed={int(labels[0]), 77})
@@ -197,7 +250,7 @@ def test_allowed_restricts_results_and_fills_k(
 
 
 def test_save_and_reopen_give_the_same_answers_and_generation(
-        make: Callable[..., VectorIndex]) -> None:
+        make: Callable[..., VectorIndex], atol: float) -> None:
     rng = np.random.default_rng(6)
     vecs = unit(rng, 400)
     index = make()
@@ -218,7 +271,7 @@ def test_save_and_reopen_give_the_same_answers_and_generation(
         assert_same_hits(again.search(q, 10, allowed=set(range(0, 400, 2))), want_f)
     # the reopened index takes writes like the first
     again.add([5], vecs[5][None])
-    assert_top(again, vecs[5], 5)
+    assert_top(again, vecs[5], 5, atol)
 
 
 def test_a_never_saved_index_reopens_empty_at_generation_minus_one(
@@ -306,7 +359,7 @@ class Loaded:
     passages: Vectors
     queries: Vectors
     labels: npt.NDArray[np.int64]
-    path: Path
+    place: Place
 
 
 def _load_fixture() -> tuple[Vectors, Vectors]:
@@ -327,10 +380,20 @@ def scifact(request: pytest.FixtureRequest,
     passages, queries = _load_fixture()
     labels = np.arange(len(passages), dtype=np.int64) * 3 + 11  # not row numbers
     path = tmp_path_factory.mktemp("scifact") / "vec"
-    index = backend.open(path, passages.shape[1])
+    db, databases = None, None
+    if backend.in_postgres:
+        from tests.pgserver import database
+
+        databases = database(request.getfixturevalue("postgres_server"))
+        db = Database(next(databases))
+    place = Place(path, db)
+    index = backend.open(place, passages.shape[1])
     for start in range(0, len(passages), 1000):  # in batches, as an ingest adds them
         index.add(labels[start:start + 1000].tolist(), passages[start:start + 1000])
-    yield Loaded(index, backend, passages, queries, labels, path)
+    yield Loaded(index, backend, passages, queries, labels, place)
+    if db is not None and databases is not None:
+        db.close()
+        next(databases, None)
 
 
 def recall(got: list[list[int]], want: list[list[int]]) -> float:
@@ -390,14 +453,14 @@ def test_real_vectors_survive_save_reopen_and_compact(scifact: Loaded) -> None:
     backend, dim = scifact.backend, scifact.passages.shape[1]
     queries = scifact.queries[:40]
     scifact.index.save(42)
-    again = backend.open(scifact.path, dim)
+    again = backend.open(scifact.place, dim)
     assert again.generation == 42 and len(again) == len(scifact.passages)
     for q in queries:
         assert_same_hits(again.search(q, 10), scifact.index.search(q, 10))
     again.remove(scifact.labels[:500].tolist())
     again.save(43)
     before = [labels_of(again.search(q, 10)) for q in queries]
-    third = backend.open(scifact.path, dim)
+    third = backend.open(scifact.place, dim)
     assert third.generation == 43 and len(third) == len(scifact.passages) - 500
     assert [labels_of(third.search(q, 10)) for q in queries] == before
     third.compact()

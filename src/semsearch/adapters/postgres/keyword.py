@@ -1,0 +1,215 @@
+"""``KeywordIndex`` as BM25 computed in PostgreSQL, with the embedded backend's analyzer.
+
+Terms come from ``core.analysis.Analyzer`` in Python, so both backends index and query the
+same terms. Per collection: a postings table (term, label, tf), a lengths table (label,
+number of terms) and a one-row stats table (documents, total terms), which writers keep
+current so a query never counts the collection. One SQL query scores: FTS5's BM25 (k1=1.2,
+b=0.75, avgdl = total / documents) with FTS5's idf, ln((N - n + 0.5) / (n + 0.5)) floored at
+1e-6 for terms in half the documents or more, summed over the query's distinct terms; the
+score is the positive sum (higher is better), as the FTS5 backend returns it.
+
+Writes of one collection are serialized by a transaction-level advisory lock (they adjust
+the stats row and replace postings). They are durable when they return, but ``generation``
+stays the one the last ``save`` recorded, as for the vector index."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from psycopg import sql
+
+from semsearch.adapters.postgres import derived
+from semsearch.adapters.postgres.db import Database
+from semsearch.core.analysis import Analyzer
+
+KIND = "keyword"
+K1 = 1.2
+B = 0.75
+IDF_FLOOR = 1e-6
+
+
+def _float(x: float) -> sql.Composable:
+    """A double precision literal (a bare 0.75 would be numeric, and slow)."""
+    return sql.SQL("{}::float8").format(sql.Literal(repr(float(x))))
+
+
+def keyword_tables(collection: str) -> list[str]:
+    return [derived.table_name(p, collection) for p in ("kwp", "kwl", "kws")]
+
+
+class PgKeywordIndex:
+    def __init__(self, db: Database, collection: str, analyzer: Analyzer | None = None) -> None:
+        self._db = db
+        self._collection = collection
+        self._analyzer = analyzer or Analyzer()
+        self.tables = keyword_tables(collection)
+        postings, lengths, stats = (derived.ident(t) for t in self.tables)
+        self._postings, self._lengths, self._stats = postings, lengths, stats
+        self._db.run(self._setup, what="creating a keyword index")
+        self._search_sql = self._scoring_sql(filtered=False)
+        self._filtered_sql = self._scoring_sql(filtered=True)
+
+    def _setup(self, conn: Any) -> None:
+        derived.ddl_lock(conn)
+        derived.ensure_state_table(conn)
+        postings_name = self.tables[0]
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (term TEXT NOT NULL, "
+                             "label BIGINT NOT NULL, tf INT NOT NULL, "
+                             "PRIMARY KEY (term, label))").format(self._postings))
+        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (label)").format(
+            derived.ident(f"{postings_name}_label"), self._postings))
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (label BIGINT PRIMARY KEY, "
+                             "len INT NOT NULL)").format(self._lengths))
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (one BOOLEAN PRIMARY KEY "
+                             "DEFAULT TRUE CHECK (one), docs BIGINT NOT NULL, "
+                             "total BIGINT NOT NULL)").format(self._stats))
+        conn.execute(sql.SQL("INSERT INTO {} (docs, total) VALUES (0, 0) "
+                             "ON CONFLICT DO NOTHING").format(self._stats))
+
+    def _scoring_sql(self, *, filtered: bool) -> sql.Composed:
+        """Parameters: terms (text[]), [allowed (bigint[])], k."""
+        label_filter = sql.SQL("AND p.label = ANY(%s::bigint[])" if filtered else "")
+        # Shaped so that any plan is a good one, statistics or not: document frequencies
+        # and postings are read per query term through the (term, label) primary key. The
+        # terms are summed in one order, so a score never changes in its last bit with the
+        # plan (after a VACUUM, say).
+        return sql.SQL("""
+            WITH q AS MATERIALIZED (
+                     SELECT t.term, (SELECT count(*) FROM {postings} c
+                                     WHERE c.term = t.term)::float8 AS df
+                     FROM (SELECT DISTINCT unnest(%s::text[]) AS term) t),
+                 w AS MATERIALIZED (
+                     SELECT q.term, ln(((SELECT docs FROM {stats})::float8 - q.df + 0.5)
+                                       / (q.df + 0.5)) AS idf
+                     FROM q WHERE q.df > 0)
+            SELECT p.label,
+                   sum(CASE WHEN w.idf > 0 THEN w.idf ELSE {floor} END
+                       * p.tf * {k1p1}
+                       / (p.tf + {k1} * (1 - {b} + {b} * l.len / (
+                           SELECT total::float8 / greatest(docs, 1) FROM {stats})))
+                       ORDER BY w.term) AS score
+            FROM w CROSS JOIN LATERAL (SELECT label, tf FROM {postings}
+                                       WHERE term = w.term) p
+                 JOIN {lengths} l ON l.label = p.label
+            WHERE TRUE {label_filter}
+            GROUP BY p.label
+            ORDER BY score DESC, p.label
+            LIMIT %s""").format(
+            stats=self._stats, postings=self._postings, lengths=self._lengths,
+            floor=_float(IDF_FLOOR), k1=_float(K1), k1p1=_float(K1 + 1), b=_float(B),
+            label_filter=label_filter)
+
+    @property
+    def generation(self) -> int:
+        return derived.read_generation(self._db, self._collection, KIND)
+
+    def __len__(self) -> int:
+        with self._db.connection() as conn:
+            row = conn.execute(sql.SQL("SELECT docs FROM {}").format(self._stats)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _lock(self, conn: Any) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                     (f"semsearch-keyword:{self._collection}",))
+
+    def _drop(self, conn: Any, labels: list[int]) -> None:
+        """Delete these documents and take their lengths off the stats row."""
+        row = conn.execute(sql.SQL(
+            "WITH gone AS (DELETE FROM {} WHERE label = ANY(%s::bigint[]) RETURNING len) "
+            "SELECT count(*), coalesce(sum(len), 0) FROM gone").format(self._lengths),
+            (labels,)).fetchone()
+        if row and int(row[0]):
+            conn.execute(sql.SQL("DELETE FROM {} WHERE label = ANY(%s::bigint[])").format(
+                self._postings), (labels,))
+            conn.execute(sql.SQL("UPDATE {} SET docs = docs - %s, total = total - %s").format(
+                self._stats), (int(row[0]), int(row[1])))
+
+    def add(self, items: Sequence[tuple[int, str]]) -> None:
+        """Index texts under their labels, replacing any existing entry (last one wins)."""
+        latest = {int(label): text for label, text in items}
+        if not latest:
+            return
+        docs = {label: self._analyzer.terms(text) for label, text in latest.items()}
+        labels = list(docs)
+        total = sum(len(t) for t in docs.values())
+
+        def write(conn: Any) -> None:
+            self._lock(conn)
+            self._drop(conn, labels)
+            cur = conn.cursor()
+            with cur.copy(sql.SQL("COPY {} (label, len) FROM STDIN").format(
+                    self._lengths)) as copy:
+                for label, terms in docs.items():
+                    copy.write_row((label, len(terms)))
+            with cur.copy(sql.SQL("COPY {} (term, label, tf) FROM STDIN").format(
+                    self._postings)) as copy:
+                for label, terms in docs.items():
+                    for term, tf in Counter(terms).items():
+                        copy.write_row((term, label, tf))
+            conn.execute(sql.SQL("UPDATE {} SET docs = docs + %s, total = total + %s").format(
+                self._stats), (len(docs), total))
+
+        self._db.run(write, what="adding to the keyword index")
+
+    def remove(self, labels: Iterable[int]) -> None:
+        labs = [int(x) for x in labels]
+        if not labs:
+            return
+
+        def write(conn: Any) -> None:
+            self._lock(conn)
+            self._drop(conn, labs)
+
+        self._db.run(write, what="removing from the keyword index")
+
+    def clear(self) -> None:
+        """Empty the index and forget the generation, in one transaction."""
+        def wipe(conn: Any) -> None:
+            self._lock(conn)
+            conn.execute(sql.SQL("TRUNCATE {}, {}").format(self._postings, self._lengths))
+            conn.execute(sql.SQL("UPDATE {} SET docs = 0, total = 0").format(self._stats))
+            derived.forget_generation(conn, self._collection, KIND)
+
+        self._db.run(wipe, what="clearing the keyword index")
+
+    def save(self, generation: int) -> None:
+        """Record the generation, and refresh the planner's statistics (a bounded sample),
+        which autovacuum would otherwise only take some time after a bulk load."""
+        def stamp(conn: Any) -> None:
+            for table in (self._postings, self._lengths):
+                conn.execute(sql.SQL("ANALYZE {}").format(table))
+            derived.write_generation(conn, self._collection, KIND, generation)
+
+        self._db.run(stamp, what="saving the keyword index")
+
+    def search(self, query: str, k: int,
+               allowed: set[int] | None = None) -> list[tuple[int, float]]:
+        terms = list(dict.fromkeys(self._analyzer.terms(query)))
+        if not terms or k <= 0 or (allowed is not None and not allowed):
+            return []
+        params: tuple[Any, ...]
+        if allowed is None:
+            stmt, params = self._search_sql, (terms, k)
+        else:
+            stmt, params = self._filtered_sql, (terms, [int(x) for x in allowed], k)
+        with self._db.connection() as conn:
+            rows = conn.execute(stmt, params).fetchall()
+        return [(int(label), float(score)) for label, score in rows]
+
+    def disk_bytes(self) -> int:
+        return derived.relation_bytes(self._db, self.tables)
+
+    def compact(self) -> None:
+        """VACUUM (ANALYZE) the tables: dead postings go, results stay the same."""
+        with self._db.connection() as conn:
+            conn.execute("SET statement_timeout = 0")
+            try:
+                for table in (self._postings, self._lengths, self._stats):
+                    conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(table))
+            finally:
+                conn.execute("RESET statement_timeout")
+
+    def close(self) -> None:
+        """Nothing to close: the connection pool belongs to whoever opened the database."""
