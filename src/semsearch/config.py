@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,7 +21,10 @@ class Settings(BaseSettings):
     the TOML settings file named by ``SEMSEARCH_CONFIG`` (default ``./semsearch.toml``, keys
     are the field names), then defaults."""
 
-    model_config = SettingsConfigDict(env_prefix="SEMSEARCH_", frozen=True, extra="ignore")
+    # populate_by_name: store_url's environment name is SEMSEARCH_STORE (an alias), and
+    # Settings(store_url=...) and the TOML key store_url still work.
+    model_config = SettingsConfigDict(env_prefix="SEMSEARCH_", frozen=True, extra="ignore",
+                                      populate_by_name=True)
 
     @classmethod
     def settings_customise_sources(
@@ -80,6 +83,14 @@ class Settings(BaseSettings):
     store_vector_type: Literal["vector", "halfvec"] = Field(
         default="vector", description="PostgreSQL store: pgvector column type; halfvec "
         "(16-bit floats) halves the vectors' memory and disk")
+    store_url: str = Field(default="", validation_alias=AliasChoices("SEMSEARCH_STORE",
+                                                                      "SEMSEARCH_STORE_URL"),
+                           description="SEMSEARCH_STORE: the canonical store; '' = SQLite in "
+                           "the home, or postgresql://user@host:5432/db (the postgres extra)")
+    store_pool_size: int = Field(default=10, ge=1, le=1000,
+                                 description="PostgreSQL store: connections per process")
+    store_statement_timeout_ms: int = Field(default=30000, ge=0,
+                                            description="PostgreSQL store: statement timeout")
     rrf_k: int = Field(default=60, ge=1)
     candidates: int = Field(default=100, ge=1, description="per-component candidates in hybrid")
     max_text_chars: int = Field(default=1_000_000, ge=1,

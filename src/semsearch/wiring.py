@@ -11,7 +11,7 @@ from typing import Any
 from semsearch.config import Settings
 from semsearch.core.sources import SourceSpec
 from semsearch.core.types import EmbedderIdentity
-from semsearch.errors import InputError
+from semsearch.errors import BackendError, InputError
 from semsearch.ports import (
     Embedder,
     EmbeddingCache,
@@ -225,10 +225,56 @@ class SettingsEmbedders:
         return make_embedder(settings_for_model(self._settings, model))
 
 
-def make_store(settings: Settings) -> Store:
-    from semsearch.adapters.stores.sqlite_store import SqliteDocumentStore
+def make_store(settings: Settings, db: Any = None) -> Store:
+    """SQLite in the home by default; PostgreSQL when SEMSEARCH_STORE is a postgresql:// URL
+    (the schema is created or upgraded on first use)."""
+    if not _postgres_store_url(settings):
+        from semsearch.adapters.stores.sqlite_store import SqliteDocumentStore
 
-    return SqliteDocumentStore(settings.store_path)
+        return SqliteDocumentStore(settings.store_path)
+    from semsearch.adapters.postgres.store import PostgresStore
+
+    # ``db``: the engine's one pool, shared with the index storage and the locks; the
+    # store closes it when it closes.
+    db = db if db is not None else make_database(settings)
+    try:
+        return PostgresStore(db, owns_db=True)
+    except BaseException:
+        db.close()
+        raise
+
+
+def _postgres_store_url(settings: Settings) -> str:
+    """The PostgreSQL URL of SEMSEARCH_STORE, '' when unset; anything else is refused, and
+    a missing driver is named with the command that installs it."""
+    url = settings.store_url.strip()
+    if not url:
+        return ""
+    from semsearch.adapters.postgres.db import mask
+
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise InputError(f"SEMSEARCH_STORE={mask(url)!r}: use a postgresql://user@host:5432/db "
+                         "URL, or leave it empty for the embedded store in SEMSEARCH_HOME")
+    missing = [m for m in ("psycopg_pool", "pgvector") if util.find_spec(m) is None]
+    if missing:
+        raise BackendError(f"SEMSEARCH_STORE is PostgreSQL but {', '.join(missing)} is not "
+                           'installed: pip install -e ".[postgres]" (or pip install '
+                           '"semsearch[postgres]")')
+    return url
+
+
+def migrate_store(settings: Settings, dry_run: bool = False) -> list[str] | None:
+    """Create or upgrade the PostgreSQL schema and return its SQL (with ``dry_run``, only
+    return what would run); None for the embedded store, which upgrades itself."""
+    if not _postgres_store_url(settings):
+        return None
+    from semsearch.adapters.postgres.schema import migrate
+
+    db = make_database(settings, pool_size=1)
+    try:
+        return migrate(db, dry_run=dry_run)
+    finally:
+        db.close()
 
 
 def store_url(settings: Settings) -> str:

@@ -313,6 +313,31 @@ def rebuild(collection: str, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--dry-run", is_flag=True, help="print the SQL that would run; change nothing")
+def migrate(dry_run: bool) -> None:
+    """Create or upgrade the shared database's schema (SEMSEARCH_STORE); also done on first
+    use, this lets a deploy run it once, ahead of the servers."""
+    from semsearch.config import Settings
+    from semsearch.wiring import migrate_store
+
+    statements = migrate_store(Settings(), dry_run=dry_run)
+    if statements is None:
+        click.echo("the embedded store (SQLite in SEMSEARCH_HOME) needs no migration: it "
+                   "upgrades itself when opened; set SEMSEARCH_STORE=postgresql://... to "
+                   "migrate a shared database")
+        return
+    if not statements:
+        click.echo("the schema is up to date; nothing to do")
+        return
+    for sql in statements:
+        click.echo(sql.rstrip(";") + ";")
+    if dry_run:
+        click.echo(f"-- dry run: {len(statements)} statements would run; nothing changed")
+    else:
+        click.echo(f"-- applied {len(statements)} statements")
+
+
+@cli.command()
 @click.argument("name")
 def drop(name: str) -> None:
     """Delete a collection (every version) and its indexes, or one kept version (NAME@vN)."""

@@ -51,6 +51,7 @@ class Database:
                                     kwargs=kwargs, open=False, configure=self._configure,
                                     timeout=connect_timeout)
         self._opened = False
+        self._connect_timeout = connect_timeout
 
     @staticmethod
     def _configure(conn: Any) -> None:
@@ -63,8 +64,15 @@ class Database:
 
     def _open(self) -> None:
         if not self._opened:
+            import psycopg
+
             try:
-                self._pool.open(wait=True)
+                # One direct connection first: a down server or a refused login fails at
+                # once with libpq's reason, where the pool would retry until its timeout
+                # and then only say it timed out.
+                psycopg.connect(self.url, connect_timeout=max(1, int(self._connect_timeout)),
+                                application_name="semsearch").close()
+                self._pool.open(wait=True, timeout=self._connect_timeout)
             except Exception as exc:
                 raise BackendError(f"cannot connect to PostgreSQL at {self.shown}: "
                                    f"{_first_line(exc)}") from None
