@@ -277,21 +277,13 @@ def migrate_store(settings: Settings, dry_run: bool = False) -> list[str] | None
         db.close()
 
 
-def store_url(settings: Settings) -> str:
-    """The shared database's URL (SEMSEARCH_STORE=postgresql://...), or '' for the embedded
-    SQLite home."""
-    url = str(getattr(settings, "store_url", "") or "").strip()
-    return url if url.startswith(("postgresql://", "postgres://")) else ""
-
-
 def make_database(settings: Settings, *, pool_size: int | None = None) -> Any:
     """One connection pool to the shared database, with the settings' limits."""
     from semsearch.adapters.postgres.db import Database
 
-    return Database(store_url(settings),
-                    pool_size=pool_size or int(getattr(settings, "store_pool_size", 10)),
-                    statement_timeout_ms=int(getattr(settings, "store_statement_timeout_ms",
-                                                     30000)))
+    return Database(_postgres_store_url(settings),
+                    pool_size=pool_size or settings.store_pool_size,
+                    statement_timeout_ms=settings.store_statement_timeout_ms)
 
 
 def file_key_storage(path: Path) -> KeyStorage:
@@ -303,7 +295,7 @@ def file_key_storage(path: Path) -> KeyStorage:
 def make_key_storage(settings: Settings) -> KeyStorage:
     """API keys in the shared database when SEMSEARCH_STORE is set (every server on it sees
     a key created anywhere), else in the home's keys file."""
-    if not store_url(settings):
+    if not _postgres_store_url(settings):
         return file_key_storage(settings.keys_path)
     from semsearch.adapters.postgres.keys import PgKeyStorage
 
@@ -328,6 +320,8 @@ def open_engine(settings: Settings | None = None) -> Engine:
 
     settings = settings or Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
+    if _postgres_store_url(settings):
+        return _open_shared_engine(settings)
     telemetry = make_telemetry(settings)  # a bad endpoint fails before anything opens
     store = make_store(settings)
     try:
@@ -344,6 +338,37 @@ def open_engine(settings: Settings | None = None) -> Engine:
                                         ef_search=settings.hnsw_ef_search),
         locks=FileLocks(settings.home / "locks"), embedders=SettingsEmbedders(settings),
         corpora=FileCorpora(), telemetry=telemetry)
+
+
+def _open_shared_engine(settings: Settings) -> Engine:
+    """Every piece of state in the shared database, over one pool: the store, the derived
+    indexes (pgvector, BM25 postings) and the collection locks (advisory locks). Only the
+    model (its cache directory) and the embedding cache (SEMSEARCH_CACHE_URL: SQLite in the
+    home by default, Redis for many machines) stay outside it."""
+    from semsearch.adapters.postgres.index_storage import PgIndexStorage
+    from semsearch.adapters.postgres.locks import PgLocks
+    from semsearch.adapters.sources.corpora import FileCorpora
+
+    telemetry = make_telemetry(settings)
+    try:
+        db = make_database(settings)
+        store = make_store(settings, db)  # closes the pool when the engine closes it
+    except BaseException:
+        telemetry.shutdown()
+        raise
+    try:
+        embedder = CachedEmbedder(make_embedder(settings), make_cache(settings),
+                                  price_per_mtok=settings.embedder_price_per_mtok)
+    except BaseException:
+        store.close()
+        telemetry.shutdown()
+        raise
+    return Engine(
+        settings=settings, store=store, embedder=embedder,
+        index_storage=PgIndexStorage(db, vector_type=settings.store_vector_type,
+                                     ef_search=settings.hnsw_ef_search),
+        locks=PgLocks(db), embedders=SettingsEmbedders(settings), corpora=FileCorpora(),
+        telemetry=telemetry)
 
 
 def open_source(engine: Engine, spec: SourceSpec) -> SyncSource:

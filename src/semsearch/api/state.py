@@ -30,11 +30,13 @@ class AppState:
     # the store's last health check: (when, answer), so probes ask it at most once a second
     _store_check: tuple[float, bool] | None = None
     _check_lock: threading.Lock = field(default_factory=threading.Lock)
+    _pinging: threading.Thread | None = None
 
-    def store_reachable(self, max_age: float = 1.0) -> bool:
+    def store_reachable(self, max_age: float = 1.0, wait: float = 2.0) -> bool:
         """Whether the engine's store answers (the shared database can go away while the
-        process lives on); the answer is reused for ``max_age`` seconds, and probes that
-        arrive while one check runs wait for it instead of starting their own."""
+        process lives on). The answer is reused for ``max_age`` seconds, and a check that
+        takes longer than ``wait`` (a pool waiting for a connection that will not come)
+        counts as a no, so a probe gets its answer quickly instead of timing out."""
         engine = self.engine
         if engine is None:
             return False
@@ -42,12 +44,26 @@ class AppState:
             last = self._store_check
             if last is not None and time.monotonic() - last[0] < max_age:
                 return last[1]
-            try:
-                ok = bool(engine.store.ping())
-            except Exception:
-                ok = False
+            if self._pinging is None or not self._pinging.is_alive():
+                self._pinging = threading.Thread(target=self._ping, args=(engine,),
+                                                 name="semsearch-readyz", daemon=True)
+                self._pinging.start()
+            pinging = self._pinging
+        pinging.join(wait)
+        if pinging.is_alive():  # still waiting on the database: not ready
+            with self._check_lock:
+                self._store_check = (time.monotonic(), False)
+            return False
+        with self._check_lock:
+            return self._store_check[1] if self._store_check is not None else False
+
+    def _ping(self, engine: Engine) -> None:
+        try:
+            ok = bool(engine.store.ping())
+        except Exception:
+            ok = False
+        with self._check_lock:
             self._store_check = (time.monotonic(), ok)
-            return ok
 
 
 def state_of(where: Request | FastAPI) -> AppState:

@@ -61,7 +61,9 @@ _D = "semsearch_documents"
 _K = "semsearch_chunks"
 _TABLES = (_C, _D, _K, "semsearch_runs", "semsearch_sync_state", "semsearch_aliases",
            "semsearch_rejects")
-_LOCK_ALIAS = 2  # advisory lock objid space (class schema.LOCK_CLASS) for alias swaps
+# Alias swaps lock (schema.LOCK_CLASS + 2, hashtext(alias)): the two-key advisory space,
+# apart from the single-key locks of the collection locks and the derived indexes.
+_LOCK_ALIAS = 2
 
 
 def _iso(value: datetime) -> str:
