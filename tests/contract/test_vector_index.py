@@ -52,7 +52,9 @@ class VectorBackend:
 
 def _pg(vector_type: str) -> Callable[[Place, int], VectorIndex]:
     def open_index(at: Place, dim: int) -> VectorIndex:
-        return PgVectorIndex(at.database, str(at.path), dim, vector_type=vector_type)
+        # The graph even where PostgreSQL would scan a small table: recall is the graph's.
+        return PgVectorIndex(at.database, str(at.path), dim, vector_type=vector_type,
+                             always_graph=True)
 
     return open_index
 

@@ -14,6 +14,7 @@ stays the one the last ``save`` recorded, as for the vector index."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -24,6 +25,7 @@ from semsearch.adapters.postgres import derived
 from semsearch.adapters.postgres.db import Database
 from semsearch.core.analysis import Analyzer
 
+log = logging.getLogger(__name__)
 KIND = "keyword"
 K1 = 1.2
 B = 0.75
@@ -57,7 +59,7 @@ class PgKeywordIndex:
         postings_name = self.tables[0]
         conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (term TEXT NOT NULL, "
                              "label BIGINT NOT NULL, tf INT NOT NULL, "
-                             "PRIMARY KEY (term, label))").format(self._postings))
+                             "PRIMARY KEY (term, label) INCLUDE (tf))").format(self._postings))
         conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (label)").format(
             derived.ident(f"{postings_name}_label"), self._postings))
         conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (label BIGINT PRIMARY KEY, "
@@ -175,14 +177,16 @@ class PgKeywordIndex:
         self._db.run(wipe, what="clearing the keyword index")
 
     def save(self, generation: int) -> None:
-        """Record the generation, and refresh the planner's statistics (a bounded sample),
-        which autovacuum would otherwise only take some time after a bulk load."""
-        def stamp(conn: Any) -> None:
-            for table in (self._postings, self._lengths):
-                conn.execute(sql.SQL("ANALYZE {}").format(table))
-            derived.write_generation(conn, self._collection, KIND, generation)
-
-        self._db.run(stamp, what="saving the keyword index")
+        """Record the generation, then VACUUM (ANALYZE) what the run wrote, as autovacuum
+        would some time later: fresh planner statistics, and a visibility map that lets a
+        query read postings from the (term, label, tf) index alone."""
+        self._db.run(lambda conn: derived.write_generation(conn, self._collection, KIND,
+                                                           generation),
+                     what="saving the keyword index")
+        try:
+            self._vacuum()
+        except Exception as exc:  # only a speed-up: the save itself is done
+            log.warning("VACUUM of the keyword index of %r failed: %s", self._collection, exc)
 
     def search(self, query: str, k: int,
                allowed: set[int] | None = None) -> list[tuple[int, float]]:
@@ -203,6 +207,9 @@ class PgKeywordIndex:
 
     def compact(self) -> None:
         """VACUUM (ANALYZE) the tables: dead postings go, results stay the same."""
+        self._vacuum()
+
+    def _vacuum(self) -> None:
         with self._db.connection() as conn:
             conn.execute("SET statement_timeout = 0")
             try:
