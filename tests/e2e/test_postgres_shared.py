@@ -345,3 +345,24 @@ def test_the_default_imports_nothing_of_postgresql(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.db", "semsearch.db"]
+
+
+def test_halfvec_stores_vectors_in_half_precision_and_finds_the_same(shared: Shared) -> None:
+    import psycopg
+
+    folder = _folder(shared.root, 6)
+    half = {"SEMSEARCH_STORE_VECTOR_TYPE": "halfvec"}
+    made = shared.cli("indexer", "index", str(folder), "-c", "docs", **half)
+    assert made.returncode == 0, made.stderr
+    with psycopg.connect(shared.url) as conn:
+        types = {r[0] for r in conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind = 'r' AND NOT a.attisdropped "
+            "AND format_type(atttypid, atttypmod) ~ '^(half)?vec'")}
+    assert types and all(t.startswith("halfvec") for t in types), types
+    for i, word in enumerate(WORDS[:6]):
+        found = shared.cli("reader", "search", word, "-c", "docs", "--mode", "dense", "--json",
+                           **half)
+        assert found.returncode == 0, found.stderr
+        assert json.loads(found.stdout)["hits"][0]["doc_id"] == f"d{i}.md"
