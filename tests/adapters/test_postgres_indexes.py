@@ -16,6 +16,7 @@ from semsearch.adapters.postgres.db import Database
 from semsearch.adapters.postgres.index_storage import PgIndexStorage
 from semsearch.adapters.postgres.keyword import PgKeywordIndex
 from semsearch.adapters.postgres.vectors import PgVectorIndex
+from semsearch.errors import BackendError
 from semsearch.ports import Vectors
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "scifact_minilm_vectors.npz"
@@ -175,6 +176,18 @@ def test_keyword_labels_filter_and_stats_follow_replacements(db: Database) -> No
     assert len(index) == 0 and index.search("alpha", 5) == []
 
 
+def test_keyword_terms_longer_than_a_btree_entry_are_indexed(db: Database) -> None:
+    index = PgKeywordIndex(db, "long")
+    rng = np.random.default_rng(4)
+    blob = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyzéñ"), 8000))  # incompressible
+    other = blob[:-1] + "zz"
+    index.add([(1, f"payload {blob}"), (2, f"payload {other}"), (3, "ñ" * 3000)])
+    assert [label for label, _ in index.search(blob, 5)] == [1]
+    assert [label for label, _ in index.search(other, 5)] == [2]
+    assert [label for label, _ in index.search("ñ" * 3000, 5)] == [3]
+    assert len(index.search("payload", 5)) == 2
+
+
 def _holder_pid(db: Database, collection: str) -> int:
     with db.connection() as conn:
         row = conn.execute(
@@ -234,3 +247,13 @@ def test_a_dead_holders_lock_goes_with_its_connection(db: Database, postgres_url
     finally:
         other.close()
 
+
+
+def test_database_errors_are_backend_errors_not_tracebacks(db: Database) -> None:
+    storage = PgIndexStorage(db)
+    vec, kw = storage.open("gone", 4)
+    storage.remove("gone")  # dropped under the open handles (another process, say)
+    with pytest.raises(BackendError, match="PostgreSQL failed while searching vectors"):
+        vec.search(np.ones(4, np.float32) / 2, 3)
+    with pytest.raises(BackendError, match="keyword index"):
+        kw.add([(1, "text")])

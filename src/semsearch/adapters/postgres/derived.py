@@ -6,14 +6,41 @@ two processes opening the same collection at once do not race on ``CREATE TABLE`
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from psycopg import sql
 
-from semsearch.adapters.postgres.db import Database
+from semsearch.adapters.postgres.db import Database, _first_line
+from semsearch.errors import BackendError
 
+T = TypeVar("T")
 STATE_TABLE = "semsearch_index_state"
 _DDL_LOCK = "semsearch-index-ddl"
+
+
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """A database error (a statement timeout, a full disk) as a ``BackendError`` that says
+    what was being done, never a driver traceback."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise BackendError(f"PostgreSQL failed while {what}: {_first_line(exc)}") from exc
+
+
+def run(db: Database, fn: Callable[[Any], T], what: str) -> T:
+    with translated(what):
+        return db.run(fn, what=what)
+
+
+@contextmanager
+def connection(db: Database, what: str) -> Iterator[Any]:
+    with translated(what), db.connection() as conn:
+        yield conn
 
 
 def table_name(prefix: str, collection: str) -> str:
@@ -38,7 +65,7 @@ def ensure_state_table(conn: Any) -> None:
 
 
 def read_generation(db: Database, collection: str, kind: str) -> int:
-    with db.connection() as conn:
+    with connection(db, "reading index state") as conn:
         row = conn.execute(sql.SQL("SELECT generation FROM {} WHERE collection = %s AND "
                                    "kind = %s").format(ident(STATE_TABLE)),
                            (collection, kind)).fetchone()
@@ -63,7 +90,7 @@ def forget_generation(conn: Any, collection: str, kind: str | None = None) -> No
 
 def relation_bytes(db: Database, tables: list[str]) -> int:
     """Heap, indexes and TOAST of the tables that exist (0 for the others)."""
-    with db.connection() as conn:
+    with connection(db, "reading index state") as conn:
         row = conn.execute(
             "SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0) "
             "FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NOT NULL",
@@ -77,5 +104,5 @@ def table_exists_in(conn: Any, table: str) -> bool:
 
 
 def table_exists(db: Database, table: str) -> bool:
-    with db.connection() as conn:
+    with connection(db, "reading index state") as conn:
         return table_exists_in(conn, table)

@@ -41,7 +41,7 @@ class PgIndexStorage:
     @contextmanager
     def lock(self, collection: str) -> Iterator[None]:
         """Waits as long as the holder holds (no statement timeout on the wait)."""
-        with self._db.connection() as conn:
+        with derived.connection(self._db, "holding the index lock") as conn:
             conn.execute("SET statement_timeout = 0")
             try:
                 conn.execute(LOCK_SQL, (collection,))
@@ -70,4 +70,4 @@ class PgIndexStorage:
             if derived.table_exists_in(conn, derived.STATE_TABLE):
                 derived.forget_generation(conn, collection)
 
-        self._db.run(drop, what="removing derived indexes")
+        derived.run(self._db, drop, "removing derived indexes")

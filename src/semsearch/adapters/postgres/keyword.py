@@ -14,6 +14,7 @@ stays the one the last ``save`` recorded, as for the vector index."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -30,6 +31,16 @@ KIND = "keyword"
 K1 = 1.2
 B = 0.75
 IDF_FLOOR = 1e-6
+_MAX_TERM = 256  # characters; up to 4 bytes each, well under the B-tree limit
+
+
+def term_key(term: str) -> str:
+    """The term as stored: a B-tree entry holds at most ~2.7 kB, and a "word" of a document
+    may be longer (a base64 blob, a long token run). Long terms are kept as a prefix plus
+    their hash, the same for indexing and querying; '#' is never part of an analyzed term."""
+    if len(term) <= _MAX_TERM:
+        return term
+    return f"{term[:64]}#{hashlib.sha256(term.encode()).hexdigest()}"
 
 
 def _float(x: float) -> sql.Composable:
@@ -49,7 +60,7 @@ class PgKeywordIndex:
         self.tables = keyword_tables(collection)
         postings, lengths, stats = (derived.ident(t) for t in self.tables)
         self._postings, self._lengths, self._stats = postings, lengths, stats
-        self._db.run(self._setup, what="creating a keyword index")
+        derived.run(self._db, self._setup, "creating a keyword index")
         self._search_sql = self._scoring_sql(filtered=False)
         self._filtered_sql = self._scoring_sql(filtered=True)
 
@@ -108,7 +119,7 @@ class PgKeywordIndex:
         return derived.read_generation(self._db, self._collection, KIND)
 
     def __len__(self) -> int:
-        with self._db.connection() as conn:
+        with derived.connection(self._db, "using a derived index") as conn:
             row = conn.execute(sql.SQL("SELECT docs FROM {}").format(self._stats)).fetchone()
         return int(row[0]) if row else 0
 
@@ -133,7 +144,8 @@ class PgKeywordIndex:
         latest = {int(label): text for label, text in items}
         if not latest:
             return
-        docs = {label: self._analyzer.terms(text) for label, text in latest.items()}
+        docs = {label: [term_key(t) for t in self._analyzer.terms(text)]
+                for label, text in latest.items()}
         labels = list(docs)
         total = sum(len(t) for t in docs.values())
 
@@ -153,7 +165,7 @@ class PgKeywordIndex:
             conn.execute(sql.SQL("UPDATE {} SET docs = docs + %s, total = total + %s").format(
                 self._stats), (len(docs), total))
 
-        self._db.run(write, what="adding to the keyword index")
+        derived.run(self._db, write, "adding to the keyword index")
 
     def remove(self, labels: Iterable[int]) -> None:
         labs = [int(x) for x in labels]
@@ -164,7 +176,7 @@ class PgKeywordIndex:
             self._lock(conn)
             self._drop(conn, labs)
 
-        self._db.run(write, what="removing from the keyword index")
+        derived.run(self._db, write, "removing from the keyword index")
 
     def clear(self) -> None:
         """Empty the index and forget the generation, in one transaction."""
@@ -174,15 +186,14 @@ class PgKeywordIndex:
             conn.execute(sql.SQL("UPDATE {} SET docs = 0, total = 0").format(self._stats))
             derived.forget_generation(conn, self._collection, KIND)
 
-        self._db.run(wipe, what="clearing the keyword index")
+        derived.run(self._db, wipe, "clearing the keyword index")
 
     def save(self, generation: int) -> None:
         """Record the generation, then VACUUM (ANALYZE) what the run wrote, as autovacuum
         would some time later: fresh planner statistics, and a visibility map that lets a
         query read postings from the (term, label, tf) index alone."""
-        self._db.run(lambda conn: derived.write_generation(conn, self._collection, KIND,
-                                                           generation),
-                     what="saving the keyword index")
+        derived.run(self._db, lambda conn: derived.write_generation(
+            conn, self._collection, KIND, generation), "saving the keyword index")
         try:
             self._vacuum()
         except Exception as exc:  # only a speed-up: the save itself is done
@@ -190,7 +201,7 @@ class PgKeywordIndex:
 
     def search(self, query: str, k: int,
                allowed: set[int] | None = None) -> list[tuple[int, float]]:
-        terms = list(dict.fromkeys(self._analyzer.terms(query)))
+        terms = list(dict.fromkeys(term_key(t) for t in self._analyzer.terms(query)))
         if not terms or k <= 0 or (allowed is not None and not allowed):
             return []
         params: tuple[Any, ...]
@@ -198,7 +209,7 @@ class PgKeywordIndex:
             stmt, params = self._search_sql, (terms, k)
         else:
             stmt, params = self._filtered_sql, (terms, [int(x) for x in allowed], k)
-        with self._db.connection() as conn:
+        with derived.connection(self._db, "using a derived index") as conn:
             rows = conn.execute(stmt, params).fetchall()
         return [(int(label), float(score)) for label, score in rows]
 
@@ -210,7 +221,7 @@ class PgKeywordIndex:
         self._vacuum()
 
     def _vacuum(self) -> None:
-        with self._db.connection() as conn:
+        with derived.connection(self._db, "using a derived index") as conn:
             conn.execute("SET statement_timeout = 0")
             try:
                 for table in (self._postings, self._lengths, self._stats):

@@ -73,7 +73,7 @@ class PgVectorIndex:
         self._t = derived.ident(self.table)
         # The query vector travels as ``vector``; a halfvec column compares against halfvec.
         self._q = sql.SQL("%s::halfvec" if vector_type == "halfvec" else "%s::vector")
-        self._db.run(self._setup, what="creating a vector index")
+        derived.run(self._db, self._setup, "creating a vector index")
 
     # -- schema ----------------------------------------------------------------------------
 
@@ -123,7 +123,7 @@ class PgVectorIndex:
         return derived.read_generation(self._db, self._collection, KIND)
 
     def __len__(self) -> int:
-        with self._db.connection() as conn:
+        with derived.connection(self._db, "using a derived index") as conn:
             row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self._t)).fetchone()
         return int(row[0]) if row else 0
 
@@ -168,15 +168,15 @@ class PgVectorIndex:
                 "FROM semsearch_stage_vec ON CONFLICT (label) DO UPDATE "
                 "SET embedding = EXCLUDED.embedding").format(self._t, cast))
 
-        self._db.run(write, what="adding vectors")
+        derived.run(self._db, write, "adding vectors")
 
     def remove(self, labels: Iterable[int]) -> None:
         labs = [int(x) for x in labels]
         if not labs:
             return
-        self._db.run(lambda conn: conn.execute(
+        derived.run(self._db, lambda conn: conn.execute(
             sql.SQL("DELETE FROM {} WHERE label = ANY(%s::bigint[])").format(self._t),
-            (labs,)), what="removing vectors")
+            (labs,)), "removing vectors")
 
     def search(self, query: Vectors, k: int,
                allowed: set[int] | None = None) -> list[tuple[int, float]]:
@@ -200,7 +200,7 @@ class PgVectorIndex:
 
     def _rows(self) -> float:
         """The planner's row estimate when it has one (no scan), else an exact count."""
-        with self._db.connection() as conn:
+        with derived.connection(self._db, "using a derived index") as conn:
             row = conn.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)",
                                (self.table,)).fetchone()
         if row is not None and row[0] is not None and float(row[0]) >= 0:
@@ -214,7 +214,7 @@ class PgVectorIndex:
 
     def _count(self, labs: list[int] | None) -> int:
         where, params = self._where(labs)
-        with self._db.connection() as conn:
+        with derived.connection(self._db, "using a derived index") as conn:
             row = conn.execute(sql.SQL("SELECT count(*) FROM {} {}").format(self._t, where),
                                params).fetchone()
         return int(row[0]) if row else 0
@@ -233,7 +233,7 @@ class PgVectorIndex:
             return rows
 
         return [(int(label), float(score)) for label, score in
-                self._db.run(read, what="searching vectors")]
+                derived.run(self._db, read, "searching vectors")]
 
     def _ann(self, vec: Vectors, k: int, labs: list[int] | None) -> Hits:
         where, params = self._where(labs)
@@ -258,7 +258,7 @@ class PgVectorIndex:
             return rows
 
         hits = [(int(label), -float(d)) for label, d in
-                self._db.run(read, what="searching vectors")]
+                derived.run(self._db, read, "searching vectors")]
         hits.sort(key=lambda h: (-h[1], h[0]))
         return hits
 
@@ -268,7 +268,7 @@ class PgVectorIndex:
             conn.execute(sql.SQL("ANALYZE {}").format(self._t))
             derived.write_generation(conn, self._collection, KIND, generation)
 
-        self._db.run(stamp, what="saving a vector index")
+        derived.run(self._db, stamp, "saving a vector index")
 
     def clear(self) -> None:
         """Empty the table and forget the generation, in one transaction."""
@@ -276,7 +276,7 @@ class PgVectorIndex:
             conn.execute(sql.SQL("TRUNCATE {}").format(self._t))
             derived.forget_generation(conn, self._collection, KIND)
 
-        self._db.run(wipe, what="clearing a vector index")
+        derived.run(self._db, wipe, "clearing a vector index")
 
     @property
     def deleted(self) -> int:
@@ -289,7 +289,7 @@ class PgVectorIndex:
     def compact(self) -> None:
         """VACUUM (ANALYZE): reclaims dead rows and their graph entries; results unchanged.
         It cannot run inside a transaction, and may outlast the statement timeout."""
-        with self._db.connection() as conn:
+        with derived.connection(self._db, "using a derived index") as conn:
             conn.execute("SET statement_timeout = 0")
             try:
                 conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(self._t))
