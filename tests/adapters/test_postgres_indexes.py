@@ -257,3 +257,37 @@ def test_database_errors_are_backend_errors_not_tracebacks(db: Database) -> None
         vec.search(np.ones(4, np.float32) / 2, 3)
     with pytest.raises(BackendError, match="keyword index"):
         kw.add([(1, "text")])
+
+
+def test_concurrent_writers_of_the_same_labels_neither_fail_nor_skew_counts(
+        db: Database, postgres_url: str) -> None:
+    other = Database(postgres_url)
+    errors: list[BaseException] = []
+    rng = np.random.default_rng(5)
+    vecs = unit(rng, 200, 8)
+    try:
+        indexes = [(PgVectorIndex(d, "busy", 8), PgKeywordIndex(d, "busy")) for d in (db, other)]
+
+        def writer(i: int) -> None:
+            vec, kw = indexes[i]
+            try:
+                for round_ in range(5):
+                    vec.add(list(range(200)), vecs)
+                    kw.add([(n, f"word{n} writer{i} " + "pad " * (round_ + i)) for n in range(200)])
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(i,)) for i in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        vec, kw = indexes[0]
+        assert len(vec) == 200 and len(kw) == 200
+        with db.connection() as conn:
+            stats = conn.execute(f"SELECT docs, total FROM {kw.tables[2]}").fetchone()
+            lengths = conn.execute(f"SELECT count(*), sum(len) FROM {kw.tables[1]}").fetchone()
+        assert stats == lengths
+    finally:
+        other.close()
