@@ -236,9 +236,11 @@ def test_one_sync_per_collection_across_processes(shared: Shared) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def _consistent(shared: Shared, collection: str) -> int:
+def _consistent(shared: Shared, collection: str, dense: bool = True,
+                word_of: Callable[[int], str] = WORDS.__getitem__) -> int:
     """Open the collection as a new process would: its indexes agree with the store (every
-    stored chunk in both indexes, nothing else), and every stored document is found."""
+    stored chunk in both indexes, nothing else), and every stored document is found by its
+    own word (by BM25, and with ``dense`` by the fake embedder's vectors too)."""
     engine = open_engine(shared.settings("checker"))
     try:
         handle = engine.collection(collection)
@@ -250,11 +252,13 @@ def _consistent(shared: Shared, collection: str) -> int:
         ids = engine.store.all_doc_ids(info.name)
         assert len(ids) == info.documents
         for doc_id in ids:
-            word = WORDS[int(doc_id.removeprefix("d").removesuffix(".md"))]
-            query = engine.embedder.embed([word], InputType.QUERY)
-            dense = idx.vectors.search(query[0], 1)
-            found = engine.store.doc_ids_by_label(info.name, [label for label, _ in dense])
-            assert list(found.values()) == [doc_id], (doc_id, found)
+            number = int(doc_id.removeprefix("d").removesuffix(".md"))
+            word = word_of(number)
+            if dense:
+                query = engine.embedder.embed([word], InputType.QUERY)
+                near = idx.vectors.search(query[0], 1)
+                found = engine.store.doc_ids_by_label(info.name, [label for label, _ in near])
+                assert list(found.values()) == [doc_id], (doc_id, found)
             keyword = idx.keyword.search(word, 1)
             found = engine.store.doc_ids_by_label(info.name, [label for label, _ in keyword])
             assert list(found.values()) == [doc_id], (doc_id, found)
@@ -366,3 +370,35 @@ def test_halfvec_stores_vectors_in_half_precision_and_finds_the_same(shared: Sha
                            **half)
         assert found.returncode == 0, found.stderr
         assert json.loads(found.stdout)["hits"][0]["doc_id"] == f"d{i}.md"
+
+
+def test_an_index_run_killed_mid_way_keeps_whole_batches_only(shared: Shared) -> None:
+    """kill -9 of `semsearch index` at a moment picked by watching the database from
+    outside: whole batches or nothing, indexes in step after the next open, and the next run
+    (from another home) finishes the job."""
+    import psycopg
+
+    folder = shared.root / "big"
+    folder.mkdir()
+    for i in range(400):
+        (folder / f"d{i}.md").write_text(f"Entry marker{i} of the ledger, line {i}.\n")
+    proc = subprocess.Popen([sys.executable, "-m", "semsearch", "index", str(folder), "-c",
+                             "docs", "--batch-size", "5"], env=shared.env("indexer"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    with psycopg.connect(shared.url, autocommit=True) as conn:
+        while time.monotonic() < deadline and proc.poll() is None:
+            row = conn.execute("SELECT generation FROM semsearch_collections WHERE name = "
+                               "'docs'").fetchone() if conn.execute(
+                "SELECT to_regclass('semsearch_collections')").fetchone()[0] else None
+            if row is not None and row[0] >= 3:
+                break
+            time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kept = _consistent(shared, "docs", dense=False, word_of="marker{}".format)
+    assert 0 < kept < 400 and kept % 5 == 0, kept  # whole batches of five, never part of one
+    rerun = shared.cli("indexer2", "index", str(folder), "-c", "docs", "--batch-size", "50")
+    assert rerun.returncode == 0, rerun.stderr
+    assert _consistent(shared, "docs", dense=False, word_of="marker{}".format) == 400
