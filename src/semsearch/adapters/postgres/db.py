@@ -17,9 +17,10 @@ from semsearch.errors import BackendError
 log = logging.getLogger("semsearch.postgres")
 T = TypeVar("T")
 
-# Serialization failure, deadlock, and the "connection exception" class.
+# Serialization failure, deadlock, the "connection exception" class, and the server going
+# away under us (admin shutdown, crash shutdown, cannot connect now: a restart or failover).
 _RETRY_SQLSTATES = {"40001", "40P01"}
-_RETRY_CLASSES = ("08",)
+_RETRY_CLASSES = ("08", "57P01", "57P02", "57P03")
 
 
 def mask(url: str) -> str:
