@@ -73,9 +73,11 @@ class CollectionIndexes:
                 self.vectors.add(labels, vectors)
                 self.keyword.add([(label, keyword_text(ch)) for label, ch in result.added])
             if self.durable:
-                # Under writing(): every earlier commit is applied and stamped already.
-                self.vectors.save(result.generation)
-                self.keyword.save(result.generation)
+                # Under writing(): every earlier commit is applied and stamped already. A
+                # stamp only records the generation; a full save (statistics, vacuum) is
+                # for the end of a bulk run.
+                for index in (self.vectors, self.keyword):
+                    getattr(index, "stamp", index.save)(result.generation)
                 self.applied = result.generation
                 return
             # A gap means another process committed in between: we hold a partial view.

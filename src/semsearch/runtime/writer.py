@@ -31,6 +31,7 @@ from semsearch.runtime.embedding import EmbedStats
 from semsearch.runtime.indexes import doc_vector, split_vectors
 
 MAX_REASONS = 20  # refused and repeated ids kept with their reasons, per run
+BULK_CHUNKS = 1000  # a run that wrote this many chunks refreshes a shared index's statistics
 
 
 def validate_document(doc: Document, max_chars: int) -> None:
@@ -281,7 +282,12 @@ class BatchWriter:
         """Persist the derived indexes if they reflect the last commit and are not saved
         yet. Runs end with it, failed ones too (what was committed stays findable)."""
         idx = self.indexes
-        if self._engine.has_indexes(self._version) and idx.is_fresh(self.generation) \
-                and not idx.is_saved(self.generation):
+        if not (self._engine.has_indexes(self._version) and idx.is_fresh(self.generation)):
+            return
+        saved = idx.is_saved(self.generation)
+        if not saved or idx.durable:
             self._fail.hit("before_save")
+        if not saved:
             idx.save(self.generation)
+        elif idx.durable and self.counts.chunks >= BULK_CHUNKS:
+            idx.save(self.generation)  # a shared index: fresh statistics after a bulk load

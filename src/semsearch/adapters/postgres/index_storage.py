@@ -23,6 +23,10 @@ UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtextextended('semsearch-index:' || %
 
 
 class PgIndexStorage:
+    # One durable copy in the database for every process: batches are written through and
+    # stamped at once (see runtime.indexes.CollectionIndexes.durable).
+    shared = True
+
     def __init__(self, db: Database, *, vector_type: str = "vector",
                  ef_search: int = 256) -> None:
         self._db = db

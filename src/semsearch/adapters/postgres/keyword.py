@@ -188,6 +188,11 @@ class PgKeywordIndex:
 
         derived.run(self._db, wipe, "clearing the keyword index")
 
+    def stamp(self, generation: int) -> None:
+        """Record the generation only: what a shared index does after each batch."""
+        derived.run(self._db, lambda conn: derived.write_generation(
+            conn, self._collection, KIND, generation), "stamping the keyword index")
+
     def save(self, generation: int) -> None:
         """Record the generation, then VACUUM (ANALYZE) what the run wrote, as autovacuum
         would some time later: fresh planner statistics, and a visibility map that lets a

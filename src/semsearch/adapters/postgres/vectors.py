@@ -270,6 +270,12 @@ class PgVectorIndex:
 
         derived.run(self._db, stamp, "saving a vector index")
 
+    def stamp(self, generation: int) -> None:
+        """Record the generation only: what a shared index does after each batch (the
+        statistics are refreshed by ``save`` after a bulk load, and by autovacuum)."""
+        derived.run(self._db, lambda conn: derived.write_generation(
+            conn, self._collection, KIND, generation), "stamping a vector index")
+
     def clear(self) -> None:
         """Empty the table and forget the generation, in one transaction."""
         def wipe(conn: Any) -> None:
