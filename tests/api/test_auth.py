@@ -151,6 +151,8 @@ def test_every_route_is_authenticated_or_explicitly_public(env: Env) -> None:
     assert not missing, f"add a sample request to SAMPLES for {missing}"
 
 
+@pytest.mark.embedded_only(
+    reason="keys in a file; on PostgreSQL they are rows (tests/e2e/test_postgres_shared.py)")
 def test_no_key_or_unknown_key_is_401_on_every_protected_route(env: Env) -> None:
     bad = [{}, {"X-API-Key": "ss_not-a-key"}, _bearer("ss_not-a-key"), {"Authorization": "Bearer"},
            {"Authorization": f"Basic {env.keys.admin}"},  # only Bearer carries a key
@@ -181,6 +183,8 @@ def test_public_paths_answer_without_a_key(env: Env) -> None:
         assert c.get("/openapi.json").status_code == 200
 
 
+@pytest.mark.embedded_only(
+    reason="keys in a file; on PostgreSQL they are rows (tests/e2e/test_postgres_shared.py)")
 def test_exactly_the_documented_public_set_answers_without_a_key(env: Env) -> None:
     """Every route of the app, keys configured, no key sent: the public set answers 200,
     everything else 401; and that set is the code's, and the README's."""
@@ -216,6 +220,8 @@ def test_both_header_forms_work(env: Env) -> None:
             assert {h["doc_id"] for h in r.json()["hits"]} == {"d1", "d2", "d3"}
 
 
+@pytest.mark.embedded_only(
+    reason="keys in a file; on PostgreSQL they are rows (tests/e2e/test_postgres_shared.py)")
 def test_scopes_are_enforced(env: Env) -> None:
     k = env.keys
     search_docs = {"json": {"query": "lantern", "collection": "docs", "mode": "keyword"}}
@@ -276,6 +282,8 @@ def test_scopes_are_enforced(env: Env) -> None:
         assert sorted(h["doc_id"] for h in r.json()["hits"]) == ["d1", "d2", "d3"]
 
 
+@pytest.mark.embedded_only(
+    reason="keys in a file; on PostgreSQL they are rows (tests/e2e/test_postgres_shared.py)")
 def test_listing_shows_only_readable_collections(env: Env) -> None:
     with env.srv.client() as c:
         def names(key: str) -> list[str]:

@@ -241,6 +241,8 @@ def test_langchain_default_batch_of_1000_inputs(live: LiveServer) -> None:
                                atol=1e-5)
 
 
+@pytest.mark.embedded_only(
+    reason="keys in a file; on PostgreSQL they are rows (tests/e2e/test_postgres_shared.py)")
 def test_api_keys_right_key_works_wrong_key_is_refused(
         live_factory: Callable[..., LiveServer], tmp_path: Path) -> None:
     from semsearch.api.auth import KeyStore

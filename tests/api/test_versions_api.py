@@ -47,7 +47,8 @@ def test_search_answers_throughout_a_reindex(live_factory: Callable[..., LiveSer
     result: dict[str, Any] = {}
 
     def run() -> None:
-        engine = open_engine(Settings(home=settings.home, embedder_threads=1))
+        engine = open_engine(Settings(home=settings.home, store_url=settings.store_url,
+                                      embedder_threads=1))
         try:
             result["report"] = reindex(engine, "docs", **_second_model())
         except BaseException as exc:  # surfaced by the assertion below

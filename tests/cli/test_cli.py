@@ -46,6 +46,7 @@ def test_quickstart_then_machine_readable_commands(settings: Settings) -> None:
     assert len(vec) == 384 and abs(sum(v * v for v in vec) - 1) < 1e-3
 
 
+@pytest.mark.embedded_only(reason="deletes the index files to rebuild them")
 def test_index_json_summary_and_warm_rerun(settings: Settings, tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()

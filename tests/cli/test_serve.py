@@ -129,6 +129,8 @@ def _server_side_owners(port: int, pids: set[int]) -> set[int]:
     return owners
 
 
+@pytest.mark.embedded_only(
+    reason="the keys file; on PostgreSQL keys are rows (tests/e2e/test_postgres_shared.py)")
 def test_keys_create_and_list(settings: Settings) -> None:
     made = run(settings, "keys", "create", "ci", "--scope", "docs:read", "--scope", "*:write")
     assert made.returncode == 0, made.stderr
@@ -173,6 +175,8 @@ def test_keys_revoke(settings: Settings) -> None:
     assert not list(settings.home.glob("*.tmp")) and not list(settings.home.glob(".*.tmp"))
 
 
+@pytest.mark.embedded_only(
+    reason="the keys file; on PostgreSQL keys are rows (tests/e2e/test_postgres_shared.py)")
 def test_keys_file_changes_reach_a_running_server(home: Settings, tmp_path: Path) -> None:
     """Create, use, revoke, add: a running server follows the keys file with no restart;
     a broken file keeps the last good keys (and logs why), never a 500 or a lock-out."""

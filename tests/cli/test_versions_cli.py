@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from semsearch.config import Settings
 from tests.cli.test_cli import run
 
 
+@pytest.mark.embedded_only(reason="deletes a version's index files")
 def test_reindex_dry_run_swap_rollback_compact(settings: Settings) -> None:
     assert run(settings, "quickstart").returncode == 0
     dry = run(settings, "reindex", "-c", "quickstart", "--chunk-max-tokens", "96",

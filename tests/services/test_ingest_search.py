@@ -108,6 +108,7 @@ def test_updates_and_deletes_show_immediately(engine: Engine) -> None:
     assert engine.store.get_collection("s").documents == 11
 
 
+@pytest.mark.embedded_only(reason="reads or damages the SQLite store and index files")
 def test_derived_indexes_rebuild_to_the_same_results(engine: Engine, settings: Settings) -> None:
     index_documents(engine, "s", _docs())
     queries = [VEG, "wifi router placement", "burn first aid", "sleep schedule"]
@@ -169,6 +170,7 @@ def test_bad_input_is_refused_and_stored_data_survives(engine: Engine, tmp_path:
     assert _ids(engine, VEG, Mode.HYBRID, k=1) == ["storing-vegetables.md"]
 
 
+@pytest.mark.embedded_only(reason="reads or damages the SQLite store and index files")
 def test_document_vector_is_the_normalized_mean_of_its_chunks(engine: Engine) -> None:
     import sqlite3
 

@@ -163,6 +163,7 @@ def _mini_beir(root: Path, docs: list[Document]) -> Path:
     return folder
 
 
+@pytest.mark.embedded_only(reason="counts hnswlib tombstones; PostgreSQL keeps none")
 def test_compaction_frees_deleted_vectors_and_keeps_results(
         settings: Settings, docs: list[Document], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEMSEARCH_ANN_THRESHOLD", "4")  # a graph even for the sample

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from semsearch.config import Settings
 from semsearch.wiring import open_engine
 from tests.sync.conftest import T0, SourceDb, collection_state, search_ids
@@ -67,6 +69,9 @@ def _kill_mid_run(db: SourceDb, settings: Settings, collection: str, after_gen: 
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
 
 
+@pytest.mark.embedded_only(
+    reason="reads the SQLite store from outside (tests/e2e/test_postgres_shared.py kills "
+           "PostgreSQL runs)")
 def test_kill_9_at_any_point_then_rerun_equals_a_clean_run(settings: Settings,
                                                            pg: SourceDb) -> None:
     pg.insert(range(1, 61))
@@ -126,5 +131,5 @@ def test_a_second_run_on_the_same_collection_exits_3(settings: Settings,
     finally:
         engine.close()
     assert proc.returncode == 3
-    assert "collection 'products' is already being synced (pid" in proc.stderr
+    assert "collection 'products' is already being synced (" in proc.stderr
     assert proc.stdout == ""
