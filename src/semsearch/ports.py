@@ -291,7 +291,9 @@ class SyncSource(Protocol):
 class IndexStorage(Protocol):
     """Where a collection version's derived indexes live (files under the home, or tables
     in a shared database): opened, measured and removed by collection name, so the runtime
-    never knows paths."""
+    never knows paths. ``shared`` (a class attribute, default False) says the indexes are
+    one durable copy for every process, written through at each batch, not a copy in each
+    process saved at the end of a run."""
 
     def open(self, collection: str, dimension: int) -> tuple[VectorIndex, KeywordIndex]: ...
 
