@@ -68,6 +68,11 @@ def test_search_answers_throughout_a_reindex(live_factory: Callable[..., LiveSer
             if not worker.is_alive():
                 time.sleep(0.05)
         worker.join()
+        # A search issued before the swap can return after the worker ended: the answer
+        # after join is the first one sure to come after the swap.
+        r = c.get("/search", params={"q": VEG, "collection": "docs", "k": 3})
+        answers.append((r.status_code, r.json().get("version", ""),
+                        [h["doc_id"] for h in r.json().get("hits", [])]))
         after = c.get("/search", params={"q": VEG, "collection": "docs"}).json()
         listed = {x["name"]: x for x in c.get("/collections").json()["collections"]}
     assert "error" not in result, result.get("error")
