@@ -25,14 +25,12 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -43,6 +41,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from semsearch.adapters.embedders.fake import FakeEmbedder
+from tests.fakes.loopback import LoopbackServer
 
 ACCESS_KEY = "AKIDSEMSEARCHTEST01"
 SECRET_KEY = "semsearch/test/secret/key/not/a/real/one"
@@ -159,7 +158,7 @@ def _malformed(detail: str) -> BedrockError:
                         "try again.")
 
 
-class FakeBedrockServer:
+class FakeBedrockServer(LoopbackServer):
     """``models`` are served; ``denied_models`` answer 403 AccessDeniedException (a model
     not enabled for the account); any other id answers as ``unknown_model`` says: 400
     ValidationException ("The provided model identifier is invalid.", what Bedrock says
@@ -179,57 +178,20 @@ class FakeBedrockServer:
         self.unknown_model = unknown_model
         self.token_header = token_header
         self.requests: list[RecordedRequest] = []
-        self.max_inflight = 0
-        self._inflight = 0
-        self._faults: deque[Fault] = deque()
-        self._lock = threading.Lock()
         self._embedders: dict[int, FakeEmbedder] = {}
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
-    # -- lifecycle -------------------------------------------------------------------------
+    NAME = "fake-bedrock"
+    FAULTS = FAULTS
 
-    def start(self) -> FakeBedrockServer:
-        handler = type("Handler", (_Handler,), {"fake": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        self._httpd.block_on_close = False
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-bedrock",
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeBedrockServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
 
     @property
     def url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return self.origin
 
     # -- scripting and inspection ------------------------------------------------------------
-
-    def script(self, *faults: Fault) -> None:
-        """Queue behaviours for the next correctly signed requests, one each; then normal
-        service resumes."""
-        for fault in faults:
-            kind = fault[0] if isinstance(fault, tuple) else fault
-            if kind not in FAULTS or (kind == "slow" and not isinstance(fault, tuple)):
-                raise ValueError(f"unknown fault {fault!r}; use one of {FAULTS}")
-        with self._lock:
-            self._faults.extend(faults)
 
     def reset(self) -> None:
         with self._lock:
@@ -240,19 +202,6 @@ class FakeBedrockServer:
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
-
-    def _next_fault(self) -> Fault | None:
-        with self._lock:
-            return self._faults.popleft() if self._faults else None
-
-    def _enter(self) -> None:
-        with self._lock:
-            self._inflight += 1
-            self.max_inflight = max(self.max_inflight, self._inflight)
-
-    def _leave(self) -> None:
-        with self._lock:
-            self._inflight -= 1
 
     # -- what AWS checks first: the signature -----------------------------------------------
 

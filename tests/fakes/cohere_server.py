@@ -18,20 +18,17 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import threading
-import time
 import uuid
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import numpy as np
 
 from semsearch.core.types import InputType
 from semsearch.ports import Embedder
+from tests.fakes.loopback import JsonHandler, LoopbackServer
 
 Fault = str | tuple[str, float]
 FAULTS = ("429", "500", "503", "401", "unknown-model-404", "unknown-model-400", "malformed",
@@ -70,7 +67,7 @@ def _unknown_model(model: object) -> str:
             "you have access to the model.")
 
 
-class FakeCohereServer:
+class FakeCohereServer(LoopbackServer):
     """Serves ``POST /v2/embed`` for ``models`` (all backed by ``embedder``).
     ``max_input_tokens`` (counted with the embedder's tokenizer) makes an over-long text a
     400 under ``truncate: NONE``, as Cohere's context limit does; ``send_billed_units=False``
@@ -86,61 +83,20 @@ class FakeCohereServer:
         self.send_billed_units = send_billed_units
         self.requests: list[RecordedRequest] = []
         self.billed = 0  # tokens billed over all successful requests
-        self.max_inflight = 0
-        self._inflight = 0
-        self._faults: deque[Fault] = deque()
-        self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
-    # -- lifecycle -------------------------------------------------------------------------
+    NAME = "fake-cohere"
+    FAULTS = FAULTS
 
-    def start(self) -> FakeCohereServer:
-        handler = type("Handler", (_Handler,), {"fake": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        self._httpd.block_on_close = False  # never wait for a handler sleeping in a fault
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-cohere",
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeCohereServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._httpd is not None, "server not started"
-        return int(self._httpd.server_address[1])
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
 
     @property
     def url(self) -> str:
         """The base URL, as Cohere's is ``https://api.cohere.com``."""
-        return f"http://127.0.0.1:{self.port}"
+        return self.origin
 
     # -- scripting and inspection ------------------------------------------------------------
-
-    def script(self, *faults: Fault) -> None:
-        """Queue behaviours for the next requests, one each; then normal service resumes.
-        ``("429", s)`` sends ``Retry-After: s`` (default 1); ``("slow", s)`` waits s first."""
-        for fault in faults:
-            kind = fault[0] if isinstance(fault, tuple) else fault
-            if kind not in FAULTS or (kind == "slow" and not isinstance(fault, tuple)):
-                raise ValueError(f"unknown fault {fault!r}; use one of {FAULTS}")
-        with self._lock:
-            self._faults.extend(faults)
 
     def reset(self) -> None:
         with self._lock:
@@ -151,16 +107,14 @@ class FakeCohereServer:
 
     def _begin(self, method: str, path: str, headers: dict[str, str],
                body: Any) -> Fault | None:
+        fault = self._next_fault()
         with self._lock:
-            fault = self._faults.popleft() if self._faults else None
             self.requests.append(RecordedRequest(method, path, headers, body, fault))
-            self._inflight += 1
-            self.max_inflight = max(self.max_inflight, self._inflight)
-            return fault
+        self._enter()
+        return fault
 
     def _end(self) -> None:
-        with self._lock:
-            self._inflight -= 1
+        self._leave()
 
     # -- normal service ----------------------------------------------------------------------
 
@@ -231,43 +185,11 @@ class FakeCohereServer:
         return 200, payload
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(JsonHandler):
     fake: FakeCohereServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
-        pass
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def _handle(self, method: str) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        fault = self.fake._begin(method, self.path, headers, body)
-        try:
-            self._serve(method, headers, body, fault)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (e.g. timeout)
-            self.close_connection = True
-        finally:
-            self.fake._end()
-
-    def _serve(self, method: str, headers: dict[str, str], body: Any,
-               fault: Fault | None) -> None:
-        kind, arg = (fault if isinstance(fault, tuple) else (fault, None))
-        if kind == "drop":
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        if kind == "slow":
-            time.sleep(float(arg or 0))
+    def _serve(self, method: str, headers: dict[str, str], body: Any, kind: Any,
+               arg: Any) -> None:
         model = body.get("model") if isinstance(body, dict) else None
         if kind == "429":
             self._send(429, _message("You are using a Trial key, which is limited to 5 API "

@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import threading
-import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import numpy as np
 
 from semsearch.adapters.embedders.onnx_local import LocalOnnxEmbedder
+from tests.fakes.loopback import JsonHandler, LoopbackServer
 
 Fault = str | tuple[str, float]
 FAULTS = ("429", "500", "503", "malformed", "wrongdim", "slow", "drop")
@@ -51,7 +48,7 @@ def _error(message: str, type_: str, code: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LoopbackServer):
     """Serves ``POST /v1/embeddings`` and ``GET /v1/models`` for ``models`` (all backed by
     ``embedder``). ``shuffle`` returns ``data`` in reverse order (clients must sort by
     ``index``); ``send_usage=False`` omits ``usage``; ``max_input_tokens`` makes over-long
@@ -67,59 +64,19 @@ class FakeOpenAIServer:
         self.send_usage = send_usage
         self.max_input_tokens = max_input_tokens
         self.requests: list[RecordedRequest] = []
-        self.max_inflight = 0
-        self._inflight = 0
-        self._faults: deque[Fault] = deque()
-        self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
-    # -- lifecycle -------------------------------------------------------------------------
+    NAME = "fake-openai"
+    FAULTS = FAULTS
 
-    def start(self) -> FakeOpenAIServer:
-        handler = type("Handler", (_Handler,), {"fake": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        self._httpd.block_on_close = False  # never wait for a handler sleeping in a fault
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-openai",
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeOpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._httpd is not None, "server not started"
-        return int(self._httpd.server_address[1])
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{self.origin}/v1"
 
     # -- scripting and inspection ------------------------------------------------------------
-
-    def script(self, *faults: Fault) -> None:
-        """Queue behaviours for the next requests, one each; then normal service resumes."""
-        for fault in faults:
-            kind = fault[0] if isinstance(fault, tuple) else fault
-            if kind not in FAULTS or (kind == "slow" and not isinstance(fault, tuple)):
-                raise ValueError(f"unknown fault {fault!r}; use one of {FAULTS}")
-        with self._lock:
-            self._faults.extend(faults)
 
     @property
     def embedding_requests(self) -> list[RecordedRequest]:
@@ -127,16 +84,14 @@ class FakeOpenAIServer:
 
     def _begin(self, method: str, path: str, headers: dict[str, str],
                body: Any) -> Fault | None:
+        fault = self._next_fault()
         with self._lock:
-            fault = self._faults.popleft() if self._faults else None
             self.requests.append(RecordedRequest(method, path, headers, body, fault))
-            self._inflight += 1
-            self.max_inflight = max(self.max_inflight, self._inflight)
-            return fault
+        self._enter()
+        return fault
 
     def _end(self) -> None:
-        with self._lock:
-            self._inflight -= 1
+        self._leave()
 
     # -- normal service ----------------------------------------------------------------------
 
@@ -199,43 +154,11 @@ class FakeOpenAIServer:
         return 200, payload
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(JsonHandler):
     fake: FakeOpenAIServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
-        pass
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def _handle(self, method: str) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        fault = self.fake._begin(method, self.path, headers, body)
-        try:
-            self._serve(method, headers, body, fault)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (e.g. timeout)
-            self.close_connection = True
-        finally:
-            self.fake._end()
-
-    def _serve(self, method: str, headers: dict[str, str], body: Any,
-               fault: Fault | None) -> None:
-        kind, arg = (fault if isinstance(fault, tuple) else (fault, None))
-        if kind == "drop":
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        if kind == "slow":
-            time.sleep(float(arg or 0))
+    def _serve(self, method: str, headers: dict[str, str], body: Any, kind: Any,
+               arg: Any) -> None:
         if kind == "429":
             retry_after = f"{1 if arg is None else arg:g}"
             self._send(429, _error("Rate limit reached for requests.", "requests",
