@@ -13,8 +13,10 @@ from semsearch.core.sources import SourceSpec
 from semsearch.core.types import EmbedderIdentity
 from semsearch.errors import BackendError, InputError
 from semsearch.ports import (
+    CollectionLocks,
     Embedder,
     EmbeddingCache,
+    IndexStorage,
     KeyStorage,
     NoTelemetry,
     Store,
@@ -314,61 +316,47 @@ def make_telemetry(settings: Settings) -> Telemetry:
 
 
 def open_engine(settings: Settings | None = None) -> Engine:
-    from semsearch.adapters.index_storage import LocalIndexStorage
-    from semsearch.adapters.locks import FileLocks
+    """The engine for ``settings``: the embedded backend (files in the home), or with
+    SEMSEARCH_STORE every piece of state in the shared PostgreSQL database over one pool
+    (store, derived indexes, locks). Either way only the model (its cache directory) and
+    the embedding cache (SEMSEARCH_CACHE_URL) stay outside."""
     from semsearch.adapters.sources.corpora import FileCorpora
 
     settings = settings or Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    if _postgres_store_url(settings):
-        return _open_shared_engine(settings)
     telemetry = make_telemetry(settings)  # a bad endpoint fails before anything opens
-    store = make_store(settings)
+    store: Store | None = None
     try:
+        store, index_storage, locks = _state_backends(settings)
         embedder = CachedEmbedder(make_embedder(settings), make_cache(settings),
                                   price_per_mtok=settings.embedder_price_per_mtok)
     except BaseException:
-        store.close()
+        if store is not None:
+            store.close()
         telemetry.shutdown()
         raise
-    return Engine(
-        settings=settings, store=store, embedder=embedder,
-        index_storage=LocalIndexStorage(settings.home / "indexes",
-                                        ann_threshold=settings.ann_threshold,
-                                        ef_search=settings.hnsw_ef_search),
-        locks=FileLocks(settings.home / "locks"), embedders=SettingsEmbedders(settings),
-        corpora=FileCorpora(), telemetry=telemetry)
+    return Engine(settings=settings, store=store, embedder=embedder,
+                  index_storage=index_storage, locks=locks,
+                  embedders=SettingsEmbedders(settings), corpora=FileCorpora(),
+                  telemetry=telemetry)
 
 
-def _open_shared_engine(settings: Settings) -> Engine:
-    """Every piece of state in the shared database, over one pool: the store, the derived
-    indexes (pgvector, BM25 postings) and the collection locks (advisory locks). Only the
-    model (its cache directory) and the embedding cache (SEMSEARCH_CACHE_URL: SQLite in the
-    home by default, Redis for many machines) stay outside it."""
-    from semsearch.adapters.postgres.index_storage import PgIndexStorage
-    from semsearch.adapters.postgres.locks import PgLocks
-    from semsearch.adapters.sources.corpora import FileCorpora
+def _state_backends(settings: Settings) -> tuple[Store, IndexStorage, CollectionLocks]:
+    if _postgres_store_url(settings):
+        from semsearch.adapters.postgres.index_storage import PgIndexStorage
+        from semsearch.adapters.postgres.locks import PgLocks
 
-    telemetry = make_telemetry(settings)
-    try:
         db = make_database(settings)
         store = make_store(settings, db)  # closes the pool when the engine closes it
-    except BaseException:
-        telemetry.shutdown()
-        raise
-    try:
-        embedder = CachedEmbedder(make_embedder(settings), make_cache(settings),
-                                  price_per_mtok=settings.embedder_price_per_mtok)
-    except BaseException:
-        store.close()
-        telemetry.shutdown()
-        raise
-    return Engine(
-        settings=settings, store=store, embedder=embedder,
-        index_storage=PgIndexStorage(db, vector_type=settings.store_vector_type,
-                                     ef_search=settings.hnsw_ef_search),
-        locks=PgLocks(db), embedders=SettingsEmbedders(settings), corpora=FileCorpora(),
-        telemetry=telemetry)
+        return (store, PgIndexStorage(db, vector_type=settings.store_vector_type,
+                                      ef_search=settings.hnsw_ef_search), PgLocks(db))
+    from semsearch.adapters.index_storage import LocalIndexStorage
+    from semsearch.adapters.locks import FileLocks
+
+    return (make_store(settings),
+            LocalIndexStorage(settings.home / "indexes", ann_threshold=settings.ann_threshold,
+                              ef_search=settings.hnsw_ef_search),
+            FileLocks(settings.home / "locks"))
 
 
 def open_source(engine: Engine, spec: SourceSpec) -> SyncSource:

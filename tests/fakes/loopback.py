@@ -133,3 +133,16 @@ class JsonHandler(BaseHTTPRequestHandler):
     def _serve(self, method: str, headers: dict[str, str], body: Any, kind: Any,
                arg: Any) -> None:
         raise NotImplementedError
+
+    def _send(self, status: int, payload: dict[str, Any] | bytes,
+              headers: dict[str, str] | None = None) -> None:
+        import json
+
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)

@@ -175,14 +175,3 @@ class _Handler(JsonHandler):
         if kind == "malformed" and status == 200:
             data = data[: len(data) // 2]  # a body cut short mid-JSON
         self._send(status, data)
-
-    def _send(self, status: int, payload: dict[str, Any] | bytes,
-              headers: dict[str, str] | None = None) -> None:
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
