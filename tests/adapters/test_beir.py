@@ -16,8 +16,7 @@ from semsearch.adapters.sources.beir import (
 )
 from semsearch.core.types import Document
 from semsearch.errors import InputError, SourceError
-
-DATA = Path("/work/shared/data")
+from tests.conftest import DATA
 
 
 def _need(name: str) -> Path:

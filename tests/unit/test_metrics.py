@@ -7,7 +7,6 @@ import math
 import random
 import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -27,7 +26,8 @@ from semsearch.errors import InputError
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
 
-DATA = Path("/work/shared/data")
+from tests.conftest import DATA  # noqa: E402  (SEMSEARCH_SHARED, else ../shared beside the repo)
+
 TOL = 1e-9
 OURS = ("ndcg@1", "ndcg@3", "ndcg@10", "mrr@10", "recall@10", "recall@100", "map@10", "map@100")
 THEIRS = {"ndcg@1": "ndcg_cut_1", "ndcg@3": "ndcg_cut_3", "ndcg@10": "ndcg_cut_10",
