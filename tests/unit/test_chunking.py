@@ -24,9 +24,10 @@ from semsearch.core.chunking import (
 )
 from semsearch.core.types import Chunk, Document
 from semsearch.errors import InputError
+from tests.conftest import DATA
 
 TOKENIZER_JSON = Path(semsearch.errors.__file__).parent / "data" / "minilm" / "tokenizer.json"
-SCIFACT = Path("/work/shared/data/scifact/corpus.jsonl")
+SCIFACT = DATA / "scifact" / "corpus.jsonl"
 
 
 class MiniLMTokenizer:
