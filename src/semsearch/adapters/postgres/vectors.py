@@ -17,11 +17,11 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 from psycopg import sql
 
 from semsearch.adapters.postgres import derived
 from semsearch.adapters.postgres.db import Database
+from semsearch.adapters.vectors.checks import check_query, upsert_batch
 from semsearch.errors import BackendError, InputError
 from semsearch.ports import Vectors
 
@@ -127,30 +127,14 @@ class PgVectorIndex:
             row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self._t)).fetchone()
         return int(row[0]) if row else 0
 
-    def _check(self, vectors: Vectors, what: str) -> Vectors:
-        arr = np.ascontiguousarray(vectors, dtype=np.float32)
-        if arr.ndim != 2 or arr.shape[1] != self._dim:
-            raise InputError(f"{what}: expected dimension {self._dim}, got shape {arr.shape}")
-        if not np.isfinite(arr).all():
-            raise InputError(f"{what}: vectors contain NaN or infinite values")
-        return arr
-
     def add(self, labels: Sequence[int], vectors: Vectors) -> None:
         """Insert or replace (upsert) vectors; within one batch the last duplicate wins.
         Rows are copied into a staging table and upserted in one statement, so two writers
         of one label cannot collide on the primary key."""
-        labs = np.asarray(labels, dtype=np.int64).reshape(-1)
-        if len(labs) == 0 and np.size(vectors) == 0:
+        batch = upsert_batch(labels, vectors, self._dim)
+        if batch is None:
             return
-        vecs = self._check(vectors, "add")
-        if len(labs) != len(vecs):
-            raise InputError(f"add: {len(labs)} labels but {len(vecs)} vectors")
-        if (labs < 0).any():
-            raise InputError("add: labels must be non-negative")
-        _, last = np.unique(labs[::-1], return_index=True)
-        if len(last) != len(labs):
-            keep = np.sort(len(labs) - 1 - last)
-            labs, vecs = labs[keep], vecs[keep]
+        labs, vecs = batch
         rows = list(zip(labs.tolist(), vecs, strict=True))
         cast = sql.SQL("::halfvec" if self._type == "halfvec" else "")
 
@@ -180,11 +164,7 @@ class PgVectorIndex:
 
     def search(self, query: Vectors, k: int,
                allowed: set[int] | None = None) -> list[tuple[int, float]]:
-        q = np.asarray(query, dtype=np.float32)
-        q = self._check(q.reshape(1, -1) if q.ndim == 1 else q, "search")
-        if len(q) != 1:
-            raise InputError(f"search: expected one query vector, got {len(q)}")
-        vec = q[0]
+        vec = check_query(query, self._dim)
         if k <= 0 or (allowed is not None and not allowed):
             return []
         labs = None if allowed is None else [int(x) for x in allowed]

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from semsearch.adapters.storage import write_error
+from semsearch.adapters.vectors.checks import check_query, upsert_batch
 from semsearch.errors import InputError
 from semsearch.ports import Vectors
 
@@ -128,28 +129,12 @@ class LocalVectorIndex:
     def __len__(self) -> int:
         return self._n
 
-    def _check(self, vectors: Vectors, what: str) -> Vectors:
-        arr = np.ascontiguousarray(vectors, dtype=np.float32)
-        if arr.ndim != 2 or arr.shape[1] != self._dim:
-            raise InputError(f"{what}: expected dimension {self._dim}, got shape {arr.shape}")
-        if not np.isfinite(arr).all():
-            raise InputError(f"{what}: vectors contain NaN or infinite values")
-        return arr
-
     def add(self, labels: Sequence[int], vectors: Vectors) -> None:
         """Insert or replace (upsert) vectors; within one batch the last duplicate wins."""
-        labs = np.asarray(labels, dtype=np.int64).reshape(-1)
-        if len(labs) == 0 and np.size(vectors) == 0:
+        batch = upsert_batch(labels, vectors, self._dim)
+        if batch is None:
             return
-        vecs = self._check(vectors, "add")
-        if len(labs) != len(vecs):
-            raise InputError(f"add: {len(labs)} labels but {len(vecs)} vectors")
-        if (labs < 0).any():
-            raise InputError("add: labels must be non-negative")
-        _, last = np.unique(labs[::-1], return_index=True)
-        if len(last) != len(labs):
-            keep = np.sort(len(labs) - 1 - last)
-            labs, vecs = labs[keep], vecs[keep]
+        labs, vecs = batch
         with self._lock:
             existed = np.fromiter((int(x) in self._row_of for x in labs), bool, len(labs))
             self._grow(self._n + int((~existed).sum()))
@@ -198,10 +183,7 @@ class LocalVectorIndex:
 
     def search(self, query: Vectors, k: int,
                allowed: set[int] | None = None) -> list[tuple[int, float]]:
-        q = np.asarray(query, dtype=np.float32)
-        q = self._check(q.reshape(1, -1) if q.ndim == 1 else q, "search")
-        if len(q) != 1:
-            raise InputError(f"search: expected one query vector, got {len(q)}")
+        q = check_query(query, self._dim)[None, :]
         with self._lock:
             if k <= 0 or self._n == 0:
                 return []
