@@ -408,33 +408,26 @@ def available_models(settings: Settings) -> list[dict[str, Any]]:
              "how": f"{install}SEMSEARCH_EMBEDDER=local{choose} "
                     f"SEMSEARCH_EMBEDDER_PRECISION={p}"}
             for p in PRECISIONS]
-    rows.append({
-        "id": settings.embedder_model or "<SEMSEARCH_EMBEDDER_MODEL>",
-        "provider": "openai-compatible", "dimension": settings.embedder_dimensions,
-        "installed": util.find_spec("httpx") is not None,
-        "configured": settings.embedder == "openai-compatible",
-        "how": "SEMSEARCH_EMBEDDER=openai-compatible SEMSEARCH_EMBEDDER_BASE_URL=... "
-               "SEMSEARCH_EMBEDDER_MODEL=..."})
-    rows.append({
-        "id": settings.embedder_model or "<SEMSEARCH_EMBEDDER_MODEL>",
-        "provider": "cohere", "dimension": settings.embedder_dimensions,
-        "installed": util.find_spec("httpx") is not None,
-        "configured": settings.embedder == "cohere",
-        "how": "SEMSEARCH_EMBEDDER=cohere SEMSEARCH_EMBEDDER_MODEL=embed-english-v3.0 "
-               "SEMSEARCH_EMBEDDER_API_KEY_FILE=..."})
-    rows.append({
-        "id": settings.embedder_model or "<local model folder>",
-        "provider": "sentence-transformers", "dimension": None,
-        "installed": util.find_spec("sentence_transformers") is not None,
-        "configured": settings.embedder == "sentence-transformers",
-        "how": 'pip install -e ".[sentence-transformers]"; SEMSEARCH_EMBEDDER='
-               "sentence-transformers SEMSEARCH_EMBEDDER_MODEL=/path/to/model"})
-    rows.append({
-        "id": settings.embedder_model or "amazon.titan-embed-text-v2:0",
-        "provider": "bedrock", "dimension": settings.embedder_dimensions,
-        "installed": util.find_spec("boto3") is not None,
-        "configured": settings.embedder == "bedrock",
-        "how": 'pip install -e ".[bedrock]"; SEMSEARCH_EMBEDDER=bedrock '
-               "SEMSEARCH_EMBEDDER_MODEL=amazon.titan-embed-text-v2:0 "
-               "SEMSEARCH_EMBEDDER_REGION=us-east-1"})
+    def api(provider: str, default_id: str, module: str, how: str,
+            dimension: int | None) -> dict[str, Any]:
+        return {"id": settings.embedder_model or default_id, "provider": provider,
+                "dimension": dimension, "installed": util.find_spec(module) is not None,
+                "configured": settings.embedder == provider, "how": how}
+
+    dims = settings.embedder_dimensions
+    rows += [
+        api("openai-compatible", "<SEMSEARCH_EMBEDDER_MODEL>", "httpx",
+            "SEMSEARCH_EMBEDDER=openai-compatible SEMSEARCH_EMBEDDER_BASE_URL=... "
+            "SEMSEARCH_EMBEDDER_MODEL=...", dims),
+        api("cohere", "<SEMSEARCH_EMBEDDER_MODEL>", "httpx",
+            "SEMSEARCH_EMBEDDER=cohere SEMSEARCH_EMBEDDER_MODEL=embed-english-v3.0 "
+            "SEMSEARCH_EMBEDDER_API_KEY_FILE=...", dims),
+        api("sentence-transformers", "<local model folder>", "sentence_transformers",
+            'pip install -e ".[sentence-transformers]"; SEMSEARCH_EMBEDDER='
+            "sentence-transformers SEMSEARCH_EMBEDDER_MODEL=/path/to/model", None),
+        api("bedrock", "amazon.titan-embed-text-v2:0", "boto3",
+            'pip install -e ".[bedrock]"; SEMSEARCH_EMBEDDER=bedrock '
+            "SEMSEARCH_EMBEDDER_MODEL=amazon.titan-embed-text-v2:0 "
+            "SEMSEARCH_EMBEDDER_REGION=us-east-1", dims),
+    ]
     return rows
