@@ -32,6 +32,8 @@ from semsearch.api.state import state_of
 from semsearch.config import Settings
 from semsearch.core.filters import parse_filter
 from semsearch.core.types import Document, InputType, Mode
+from semsearch.core.unicode import require_unicode
+from semsearch.errors import InputError
 from semsearch.runtime.embedding import EmbedStats
 from semsearch.runtime.engine import Engine
 
@@ -108,11 +110,9 @@ def _count_tokens(request: Request, engine: Engine, texts: list[str], what: str,
     total = 0
     for i, t in enumerate(texts):
         try:
-            t.encode("utf-8")
-        except UnicodeEncodeError as exc:  # the tokenizer cannot take it either
-            raise ApiError(422, "invalid_text", f"{what} #{i} holds an unpaired surrogate at "
-                           f"character {exc.start}, which is not valid Unicode",
-                           param=param) from None
+            require_unicode(t, f"{what} #{i}")  # the tokenizer cannot take it either
+        except InputError as exc:
+            raise ApiError(422, "invalid_text", str(exc), param=param) from None
     for t in texts:
         counts.append(tok.count_tokens(t) + 2)  # + the model's [CLS] and [SEP]
         total += counts[-1]

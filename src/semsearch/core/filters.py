@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from semsearch.core.unicode import require_unicode
 from semsearch.errors import InputError
 
 RANGE_OPS = ("gt", "gte", "lt", "lte")
@@ -110,17 +111,8 @@ def _check_value(field: str, v: Any) -> None:
         raise InputError(f"filter {field!r}: {v} is outside the 64-bit integer range")
     if isinstance(v, float) and not math.isfinite(v):
         raise InputError(f"filter {field!r}: {v} is not a finite number")
-    if isinstance(v, str) and not _is_unicode(v):
-        raise InputError(f"filter {field!r}: a value holds an unpaired surrogate, which is "
-                         "not valid Unicode")
-
-
-def _is_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    if isinstance(v, str):
+        require_unicode(v, f"filter {field!r}: a value")
 
 
 def _check_in(field: str, values: Any) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from semsearch.core.chunking import chunk_document
 from semsearch.core.types import Document, InputType
+from semsearch.core.unicode import require_unicode, shown
 from semsearch.errors import InputError
 from semsearch.ports import DocumentWrite, LedgerUpdate, Span, Vectors, WriteResult
 from semsearch.runtime.collection import Collection
@@ -37,27 +38,17 @@ BULK_CHUNKS = 1000  # a run that wrote this many chunks refreshes a shared index
 def validate_document(doc: Document, max_chars: int) -> None:
     if not isinstance(doc.id, str) or not doc.id.strip():
         raise InputError("a document has an empty id")
-    check_text(doc.id, "its id", doc.id)
-    check_text(doc.title, "its title", doc.id)
-    check_text(doc.text, "its text", doc.id)
-    check_text(json.dumps(dict(doc.metadata), ensure_ascii=False, default=str), "its metadata",
-               doc.id)
+    name = f"document {shown(doc.id)!r}"
+    require_unicode(doc.id, f"{name}: its id")
+    require_unicode(doc.title, f"{name}: its title")
+    require_unicode(doc.text, f"{name}: its text")
+    require_unicode(json.dumps(dict(doc.metadata), ensure_ascii=False, default=str),
+                    f"{name}: its metadata")
     if not doc.text.strip() and not doc.title.strip():
         raise InputError(f"document {doc.id!r} has no text and no title")
     if len(doc.text) > max_chars:
         raise InputError(f"document {doc.id!r} has {len(doc.text):,} characters; the limit is "
                          f"{max_chars:,} (SEMSEARCH_MAX_TEXT_CHARS)")
-
-
-def check_text(value: str, what: str, doc_id: str) -> None:
-    """Text every backend can store: a lone UTF-16 surrogate (JSON's "\\ud800") is not
-    valid Unicode, and databases refuse it with an encoding error deep in a write."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError(f"document {doc_id.encode('utf-8', 'backslashreplace').decode()!r}: "
-                         f"{what} holds an unpaired surrogate ({exc.object[exc.start]!r} at "
-                         f"character {exc.start}), which is not valid Unicode") from None
 
 
 @dataclass
@@ -172,7 +163,7 @@ class BatchWriter:
     # -- prepare: everything but the write --------------------------------------------------
     def prepare(self, batch: Batch) -> Prepared:
         for doc_id in batch.deletes:
-            check_text(doc_id, "its id", doc_id)
+            require_unicode(doc_id, f"document {shown(doc_id)!r}: its id")
         rejected = dict(batch.refused)
         for key, reason in batch.refused.items():
             self.counts.reject(key, reason)
@@ -184,8 +175,8 @@ class BatchWriter:
             except InputError as exc:
                 if self._invalid == "raise":
                     raise
-                key = doc.id.encode("utf-8", "backslashreplace").decode() \
-                    if isinstance(doc.id, str) and doc.id.strip() else "<no id>"
+                key = shown(doc.id) if isinstance(doc.id, str) and doc.id.strip() \
+                    else "<no id>"
                 rejected[key] = str(exc)
                 self.counts.reject(key, str(exc))
                 continue

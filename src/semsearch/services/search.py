@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from semsearch.core.filters import Filter
 from semsearch.core.fusion import FUSIONS, fuse
 from semsearch.core.types import ComponentScore, Hit, InputType, Mode
+from semsearch.core.unicode import require_unicode
 from semsearch.errors import InputError
 from semsearch.ports import Attributes, Vectors
 from semsearch.runtime.collection import Collection
@@ -41,21 +42,11 @@ class SearchRequest:
     def validate(self) -> None:
         if not self.query or not self.query.strip():
             raise InputError("the query is empty")
-        _check_unicode(self.query, "the query")
+        require_unicode(self.query, "the query")
         if not 1 <= self.k <= MAX_K:
             raise InputError(f"k must be between 1 and {MAX_K}, got {self.k}")
         if self.fusion not in FUSIONS:
             raise InputError(f"unknown fusion {self.fusion!r}; use one of {', '.join(FUSIONS)}")
-
-
-def _check_unicode(text: str, what: str) -> None:
-    """A lone UTF-16 surrogate (JSON's "\\ud800") is not valid Unicode: the tokenizer and
-    SQLite refuse it deep inside a search."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError(f"{what} holds an unpaired surrogate at character {exc.start}, which "
-                         "is not valid Unicode") from None
 
 
 @dataclass
@@ -232,5 +223,5 @@ def embed_texts(engine: Engine, texts: Sequence[str],
     for i, t in enumerate(texts):
         if not t or not t.strip():
             raise InputError(f"text #{i} is empty; nothing to embed")
-        _check_unicode(t, f"text #{i}")
+        require_unicode(t, f"text #{i}")
     return engine.embedder.embed(list(texts), input_type, stats)
