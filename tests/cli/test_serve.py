@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from semsearch.core.types import InputType
 from semsearch.services.ingest import index_documents
 from semsearch.services.quickstart import sample_dir
 from semsearch.wiring import open_engine
+from tests.serving import serve_process
 
 
 def _env(settings: Settings) -> dict[str, str]:
@@ -36,10 +36,6 @@ def run(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, env=_env(settings), timeout=120)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -58,33 +54,8 @@ def home(settings: Settings, embedder: LocalOnnxEmbedder) -> Settings:
 @contextmanager
 def serving(settings: Settings, log: Path,
             *args: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "semsearch", "serve", "--port", str(port),
-                                 *args], env=_env(settings), stdout=out,
-                                stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, f"serve exited early:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"never ready:\n{log.read_text()}"
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                pytest.fail(f"serve ignored SIGTERM for 30 s:\n{log.read_text()}")
+    with serve_process(_env(settings), log, *args) as served:
+        yield served
 
 
 def _children(pid: int) -> set[int]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import pytest
 from semsearch.config import Settings
 from semsearch.core.types import InputType
 from semsearch.wiring import open_engine
+from tests.serving import serve_process
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = ["amber", "basalt", "cobalt", "dune", "ember", "fjord", "glacier", "harbor",
@@ -78,10 +78,6 @@ def shared(postgres_url: str, tmp_path: Path) -> Shared:
     return Shared(postgres_url, tmp_path, tmp_path / "models")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -93,34 +89,10 @@ def _wait(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
 
 @contextmanager
 def serving(env: dict[str, str], log: Path) -> Iterator[str]:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "semsearch", "serve", "--port",
-                                 str(port)], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=log.parent)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, f"serve exited early:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"never ready:\n{log.read_text()}"
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+    with serve_process(env, log, cwd=log.parent) as (url, _proc):
         yield url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log_text = log.read_text(errors="replace")
-        assert "Traceback" not in log_text, log_text
+    log_text = log.read_text(errors="replace")
+    assert "Traceback" not in log_text, log_text
 
 
 @contextmanager
