@@ -217,6 +217,11 @@ class VectorIndex(Protocol):
 
     def save(self, generation: int) -> None: ...
 
+    def stamp(self, generation: int) -> None:
+        """Record that the contents reflect ``generation`` (a write-through index, after
+        each batch); an index that persists only on ``save`` saves."""
+        ...
+
     def clear(self) -> None: ...
 
     @property
@@ -243,6 +248,11 @@ class KeywordIndex(Protocol):
                allowed: set[int] | None = None) -> list[tuple[int, float]]: ...
 
     def save(self, generation: int) -> None: ...
+
+    def stamp(self, generation: int) -> None:
+        """Record that the contents reflect ``generation`` (a write-through index, after
+        each batch); an index that persists only on ``save`` saves."""
+        ...
 
     def clear(self) -> None: ...
 
@@ -291,9 +301,10 @@ class SyncSource(Protocol):
 class IndexStorage(Protocol):
     """Where a collection version's derived indexes live (files under the home, or tables
     in a shared database): opened, measured and removed by collection name, so the runtime
-    never knows paths. ``shared`` (a class attribute, default False) says the indexes are
-    one durable copy for every process, written through at each batch, not a copy in each
-    process saved at the end of a run."""
+    never knows paths. ``shared`` says the indexes are one durable copy for every process,
+    written through at each batch, not a copy in each process saved at the end of a run."""
+
+    shared: bool
 
     def open(self, collection: str, dimension: int) -> tuple[VectorIndex, KeywordIndex]: ...
 

@@ -145,7 +145,7 @@ class Engine:
                 idx = self._indexes[name] = CollectionIndexes(
                     name=name, vectors=vectors, keyword=keyword, opener=opener,
                     shared_lock=lambda: self.index_storage.lock(name),
-                    durable=getattr(self.index_storage, "shared", False))
+                    durable=self.index_storage.shared)
             return idx
 
     def fresh_indexes(self, info: CollectionInfo) -> CollectionIndexes:

@@ -76,8 +76,8 @@ class CollectionIndexes:
                 # Under writing(): every earlier commit is applied and stamped already. A
                 # stamp only records the generation; a full save (statistics, vacuum) is
                 # for the end of a bulk run.
-                for index in (self.vectors, self.keyword):
-                    getattr(index, "stamp", index.save)(result.generation)
+                self.vectors.stamp(result.generation)
+                self.keyword.stamp(result.generation)
                 self.applied = result.generation
                 return
             # A gap means another process committed in between: we hold a partial view.

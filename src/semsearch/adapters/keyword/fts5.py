@@ -183,6 +183,10 @@ class Fts5KeywordIndex:
             db.execute("DELETE FROM meta WHERE key = 'generation'")
             self._lost = None
 
+    def stamp(self, generation: int) -> None:
+        """This index persists only whole: stamping is saving."""
+        self.save(generation)
+
     def save(self, generation: int) -> None:
         with self._write() as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('generation', ?)",

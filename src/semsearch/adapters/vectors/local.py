@@ -220,6 +220,10 @@ class LocalVectorIndex:
             self._hnsw, self._tombstones = hnsw, set()
         return self._hnsw
 
+    def stamp(self, generation: int) -> None:
+        """This index persists only whole: stamping is saving."""
+        self.save(generation)
+
     def save(self, generation: int) -> None:
         """Persist and stamp ``generation``. Above the threshold the graph is built first so a
         restart does not pay for it. The old manifest is unlinked before any file is replaced
