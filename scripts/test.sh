@@ -39,19 +39,21 @@ if ! mysqladmin -h 127.0.0.1 -P 3306 -u root ping >/dev/null 2>&1; then
   for _ in $(seq 1 100); do mysqladmin -h 127.0.0.1 -P 3306 -u root ping >/dev/null 2>&1 && break; sleep 0.2; done
 fi
 
+# Debian packages the tests use, installed when missing (one apt-get update at most).
+APT_UPDATED=""
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  [ -n "$APT_UPDATED" ] || { apt-get update -qq >/dev/null; APT_UPDATED=1; }
+  apt-get install -y -qq "$@" >/dev/null
+}
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
   echo "installing chromium and chromium-driver (Debian) for the web page tests"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq chromium chromium-driver >/dev/null
+  apt_install chromium chromium-driver
 fi
-
 if ! command -v promtool >/dev/null 2>&1; then
   # promtool checks and unit-tests deploy/monitoring/ (tests/e2e/test_monitoring.py).
   echo "installing prometheus (Debian) for promtool"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt_install --no-install-recommends prometheus
 fi
 
 # checkov (the Kubernetes manifests' security policy check) in a venv of its own: its exact
