@@ -10,8 +10,11 @@
 #     scripts/container.sh, which apt-installs podman, buildah, mmdebstrap and runc if missing
 #     and caches the Debian base image under /var/cache/semsearch-ci/ between runs,
 #   - runs pytest (ruff, mypy and the import contracts are tests too), then the end-to-end,
-#     sync, versioning, API and CLI tests again on the PostgreSQL backend; with arguments,
-#     runs only pytest with them.
+#     sync, versioning, API and CLI tests again on the PostgreSQL backend, then the Milvus
+#     tests and the services, sync, API and CLI tests on the Milvus vector index, inside a
+#     private network namespace (`unshare -n`: Milvus listens on all interfaces; where
+#     unshare is not permitted, that pass is skipped with a message); with arguments, runs
+#     only pytest with them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SEMSEARCH_SHARED="${SEMSEARCH_SHARED:-$(cd .. && pwd)/shared}"
@@ -80,3 +83,22 @@ python -m pytest
 echo "== the same tests on the PostgreSQL backend (SEMSEARCH_TEST_STORE=postgres)"
 SEMSEARCH_TEST_STORE=postgres python -m pytest tests/services tests/sync tests/api tests/cli \
   tests/e2e/test_beir_eval.py
+
+# Once more with the vector index in a real Milvus 2.3.5 (PyPI `milvus`, started by the tests).
+# Milvus listens on all interfaces, so this pass runs in a network namespace of its own where
+# `lo` is the only interface; elsewhere the milvus tests skip themselves. The host's loopback
+# services (PostgreSQL, MariaDB, Redis) are out of reach in there: their tests are deselected.
+# First the milvus-marked tests wherever they are, then the services, sync, API and CLI tests.
+if unshare -n sh -c 'ip link set lo up' >/dev/null 2>&1; then
+  echo "== the milvus tests, and the services, sync, API and CLI tests on the Milvus vector index (SEMSEARCH_TEST_VECTOR_INDEX=milvus, inside unshare -n)"
+  SEMSEARCH_TEST_VECTOR_INDEX=milvus unshare -n sh -c '
+    ip link set lo up || exit 1
+    status=0
+    python -m pytest tests -m "milvus and not slow" || status=1
+    python -m pytest tests/services tests/sync tests/api tests/cli \
+      -m "not slow and not milvus and not postgres and not mariadb and not redis and not browser and not container" \
+      || status=1
+    exit "$status"'
+else
+  echo "== SKIPPED: the Milvus tests (SEMSEARCH_TEST_VECTOR_INDEX=milvus): \`unshare -n\` is not permitted here, and Milvus listens on all interfaces, so it only runs inside a private network namespace"
+fi
