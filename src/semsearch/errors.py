@@ -10,7 +10,8 @@ one-line message (and, later, a stable error code) without a stack trace::
     ├── AlreadyExistsError    creating a collection that exists
     ├── IdentityMismatchError collection built with another embedder (model, dimension, ...)
     ├── BackendError          a backend failed (model file, database, index)
-    │   └── StorageFullError  a write found the disk full (the path and cause are named)
+    │   ├── StorageFullError  a write found the disk full (the path and cause are named)
+    │   └── IndexMissingError a derived index is gone (a wiped Milvus); names the rebuild
     └── BusyError             another run holds the collection (sync lock)
 """
 
@@ -52,6 +53,13 @@ class StorageFullError(BackendError):
     the file and the cause, and the write can simply be retried once space is freed."""
 
     code = "storage_full"
+
+
+class IndexMissingError(BackendError):
+    """A derived index that should hold a collection's data is gone (a wiped Milvus): the
+    message names the command that rebuilds it from the canonical store."""
+
+    code = "index_missing"
 
 
 class BusyError(SemsearchError):

@@ -199,21 +199,44 @@ class Store(CollectionCatalog, DocumentStore, SyncLedger, RunLog, Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class ChunkPayload:
+    """What a vector index that filters by itself keeps beside a chunk's vector."""
+
+    doc_id: str
+    metadata: Mapping[str, Any]
+
+
 class VectorIndex(Protocol):
     """Derived dense index over chunk vectors of one collection. Inner product on unit
-    vectors (cosine). ``generation`` ties the saved files to a canonical-store state."""
+    vectors (cosine). ``generation`` ties the saved files to a canonical-store state.
+
+    Filters reach an index in one of two ways: as the ``allowed`` labels the store found, or,
+    for an index that keeps each chunk's metadata (``filters`` is True: a vector database),
+    as the filter itself (``where``), so a narrow filter on a huge collection never ships
+    millions of labels. An index with ``filters`` False refuses ``where``."""
+
+    filters: bool
 
     @property
     def generation(self) -> int: ...
 
+    @property
+    def missing(self) -> bool:
+        """The index should exist but is gone from a server that holds it (a wiped Milvus):
+        rebuilding is an operator's decision, not a search's. Indexes kept in files or in
+        the store's own database are recreated where they are opened: always False."""
+        ...
+
     def __len__(self) -> int: ...
 
-    def add(self, labels: Sequence[int], vectors: Vectors) -> None: ...
+    def add(self, labels: Sequence[int], vectors: Vectors,
+            payloads: Sequence[ChunkPayload] | None = None) -> None: ...
 
     def remove(self, labels: Iterable[int]) -> None: ...
 
-    def search(self, query: Vectors, k: int,
-               allowed: set[int] | None = None) -> list[tuple[int, float]]: ...
+    def search(self, query: Vectors, k: int, allowed: set[int] | None = None,
+               where: Filter | None = None) -> list[tuple[int, float]]: ...
 
     def save(self, generation: int) -> None: ...
 
@@ -317,6 +340,21 @@ class IndexStorage(Protocol):
     def disk_bytes(self, collection: str) -> int: ...
 
     def remove(self, collection: str) -> None: ...
+
+    def point(self, alias: str, collection: str) -> None:
+        """Mirror a name's move to a version (swap, rollback, activate) where the indexes
+        have names of their own that other tools read (a Milvus alias); else nothing."""
+        ...
+
+    def unpoint(self, alias: str) -> None:
+        """Forget the mirrored name (the collection was dropped)."""
+        ...
+
+    def ping(self) -> bool:
+        """Whether the indexes' server answers now (cheap, never raises; /readyz asks)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class CollectionLocks(Protocol):

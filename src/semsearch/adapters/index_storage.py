@@ -33,7 +33,13 @@ class LocalIndexStorage:
         return (LocalVectorIndex(base / "vectors", dimension=dimension,
                                  ann_threshold=self._ann_threshold,
                                  ef_search=self._ef_search),
-                Fts5KeywordIndex(base / "keyword.db"))
+                self.open_keyword(collection))
+
+    def open_keyword(self, collection: str) -> KeywordIndex:
+        """The keyword half alone: for a storage that keeps the vectors elsewhere."""
+        base = self._dir(collection)
+        base.mkdir(parents=True, exist_ok=True)
+        return Fts5KeywordIndex(base / "keyword.db")
 
     @contextmanager
     def lock(self, collection: str) -> Iterator[None]:
@@ -51,3 +57,15 @@ class LocalIndexStorage:
 
     def remove(self, collection: str) -> None:
         shutil.rmtree(self._dir(collection), ignore_errors=True)
+
+    def point(self, alias: str, collection: str) -> None:
+        """Files have no names of their own to move: the store's alias is the only one."""
+
+    def unpoint(self, alias: str) -> None:
+        """Nothing to forget: see ``point``."""
+
+    def ping(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Nothing held open beyond the indexes, which the engine closes."""

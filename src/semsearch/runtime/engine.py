@@ -17,7 +17,7 @@ from typing import NoReturn
 from semsearch.config import Settings
 from semsearch.core.chunking import ChunkerConfig
 from semsearch.core.types import InputType
-from semsearch.errors import IdentityMismatchError, NotFoundError
+from semsearch.errors import IdentityMismatchError, IndexMissingError, NotFoundError
 from semsearch.ports import (
     CollectionInfo,
     CollectionLocks,
@@ -158,8 +158,21 @@ class Engine:
             with idx.rw.write():
                 current = self.store.get_collection(info.name)
                 if not idx.is_fresh(current.generation):
+                    if current.chunks and idx.vectors.missing:
+                        self.forget_indexes(info.name)
+                        raise IndexMissingError(
+                            f"the vectors of {info.name!r} are gone from the vector index "
+                            f"that held them (SEMSEARCH_VECTOR_INDEX: was it wiped?); the "
+                            f"store still holds its {current.chunks:,} chunks: run "
+                            f"`semsearch rebuild -c {info.name}` to re-create them")
                     idx.refresh(self.store, embedder, current.generation)
         return idx
+
+    def mirror_alias(self, name: str) -> None:
+        """Point the index storage's own name for ``name`` (a Milvus alias) at the version
+        the store serves under it now: after a swap, rollback, activate or rebuild."""
+        if "@" not in name:
+            self.index_storage.point(name, self.resolve(name))
 
     def has_indexes(self, name: str) -> bool:
         with self._lock:
@@ -197,6 +210,7 @@ class Engine:
             for name in list(self._indexes):
                 self.forget_indexes(name)
             self.embedder.cache.close()
+            self.index_storage.close()
             self.store.close()
         finally:
             self.telemetry.shutdown()  # flush: a CLI run's spans leave with the process

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from semsearch.core.rwlock import RWLock
 from semsearch.core.types import Chunk, InputType
 from semsearch.errors import StorageFullError
-from semsearch.ports import DocumentStore, KeywordIndex, VectorIndex, Vectors, WriteResult
+from semsearch.ports import (
+    ChunkPayload,
+    DocumentStore,
+    KeywordIndex,
+    VectorIndex,
+    Vectors,
+    WriteResult,
+)
 from semsearch.runtime.embedding import CachedEmbedder, EmbedStats
 
 log = logging.getLogger(__name__)
@@ -62,15 +70,23 @@ class CollectionIndexes:
         gen = self.vectors.generation
         return gen if gen == self.keyword.generation else -1
 
-    def apply(self, result: WriteResult, vectors: Vectors) -> None:
-        """Reflect one committed store write: drop replaced chunks, add new ones."""
+    def apply(self, result: WriteResult, vectors: Vectors,
+              metadata: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """Reflect one committed store write: drop replaced chunks, add new ones.
+        ``metadata`` (document id -> metadata) goes with the vectors to an index that
+        filters by itself."""
         with self.lock:
             if result.removed:
                 self.vectors.remove(result.removed)
                 self.keyword.remove(result.removed)
             if result.added:
                 labels = [label for label, _ in result.added]
-                self.vectors.add(labels, vectors)
+                payloads = None
+                if self.vectors.filters:
+                    meta = metadata or {}
+                    payloads = [ChunkPayload(ch.doc_id, meta.get(ch.doc_id, {}))
+                                for _, ch in result.added]
+                self.vectors.add(labels, vectors, payloads)
                 self.keyword.add([(label, keyword_text(ch)) for label, ch in result.added])
             if self.durable:
                 # Under writing(): every earlier commit is applied and stamped already. A
@@ -127,7 +143,9 @@ class CollectionIndexes:
             texts = [s.chunk.embed_text for s in batch]
             vecs = embedder.embed(texts, InputType.PASSAGE, stats)
             labels = [s.label for s in batch]
-            self.vectors.add(labels, vecs)
+            payloads = [ChunkPayload(s.chunk.doc_id, s.metadata) for s in batch] \
+                if self.vectors.filters else None
+            self.vectors.add(labels, vecs, payloads)
             self.keyword.add([(s.label, keyword_text(s.chunk)) for s in batch])
             if on_progress is not None:
                 on_progress(len(batch))

@@ -253,7 +253,8 @@ class BatchWriter:
                     with self._tel.span("semsearch.index_apply", {
                             **self._attrs, "semsearch.chunks_added": len(result.added),
                             "semsearch.chunks_removed": len(result.removed)}):
-                        idx.apply(result, vectors)
+                        idx.apply(result, vectors, {w.document.id: w.document.metadata
+                                                    for w in prepared.writes})
                 except BaseException:
                     # Half-applied: drop it; the next open sees the gap and rebuilds.
                     self._engine.forget_indexes(self._version)

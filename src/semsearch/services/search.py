@@ -70,8 +70,17 @@ def _group(ranked: Ranked, doc_of: Mapping[int, str]) -> list[tuple[str, float, 
     return out
 
 
+@dataclass(frozen=True)
+class Allowed:
+    """What a filter allows: the store's labels (None: everything), and the filter itself
+    for a vector index that evaluates it (then the dense side ignores ``labels``)."""
+
+    labels: set[int] | None
+    where: Filter | None = None
+
+
 def _retrieve(engine: Engine, idx: CollectionIndexes, req: SearchRequest, qv: Vectors | None,
-              n: int, allowed: set[int] | None, timings: dict[str, float],
+              n: int, allowed: Allowed, timings: dict[str, float],
               attrs: Attributes) -> dict[str, Ranked]:
     """Hybrid runs the keyword side on a worker thread while the dense side searches; both
     numpy and SQLite release the GIL, so the two halves overlap instead of adding."""
@@ -80,7 +89,7 @@ def _retrieve(engine: Engine, idx: CollectionIndexes, req: SearchRequest, qv: Ve
     def keyword() -> Ranked:
         t = time.perf_counter()
         with tel.span("semsearch.keyword", attrs):
-            found = idx.keyword.search(req.query, n, allowed)
+            found = idx.keyword.search(req.query, n, allowed.labels)
         timings["keyword"] = time.perf_counter() - t
         return found
 
@@ -88,7 +97,10 @@ def _retrieve(engine: Engine, idx: CollectionIndexes, req: SearchRequest, qv: Ve
         assert qv is not None
         t = time.perf_counter()
         with tel.span("semsearch.dense", attrs):
-            found = idx.vectors.search(qv, n, allowed)
+            if allowed.where is not None:
+                found = idx.vectors.search(qv, n, where=allowed.where)
+            else:
+                found = idx.vectors.search(qv, n, allowed.labels)
         timings["dense"] = time.perf_counter() - t
         return found
 
@@ -131,7 +143,10 @@ def _search(engine: Engine, version: str, idx: CollectionIndexes, embedder: Cach
     tel = engine.telemetry
     timings: dict[str, float] = {}
     allowed: set[int] | None = None
-    if req.filter:
+    # A vector index that keeps metadata (Milvus) evaluates the filter itself; the store
+    # finds the allowed labels only for what else needs them (the keyword side).
+    where = req.filter if req.filter and idx.vectors.filters else None
+    if req.filter and not (where is not None and req.mode == Mode.DENSE):
         with tel.span("semsearch.store", {**attrs, "semsearch.op": "labels_matching"}):
             allowed = engine.store.labels_matching(version, req.filter)
         if not allowed:
@@ -143,11 +158,12 @@ def _search(engine: Engine, version: str, idx: CollectionIndexes, embedder: Cach
             qv = embedder.embed([req.query], InputType.QUERY)[0]
         timings["embed"] = time.perf_counter() - t
     with idx.rw.read():  # a concurrent batch upsert is seen whole or not at all
-        return _search_locked(engine, version, idx, req, qv, allowed, timings, started, attrs)
+        return _search_locked(engine, version, idx, req, qv, Allowed(allowed, where), timings,
+                              started, attrs)
 
 
 def _search_locked(engine: Engine, version: str, idx: CollectionIndexes,
-                   req: SearchRequest, qv: Vectors | None, allowed: set[int] | None,
+                   req: SearchRequest, qv: Vectors | None, allowed: Allowed,
                    timings: dict[str, float], started: float,
                    attrs: Attributes) -> SearchResult:
     tel = engine.telemetry

@@ -40,7 +40,11 @@ class PgIndexStorage:
     def open(self, collection: str, dimension: int) -> tuple[VectorIndex, KeywordIndex]:
         return (PgVectorIndex(self._db, collection, dimension, vector_type=self._vector_type,
                               ef_search=self._ef_search),
-                PgKeywordIndex(self._db, collection))
+                self.open_keyword(collection))
+
+    def open_keyword(self, collection: str) -> KeywordIndex:
+        """The keyword half alone: for a storage that keeps the vectors elsewhere."""
+        return PgKeywordIndex(self._db, collection)
 
     @contextmanager
     def lock(self, collection: str) -> Iterator[None]:
@@ -75,3 +79,16 @@ class PgIndexStorage:
                 derived.forget_generation(conn, collection)
 
         derived.run(self._db, drop, "removing derived indexes")
+
+    def point(self, alias: str, collection: str) -> None:
+        """Tables have no names of their own to move: the store's alias is the only one."""
+
+    def unpoint(self, alias: str) -> None:
+        """Nothing to forget: see ``point``."""
+
+    def ping(self) -> bool:
+        """The tables live in the store's database, which the store's own ping checks."""
+        return True
+
+    def close(self) -> None:
+        """The pool is the store's, closed with it."""

@@ -21,9 +21,10 @@ from psycopg import sql
 
 from semsearch.adapters.postgres import derived
 from semsearch.adapters.postgres.db import Database
-from semsearch.adapters.vectors.checks import check_query, upsert_batch
+from semsearch.adapters.vectors.checks import check_query, refuse_where, upsert_batch
+from semsearch.core.filters import Filter
 from semsearch.errors import BackendError, InputError
-from semsearch.ports import Vectors
+from semsearch.ports import ChunkPayload, Vectors
 
 log = logging.getLogger(__name__)
 Hits = list[tuple[int, float]]
@@ -46,6 +47,8 @@ def register(conn: Any) -> None:
 
 
 class PgVectorIndex:
+    filters = False  # filtered through the store's allowed labels
+
     def __init__(self, db: Database, collection: str, dimension: int, *,
                  vector_type: str = "vector", ef_search: int = 256, m: int = 16,
                  ef_construction: int = 128, filter_exact_below: int = 2000,
@@ -119,6 +122,10 @@ class PgVectorIndex:
     # -- VectorIndex -----------------------------------------------------------------------
 
     @property
+    def missing(self) -> bool:
+        return False  # recreated where it is opened; a gap in generation says rebuild
+
+    @property
     def generation(self) -> int:
         return derived.read_generation(self._db, self._collection, KIND)
 
@@ -127,7 +134,8 @@ class PgVectorIndex:
             row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self._t)).fetchone()
         return int(row[0]) if row else 0
 
-    def add(self, labels: Sequence[int], vectors: Vectors) -> None:
+    def add(self, labels: Sequence[int], vectors: Vectors,
+            payloads: Sequence[ChunkPayload] | None = None) -> None:
         """Insert or replace (upsert) vectors; within one batch the last duplicate wins.
         Rows are copied into a staging table and upserted in one statement, so two writers
         of one label cannot collide on the primary key."""
@@ -162,8 +170,9 @@ class PgVectorIndex:
             sql.SQL("DELETE FROM {} WHERE label = ANY(%s::bigint[])").format(self._t),
             (labs,)), "removing vectors")
 
-    def search(self, query: Vectors, k: int,
-               allowed: set[int] | None = None) -> list[tuple[int, float]]:
+    def search(self, query: Vectors, k: int, allowed: set[int] | None = None,
+               where: Filter | None = None) -> list[tuple[int, float]]:
+        refuse_where(where)
         vec = check_query(query, self._dim)
         if k <= 0 or (allowed is not None and not allowed):
             return []

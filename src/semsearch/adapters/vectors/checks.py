@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from semsearch.core.filters import Filter
 from semsearch.errors import InputError
 from semsearch.ports import Vectors
 
@@ -52,3 +53,11 @@ def upsert_batch(labels: Sequence[int], vectors: Vectors,
         keep = np.sort(len(labs) - 1 - last)
         labs, vecs = labs[keep], vecs[keep]
     return labs, vecs
+
+
+def refuse_where(where: Filter | None) -> None:
+    """An index that keeps no metadata (``filters = False``) cannot evaluate a filter: the
+    caller must pass the store's ``allowed`` labels instead. Saying so beats ignoring it."""
+    if where:
+        raise InputError("this vector index keeps no metadata and cannot evaluate a filter "
+                         "itself; pass the labels the store found (allowed)")

@@ -24,9 +24,10 @@ import numpy as np
 import numpy.typing as npt
 
 from semsearch.adapters.storage import write_error
-from semsearch.adapters.vectors.checks import check_query, upsert_batch
+from semsearch.adapters.vectors.checks import check_query, refuse_where, upsert_batch
+from semsearch.core.filters import Filter
 from semsearch.errors import InputError
-from semsearch.ports import Vectors
+from semsearch.ports import ChunkPayload, Vectors
 
 log = logging.getLogger(__name__)
 _WHAT = "the vector index"
@@ -90,6 +91,8 @@ class LocalVectorIndex:
     to rebuild. Thread-safe through one lock: searches are short, writes are batched.
     """
 
+    filters = False  # filtered through the store's allowed labels
+
     def __init__(self, path: Path, dimension: int, ann_threshold: int = 20000,
                  ef_search: int = 256, m: int = 16, ef_construction: int = 200, *,
                  filter_exact_below: int = 2000, filter_exact_fraction: float = 0.1) -> None:
@@ -119,6 +122,10 @@ class LocalVectorIndex:
         self._generation = -1
 
     @property
+    def missing(self) -> bool:
+        return False  # recreated where it is opened; a gap in generation says rebuild
+
+    @property
     def generation(self) -> int:
         return self._generation
 
@@ -129,7 +136,8 @@ class LocalVectorIndex:
     def __len__(self) -> int:
         return self._n
 
-    def add(self, labels: Sequence[int], vectors: Vectors) -> None:
+    def add(self, labels: Sequence[int], vectors: Vectors,
+            payloads: Sequence[ChunkPayload] | None = None) -> None:
         """Insert or replace (upsert) vectors; within one batch the last duplicate wins."""
         batch = upsert_batch(labels, vectors, self._dim)
         if batch is None:
@@ -181,8 +189,9 @@ class LocalVectorIndex:
                     self._hnsw.index.mark_deleted(int(label))
                     self._tombstones.add(int(label))
 
-    def search(self, query: Vectors, k: int,
-               allowed: set[int] | None = None) -> list[tuple[int, float]]:
+    def search(self, query: Vectors, k: int, allowed: set[int] | None = None,
+               where: Filter | None = None) -> list[tuple[int, float]]:
+        refuse_where(where)
         q = check_query(query, self._dim)[None, :]
         with self._lock:
             if k <= 0 or self._n == 0:
