@@ -91,6 +91,19 @@ class Settings(BaseSettings):
                                  description="PostgreSQL store: connections per process")
     store_statement_timeout_ms: int = Field(default=30000, ge=0,
                                             description="PostgreSQL store: statement timeout")
+    vector_index: str = Field(default="", description="SEMSEARCH_VECTOR_INDEX: where dense "
+                              "vectors live; '' = beside the store (files, or pgvector), or "
+                              "milvus://host:19530[/database] (milvus+https:// for TLS, the "
+                              "milvus extra)")
+    milvus_token: SecretStr | None = Field(default=None, description="Milvus: 'user:password' "
+                                           "or a Zilliz Cloud API key")
+    milvus_token_file: Path | None = Field(default=None,
+                                           description="Milvus: a file holding the token")
+    milvus_prefix: str = Field(default="semsearch_", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                               description="Milvus: prefix of the collections and aliases "
+                               "semsearch owns")
+    milvus_timeout: float = Field(default=10.0, gt=0,
+                                  description="Milvus: seconds per call before it fails")
     rrf_k: int = Field(default=60, ge=1)
     candidates: int = Field(default=100, ge=1, description="per-component candidates in hybrid")
     max_text_chars: int = Field(default=1_000_000, ge=1,
@@ -143,6 +156,20 @@ class Settings(BaseSettings):
                 raise InputError(f"cannot read SEMSEARCH_EMBEDDER_API_KEY_FILE "
                                  f"{self.embedder_api_key_file}: {exc.strerror}") from None
         return None
+
+    def milvus_secret(self) -> str:
+        """The Milvus token from SEMSEARCH_MILVUS_TOKEN, else from its file, else ''."""
+        if self.milvus_token is not None:
+            return self.milvus_token.get_secret_value()
+        if self.milvus_token_file is not None:
+            from semsearch.errors import InputError
+
+            try:
+                return self.milvus_token_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise InputError(f"cannot read SEMSEARCH_MILVUS_TOKEN_FILE "
+                                 f"{self.milvus_token_file}: {exc.strerror}") from None
+        return ""
 
     @property
     def store_path(self) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import metadata, util
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from semsearch.config import Settings
 from semsearch.core.sources import SourceSpec
@@ -25,6 +25,11 @@ from semsearch.ports import (
 )
 from semsearch.runtime.embedding import CachedEmbedder
 from semsearch.runtime.engine import Engine
+
+if TYPE_CHECKING:
+    from semsearch.adapters.index_storage import LocalIndexStorage
+    from semsearch.adapters.milvus.client import Milvus
+    from semsearch.adapters.postgres.index_storage import PgIndexStorage
 
 
 def _local_embedder(settings: Settings) -> Embedder:
@@ -342,21 +347,51 @@ def open_engine(settings: Settings | None = None) -> Engine:
 
 
 def _state_backends(settings: Settings) -> tuple[Store, IndexStorage, CollectionLocks]:
+    milvus = _milvus(settings)  # a bad URL fails before any store opens
     if _postgres_store_url(settings):
         from semsearch.adapters.postgres.index_storage import PgIndexStorage
         from semsearch.adapters.postgres.locks import PgLocks
 
         db = make_database(settings)
         store = make_store(settings, db)  # closes the pool when the engine closes it
-        return (store, PgIndexStorage(db, vector_type=settings.store_vector_type,
-                                      ef_search=settings.hnsw_ef_search), PgLocks(db))
+        pg = PgIndexStorage(db, vector_type=settings.store_vector_type,
+                            ef_search=settings.hnsw_ef_search)
+        return store, _with_vectors(milvus, pg, settings), PgLocks(db)
     from semsearch.adapters.index_storage import LocalIndexStorage
     from semsearch.adapters.locks import FileLocks
 
-    return (make_store(settings),
-            LocalIndexStorage(settings.home / "indexes", ann_threshold=settings.ann_threshold,
-                              ef_search=settings.hnsw_ef_search),
+    local = LocalIndexStorage(settings.home / "indexes", ann_threshold=settings.ann_threshold,
+                              ef_search=settings.hnsw_ef_search)
+    return (make_store(settings), _with_vectors(milvus, local, settings),
             FileLocks(settings.home / "locks"))
+
+
+def _milvus(settings: Settings) -> Milvus | None:
+    """SEMSEARCH_VECTOR_INDEX=milvus://... (the milvus extra): the connection, opened on
+    first use so an engine starts while Milvus is down and says so when it is needed."""
+    url = settings.vector_index.strip()
+    if not url:
+        return None
+    if not url.lower().startswith("milvus"):
+        raise InputError(f"SEMSEARCH_VECTOR_INDEX {url!r:.200}: '' keeps the vectors beside "
+                         "the store; milvus://host:19530[/database] puts them in Milvus")
+    try:
+        from semsearch.adapters.milvus.client import Milvus
+    except ImportError:
+        raise InputError("SEMSEARCH_VECTOR_INDEX names Milvus but pymilvus is not installed: "
+                         "pip install 'semsearch[milvus]'") from None
+    return Milvus(url, token=settings.milvus_secret(), timeout=settings.milvus_timeout,
+                  prefix=settings.milvus_prefix)
+
+
+def _with_vectors(milvus: Milvus | None, storage: LocalIndexStorage | PgIndexStorage,
+                  settings: Settings) -> IndexStorage:
+    """The store's own index storage, or Milvus for the vectors beside its keyword half."""
+    if milvus is None:
+        return storage
+    from semsearch.adapters.milvus.index_storage import MilvusIndexStorage
+
+    return MilvusIndexStorage(milvus, storage, ef_search=settings.hnsw_ef_search)
 
 
 def open_source(engine: Engine, spec: SourceSpec) -> SyncSource:

@@ -146,12 +146,13 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["health"])
 def readyz(request: Request) -> JSONResponse:
-    """Model loaded and store reachable (readiness: what Kubernetes probes). A shared
-    database that cannot be reached makes it false until the database is back."""
+    """Model loaded, store and vector index reachable (readiness: what Kubernetes probes).
+    A shared database or a Milvus that cannot be reached makes it false until it is back."""
     state = state_of(request)
     ready = state.ready and state.engine is not None
     if ready and not state.store_reachable():
-        return JSONResponse({"ready": False, "reason": "the store cannot be reached"},
+        return JSONResponse({"ready": False,
+                             "reason": "the store or the vector index cannot be reached"},
                             status_code=503)
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 

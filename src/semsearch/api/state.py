@@ -33,10 +33,11 @@ class AppState:
     _pinging: threading.Thread | None = None
 
     def store_reachable(self, max_age: float = 1.0, wait: float = 2.0) -> bool:
-        """Whether the engine's store answers (the shared database can go away while the
-        process lives on). The answer is reused for ``max_age`` seconds, and a check that
-        takes longer than ``wait`` (a pool waiting for a connection that will not come)
-        counts as a no, so a probe gets its answer quickly instead of timing out."""
+        """Whether the engine's store and its vector index's server (Milvus) answer (either
+        can go away while the process lives on). The answer is reused for ``max_age``
+        seconds, and a check that takes longer than ``wait`` (a pool waiting for a
+        connection that will not come) counts as a no, so a probe gets its answer quickly
+        instead of timing out."""
         engine = self.engine
         if engine is None:
             return False
@@ -59,7 +60,7 @@ class AppState:
 
     def _ping(self, engine: Engine) -> None:
         try:
-            ok = bool(engine.store.ping())
+            ok = bool(engine.store.ping()) and bool(engine.index_storage.ping())
         except Exception:
             ok = False
         with self._check_lock:

@@ -164,6 +164,7 @@ def drop_collection(engine: Engine, name: str) -> list[str]:
     for info in infos:
         _drop_physical(engine, info.name)
     engine.store.drop_alias(name)
+    engine.index_storage.unpoint(name)
     return [i.name for i in infos]
 
 

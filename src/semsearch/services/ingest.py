@@ -21,7 +21,7 @@ from semsearch.core.types import Document
 from semsearch.ports import CollectionInfo
 from semsearch.runtime.engine import Engine
 from semsearch.runtime.naming import validate_name as validate_name
-from semsearch.runtime.writer import Batch, BatchWriter, WriteCounts
+from semsearch.runtime.writer import Batch, BatchWriter, Failpoints, WriteCounts
 from semsearch.runtime.writer import validate_document as validate_document
 
 
@@ -110,7 +110,8 @@ def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *
     handle = engine.collection(collection, create=create)
     report = IndexReport(collection=handle.version)
     counts = WriteCounts()
-    writer = BatchWriter(handle, counts, invalid="reject" if skip_invalid else "raise")
+    writer = BatchWriter(handle, counts, invalid="reject" if skip_invalid else "raise",
+                         failpoints=Failpoints(engine.settings.failpoints))
     try:
         for batch in _batches(docs, batch_size, counts):
             report.documents += len(batch)

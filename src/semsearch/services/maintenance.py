@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from semsearch.runtime.engine import Engine
+from semsearch.runtime.naming import version_of
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ def rebuild_indexes(engine: Engine, collection: str,
     with idx.rw.write():
         info = handle.reload()
         stats = idx.rebuild(engine.store, embedder, info.generation, on_progress)
+    base, _ = version_of(handle.version)
+    if engine.resolve(base) == handle.version:  # re-created: its mirrored name with it
+        engine.mirror_alias(base)
     return RebuildReport(collection=handle.version, chunks=info.chunks, embedded=stats.embedded,
                          cache_hits=stats.cache_hits,
                          seconds=round(time.perf_counter() - started, 3))

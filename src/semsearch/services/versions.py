@@ -274,6 +274,7 @@ def _swap(engine: Engine, name: str, target: str, expected: str) -> None:
     history = list(alias[1]) if alias else []
     history = [h for h in history if h != target] + [expected]
     engine.store.set_alias(name, target, expected, history)
+    engine.mirror_alias(name)
 
 
 def activate(engine: Engine, collection: str, version: int | str) -> dict[str, str]:
@@ -302,4 +303,5 @@ def rollback(engine: Engine, collection: str) -> dict[str, str]:
     with collection_lock(engine, collection):
         engine.embedder_for(engine.store.get_collection(previous))
         engine.store.set_alias(collection, previous, target, [*history[:-1], target])
+        engine.mirror_alias(collection)
     return {"collection": collection, "active": previous, "previous": target}
