@@ -17,6 +17,10 @@ from semsearch.config import Settings
 from semsearch.runtime.engine import Engine
 from semsearch.wiring import open_engine
 
+# One Milvus per session for every module: a module importing these itself would get a
+# server of its own, and two in one namespace collide on their ports.
+from tests.milvus_fixtures import milvus_server, milvus_uri  # noqa: F401  (fixtures)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SEMSEARCH_SHARED", REPO.parent / "shared"))
 DATA = SHARED / "data"
@@ -51,11 +55,21 @@ def embedder(models_dir: Path) -> LocalOnnxEmbedder:
 ON_POSTGRES = os.environ.get("SEMSEARCH_TEST_STORE") == "postgres"
 
 
+# SEMSEARCH_TEST_VECTOR_INDEX=milvus runs them with the vectors in a real Milvus (started
+# by the tests inside `unshare -n`, wiped before each test): scripts/test.sh's third pass.
+ON_MILVUS = os.environ.get("SEMSEARCH_TEST_VECTOR_INDEX") == "milvus"
+
+
 def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    """SEMSEARCH_STORE for this test: a fresh PostgreSQL database on the postgres run."""
-    if not ON_POSTGRES:
-        return {}
-    return {"SEMSEARCH_STORE": request.getfixturevalue("postgres_url")}
+    """SEMSEARCH_STORE for this test: a fresh PostgreSQL database on the postgres run; and
+    SEMSEARCH_VECTOR_INDEX, a wiped Milvus, on the Milvus run."""
+    env: dict[str, str] = {}
+    if ON_POSTGRES:
+        env["SEMSEARCH_STORE"] = request.getfixturevalue("postgres_url")
+    if ON_MILVUS:
+        uri: str = request.getfixturevalue("milvus_uri")
+        env["SEMSEARCH_VECTOR_INDEX"] = uri.replace("http://", "milvus://")
+    return env
 
 
 @pytest.fixture
@@ -92,7 +106,7 @@ _BY_PARAM = {"postgresql": "postgres", "mariadb": "mariadb"}
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if ON_POSTGRES and item.get_closest_marker("embedded_only") is not None:
+        if (ON_POSTGRES or ON_MILVUS) and item.get_closest_marker("embedded_only") is not None:
             reason = item.get_closest_marker("embedded_only").kwargs.get(  # type: ignore[union-attr]
                 "reason", "about the embedded backend's files")
             item.add_marker(pytest.mark.skip(reason=f"embedded backend only: {reason}"))

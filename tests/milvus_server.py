@@ -40,6 +40,13 @@ GRACEFUL_STOP_SECONDS = 3
 SESSION_TTL_SECONDS = 5
 
 
+# Milvus's time tick (proxy.timeTickInterval, 200 ms by default): a read that must see a write
+# (Strong, or Session after this process's own write) waits for the next tick. The tests write
+# and read back constantly, so their server ticks every 50 ms; consistency is the same, only
+# the wait is shorter. bench/milvus_backend.py measures with the default.
+TEST_TICK_MS = 50
+
+
 def private_network() -> bool:
     """True when this process's network namespace has ``lo`` as its only interface.
 
@@ -53,10 +60,25 @@ def private_network() -> bool:
     return names == ["lo"]
 
 
+def _bind_reusing(port: int) -> socket.socket | None:
+    """A listening socket on 127.0.0.1:port (closed by the package before the server
+    starts), or None when something else listens there."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
 class MilvusServer:
     """One Milvus standalone process on loopback of a private namespace, restartable in place."""
 
-    def __init__(self, root: Path, *, start_timeout: float = 120.0) -> None:
+    def __init__(self, root: Path, *, start_timeout: float = 120.0,
+                 tick_ms: int = TEST_TICK_MS) -> None:
         import milvus
 
         self.base_dir = root / "milvus"
@@ -67,6 +89,12 @@ class MilvusServer:
         self._server.set_base_dir(str(self.base_dir))
         self._server.config.set("common.gracefulStopTimeout", GRACEFUL_STOP_SECONDS)
         self._server.config.set("common.session.ttl", SESSION_TTL_SECONDS)
+        self._server.config.set("proxy.timeTickInterval", tick_ms)
+        # The package probes each port by binding it without SO_REUSEADDR, so right after a
+        # kill (the old connections in TIME_WAIT) it would move the server to the next free
+        # port and clients of the old one would never find it again. Probe as the server
+        # itself binds (Go sets SO_REUSEADDR): a restarted server comes back where it was.
+        self._server.config.try_bind_port = _bind_reusing
         self.start()
 
     @property

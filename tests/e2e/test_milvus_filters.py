@@ -23,11 +23,6 @@ from semsearch.adapters.milvus.expressions import label_expression, milvus_expre
 from semsearch.core.filters import Filter, matches, parse_filter
 from semsearch.errors import InputError
 
-try:
-    from tests.milvus_fixtures import milvus_server, milvus_uri  # noqa: F401
-except ImportError:  # the shared Milvus fixtures land separately
-    pytest.skip("tests/milvus_fixtures.py is not there yet", allow_module_level=True)
-
 pytestmark = pytest.mark.milvus
 
 DIM = 8

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.milvus_fixtures import milvus_server, milvus_uri  # noqa: F401
 from tests.milvus_server import SKIP_NOT_PRIVATE, MilvusServer, private_network
 
 pytestmark = pytest.mark.milvus
@@ -22,7 +21,7 @@ DIM = 4
 
 
 @pytest.fixture
-def client(milvus_uri: str) -> Iterator[object]:  # noqa: F811
+def client(milvus_uri: str) -> Iterator[object]:
     from pymilvus import MilvusClient
 
     milvus = MilvusClient(uri=milvus_uri)
@@ -57,13 +56,13 @@ def _ids(uri: str, name: str) -> list[int]:
         milvus.close()
 
 
-def test_server_answers_with_its_version(milvus_server: MilvusServer) -> None:  # noqa: F811
+def test_server_answers_with_its_version(milvus_server: MilvusServer) -> None:
     assert private_network()
     assert milvus_server.uri.startswith("http://127.0.0.1:")
     assert milvus_server.server_version().startswith("v2.3.5")
 
 
-def test_strong_consistency_sees_an_insert_at_once(milvus_uri: str) -> None:  # noqa: F811
+def test_strong_consistency_sees_an_insert_at_once(milvus_uri: str) -> None:
     _create_with_rows(milvus_uri, "seen", [1, 2, 3])
     assert _ids(milvus_uri, "seen") == [1, 2, 3]
 
@@ -79,7 +78,7 @@ def test_each_test_starts_without_collections_aliases_or_databases(client: objec
     client.create_database("other")
 
 
-def test_wipe_drops_everything(milvus_server: MilvusServer, client: object) -> None:  # noqa: F811
+def test_wipe_drops_everything(milvus_server: MilvusServer, client: object) -> None:
     from pymilvus import MilvusClient
 
     assert isinstance(client, MilvusClient)
@@ -96,7 +95,7 @@ def test_wipe_drops_everything(milvus_server: MilvusServer, client: object) -> N
     assert not client.has_collection("one_alias")
 
 
-def test_data_survives_a_kill_and_restart(milvus_server: MilvusServer, milvus_uri: str) -> None:  # noqa: F811
+def test_data_survives_a_kill_and_restart(milvus_server: MilvusServer, milvus_uri: str) -> None:
     _create_with_rows(milvus_uri, "durable", [7, 8])
     old_pid = milvus_server.pid
     milvus_server.kill()
@@ -106,7 +105,7 @@ def test_data_survives_a_kill_and_restart(milvus_server: MilvusServer, milvus_ur
     assert _ids(milvus_server.uri, "durable") == [7, 8]
 
 
-def test_stop_is_bounded_and_start_comes_back(milvus_server: MilvusServer, milvus_uri: str) -> None:  # noqa: F811
+def test_stop_is_bounded_and_start_comes_back(milvus_server: MilvusServer, milvus_uri: str) -> None:
     _create_with_rows(milvus_uri, "loaded", [1])
     assert _ids(milvus_uri, "loaded") == [1]  # loaded: stop has to release it
     began = time.monotonic()

@@ -21,6 +21,9 @@ log = logging.getLogger("semsearch.milvus")
 T = TypeVar("T")
 _SCHEMES = {"milvus": "http", "milvus+http": "http", "milvus+https": "https"}
 _counter = itertools.count()
+# How pymilvus and gRPC word a server that is not there (down, restarting, unroutable).
+_UNREACHABLE = ("server unavailable", "fail connecting", "failed to connect",
+                "connection refused", "unavailable", "deadline exceeded", "socket closed")
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -44,6 +47,39 @@ def parse_url(url: str) -> tuple[str, str]:
                          "name (letters, digits and '_', not starting with a digit)")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{scheme}://{host}:{port}", database
+
+
+# gRPC backs off reconnecting to an address that failed, up to two minutes, and shares that
+# state between every channel to the address: a Milvus back from a restart would stay
+# unreachable to this process for as long. pymilvus 2.4 takes no channel options, so its
+# channels get two here: reconnect at least every second, each channel on its own.
+_CHANNEL_OPTIONS = [("grpc.max_reconnect_backoff_ms", 1000),
+                    ("grpc.use_local_subchannel_pool", 1)]
+
+
+class _GrpcWithOptions:
+    """The grpc module as pymilvus's handler sees it, with our options on its channels."""
+
+    def __init__(self, grpc: Any) -> None:
+        self._grpc = grpc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grpc, name)
+
+    def insecure_channel(self, target: str, options: Any = None, **kw: Any) -> Any:
+        return self._grpc.insecure_channel(target, [*(options or []), *_CHANNEL_OPTIONS], **kw)
+
+    def secure_channel(self, target: str, credentials: Any, options: Any = None,
+                       **kw: Any) -> Any:
+        return self._grpc.secure_channel(target, credentials,
+                                         [*(options or []), *_CHANNEL_OPTIONS], **kw)
+
+
+def _bound_reconnect_backoff() -> None:
+    from pymilvus.client import grpc_handler
+
+    if not isinstance(grpc_handler.grpc, _GrpcWithOptions):
+        grpc_handler.grpc = _GrpcWithOptions(grpc_handler.grpc)
 
 
 def milvus_name(prefix: str, name: str, *, exact: bool = False) -> str:
@@ -81,6 +117,10 @@ class Milvus:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # pymilvus 2.4 warns about pkg_resources
                 from pymilvus import MilvusException, connections
+            # pymilvus logs every failed call at ERROR with a page of gRPC detail; the
+            # BackendError raised here says it in one line.
+            logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+            _bound_reconnect_backoff()
             try:
                 connections.connect(alias=self._alias, uri=self.uri, token=self._token,
                                     db_name=self.database, timeout=self.timeout)
@@ -100,23 +140,33 @@ class Milvus:
         try:
             return fn(alias)
         except MilvusException as exc:
-            raise self._error(what, exc) from None
+            error = self._error(what, exc)
+            if "cannot be reached" in str(error):
+                self._reset()
+            raise error from None
         except BackendError:
             raise
         except Exception as exc:  # grpc errors pymilvus lets through (a cut stream)
+            self._reset()
             raise BackendError(f"Milvus at {self.shown} failed {what}: "
                                f"{type(exc).__name__}: {exc}"[:500]) from None
+
+    def _reset(self) -> None:
+        """Forget a connection that failed: a gRPC channel to a server that went away backs
+        off its reconnects for up to two minutes, so the next call opens a new one and
+        finds a restarted server at once."""
+        self.close()
 
     def _error(self, what: str, exc: Any) -> BackendError:
         code = getattr(exc, "code", None)
         message = str(getattr(exc, "message", "") or exc).strip()
         if self._token:
             message = message.replace(self._token, "***")
-        if code == 2 or "server unavailable" in message.lower() \
-                or "fail connecting" in message.lower():
+        lowered = message.lower()
+        if code == 2 or any(sign in lowered for sign in _UNREACHABLE):
             return BackendError(f"Milvus at {self.shown} cannot be reached (while {what}); "
                                 "is it running and is SEMSEARCH_VECTOR_INDEX right?")
-        if code in (1800, 1801) or ("auth" in message.lower() and "fail" in message.lower()):
+        if code in (1800, 1801) or ("auth" in lowered and "fail" in lowered):
             return BackendError(f"Milvus at {self.shown} refused the credentials (while "
                                 f"{what}): check SEMSEARCH_MILVUS_TOKEN")
         return BackendError(f"Milvus at {self.shown} failed {what}: {message}"[:600])
