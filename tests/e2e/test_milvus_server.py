@@ -105,6 +105,7 @@ def test_data_survives_a_kill_and_restart(milvus_server: MilvusServer, milvus_ur
     assert _ids(milvus_server.uri, "durable") == [7, 8]
 
 
+@pytest.mark.slow  # every session's teardown stops the server the same way
 def test_stop_is_bounded_and_start_comes_back(milvus_server: MilvusServer, milvus_uri: str) -> None:
     _create_with_rows(milvus_uri, "loaded", [1])
     assert _ids(milvus_uri, "loaded") == [1]  # loaded: stop has to release it
