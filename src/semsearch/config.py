@@ -145,31 +145,13 @@ class Settings(BaseSettings):
 
     def api_key(self) -> str | None:
         """The key from SEMSEARCH_EMBEDDER_API_KEY, else from the secret file."""
-        if self.embedder_api_key is not None:
-            return self.embedder_api_key.get_secret_value()
-        if self.embedder_api_key_file is not None:
-            from semsearch.errors import InputError
-
-            try:
-                return self.embedder_api_key_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise InputError(f"cannot read SEMSEARCH_EMBEDDER_API_KEY_FILE "
-                                 f"{self.embedder_api_key_file}: {exc.strerror}") from None
-        return None
+        return _secret(self.embedder_api_key, self.embedder_api_key_file,
+                       "SEMSEARCH_EMBEDDER_API_KEY_FILE")
 
     def milvus_secret(self) -> str:
         """The Milvus token from SEMSEARCH_MILVUS_TOKEN, else from its file, else ''."""
-        if self.milvus_token is not None:
-            return self.milvus_token.get_secret_value()
-        if self.milvus_token_file is not None:
-            from semsearch.errors import InputError
-
-            try:
-                return self.milvus_token_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise InputError(f"cannot read SEMSEARCH_MILVUS_TOKEN_FILE "
-                                 f"{self.milvus_token_file}: {exc.strerror}") from None
-        return ""
+        return _secret(self.milvus_token, self.milvus_token_file,
+                       "SEMSEARCH_MILVUS_TOKEN_FILE") or ""
 
     @property
     def store_path(self) -> Path:
@@ -192,3 +174,18 @@ class Settings(BaseSettings):
 
     def index_dir(self, collection: str) -> Path:
         return self.home / "indexes" / collection
+
+
+def _secret(value: SecretStr | None, file: Path | None, file_variable: str) -> str | None:
+    """A secret given directly, else read from a file (a mounted Kubernetes Secret), else
+    None; a file that cannot be read is a clear error naming the variable."""
+    if value is not None:
+        return value.get_secret_value()
+    if file is None:
+        return None
+    from semsearch.errors import InputError
+
+    try:
+        return file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise InputError(f"cannot read {file_variable} {file}: {exc.strerror}") from None
