@@ -388,3 +388,35 @@ def test_a_missing_collection_is_detected_in_process(tmp_path: Path, models_dir:
 @pytest.fixture
 def _no_leftovers() -> Iterator[None]:
     yield
+
+
+def test_a_database_of_its_own(tmp_path: Path, models_dir: Path, milvus_url: str) -> None:
+    """milvus://host:port/team keeps everything in database 'team' (Milvus 2.3 lists aliases
+    only in 'default': the adapter reads them from the collection's description instead)."""
+    from pymilvus import connections, db, utility
+
+    connections.connect(alias="admin", uri=milvus_url.replace("milvus://", "http://"))
+    try:
+        data = corpus(tmp_path / "corpus", 12)
+        missing = cli(env_for(tmp_path / "home", models_dir, milvus_url + "/team"),
+                      "index", str(data), "-c", "docs")
+        assert missing.returncode != 0 and "Traceback" not in missing.stderr
+        assert "team" in missing.stderr
+        db.create_database("team", using="admin")
+        env = env_for(tmp_path / "home", models_dir, milvus_url + "/team")
+        assert cli(env, "index", str(data), "-c", "docs").returncode == 0
+        out = cli(env, "reindex", "-c", "docs", "--chunk-max-tokens", "32",
+                  "--chunk-overlap-tokens", "4")
+        assert out.returncode == 0, out.stderr
+        assert cli(env, "rollback", "-c", "docs").returncode == 0
+        rebuilt = cli(env, "rebuild", "-c", "docs")
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert cli(env, "drop", "docs@v2").returncode == 0
+        assert [c for c in utility.list_collections(using="admin")
+                if c.startswith("semsearch_")] == []  # nothing in 'default'
+        db.using_database("team", using="admin")
+        assert utility.list_collections(using="admin") == [milvus_name("semsearch_", "docs")]
+        hits = json.loads(cli(env, "search", "orchard", "-c", "docs", "--json").stdout)["hits"]
+        assert hits
+    finally:
+        connections.disconnect("admin")

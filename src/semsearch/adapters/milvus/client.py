@@ -192,3 +192,12 @@ class Milvus:
                 except Exception:  # already gone; nothing to release
                     log.debug("disconnecting from Milvus failed", exc_info=True)
                 self._connected = False
+
+
+def aliases_of(collection: str, using: str, timeout: int) -> list[str]:
+    """The aliases on ``collection``, from its description: Milvus 2.3's ListAliases
+    ignores the connection's database and fails outside ``default``."""
+    from pymilvus import Collection
+
+    described = Collection(collection, using=using, timeout=timeout).describe(timeout=timeout)
+    return [str(a) for a in described.get("aliases") or ()]

@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any, Protocol
 
-from semsearch.adapters.milvus.client import Milvus, milvus_name
+from semsearch.adapters.milvus.client import Milvus, aliases_of, milvus_name
 from semsearch.adapters.milvus.vectors import MilvusVectorIndex
 from semsearch.ports import KeywordIndex, VectorIndex
 
@@ -88,7 +88,7 @@ class MilvusIndexStorage:
             utility = _utility()
             if not utility.has_collection(name, using=using, timeout=timeout):
                 return
-            for alias in utility.list_aliases(name, using=using, timeout=timeout):
+            for alias in aliases_of(name, using, timeout):
                 utility.drop_alias(alias, using=using, timeout=timeout)
             utility.drop_collection(name, using=using, timeout=timeout)
 
@@ -105,7 +105,7 @@ class MilvusIndexStorage:
             utility = _utility()
             if not utility.has_collection(target, using=using, timeout=timeout):
                 return  # made with the alias when the version's first vectors are written
-            if name in utility.list_aliases(target, using=using, timeout=timeout):
+            if name in aliases_of(target, using, timeout):
                 return
             try:
                 utility.alter_alias(target, name, using=using, timeout=timeout)
@@ -145,6 +145,4 @@ class MilvusIndexStorage:
                 yield alias, col
 
     def _aliases_of(self, collection: str, using: str) -> list[str]:
-        names: list[str] = _utility().list_aliases(collection, using=using,
-                                                   timeout=self.milvus.timeout)
-        return names
+        return aliases_of(collection, using, self.milvus.timeout)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
-from semsearch.adapters.milvus.client import Milvus, milvus_name
+from semsearch.adapters.milvus.client import Milvus, aliases_of, milvus_name
 from semsearch.adapters.milvus.expressions import label_expression, milvus_expression
 from semsearch.adapters.vectors.checks import check_query, upsert_batch
 from semsearch.core.filters import Filter
@@ -287,8 +287,7 @@ class MilvusVectorIndex:
         timeout = self._milvus.timeout
 
         def drop(alias: str) -> list[str]:
-            names: list[str] = list(pm.utility.list_aliases(self.name, using=alias,
-                                                            timeout=timeout))
+            names = aliases_of(self.name, alias, timeout)
             for name in names:  # a dropped collection's alias would dangle forever
                 pm.utility.drop_alias(name, using=alias, timeout=timeout)
             col.release(timeout=timeout)
