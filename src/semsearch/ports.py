@@ -228,6 +228,12 @@ class VectorIndex(Protocol):
         the store's own database are recreated where they are opened: always False."""
         ...
 
+    def refusal(self, payload: ChunkPayload) -> str | None:
+        """Why this index cannot hold a document's payload (a size limit of its server), or
+        None. Asked before the store commits, so such a document is rejected as invalid
+        input instead of being stored with no vectors."""
+        ...
+
     def __len__(self) -> int: ...
 
     def add(self, labels: Sequence[int], vectors: Vectors,

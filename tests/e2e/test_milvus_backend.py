@@ -420,3 +420,29 @@ def test_a_database_of_its_own(tmp_path: Path, models_dir: Path, milvus_url: str
         assert hits
     finally:
         connections.disconnect("admin")
+
+
+def test_metadata_too_large_for_milvus_is_refused_before_the_store(
+        tmp_path: Path, models_dir: Path, milvus_url: str) -> None:
+    """Milvus holds at most 64 KB of JSON per entity: such a document is rejected as invalid
+    input before the store commits (not stored with no vectors, which would leave every
+    later rebuild failing on it), and the rest of the batch is indexed."""
+    data = tmp_path / "corpus"
+    data.mkdir()
+    docs = [{"_id": "small", "text": "a small note about a glacier", "metadata": {"k": 1}},
+            {"_id": "huge", "text": "a note with a huge blob", "metadata": {"blob": "x" * 70000}}]
+    (data / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    env = env_for(tmp_path / "home", models_dir, milvus_url)
+    out = cli(env, "index", str(data), "-c", "docs")
+    assert out.returncode == 0, out.stderr
+    assert "huge" in out.stdout + out.stderr and "65,536" in out.stdout + out.stderr
+    strict = cli(env, "index", str(data), "-c", "docs", "--strict")
+    assert strict.returncode != 0 and "Traceback" not in strict.stderr
+    settings = make_settings(tmp_path, models_dir, milvus_url)
+    eng = open_engine(settings.model_copy(update={"home": tmp_path / "home"}))
+    try:
+        assert eng.store.all_doc_ids("docs") == ["small"]
+    finally:
+        eng.close()
+    assert ranked(settings.model_copy(update={"home": tmp_path / "home"}), "glacier",
+                  mode=Mode.DENSE)

@@ -26,7 +26,7 @@ from semsearch.core.chunking import chunk_document
 from semsearch.core.types import Document, InputType
 from semsearch.core.unicode import require_unicode, shown
 from semsearch.errors import InputError
-from semsearch.ports import DocumentWrite, LedgerUpdate, Span, Vectors, WriteResult
+from semsearch.ports import ChunkPayload, DocumentWrite, LedgerUpdate, Span, Vectors, WriteResult
 from semsearch.runtime.collection import Collection
 from semsearch.runtime.embedding import EmbedStats
 from semsearch.runtime.indexes import doc_vector, split_vectors
@@ -172,6 +172,9 @@ class BatchWriter:
         for doc in batch.upserts:
             try:
                 validate_document(doc, max_chars)
+                refused = self.indexes.vectors.refusal(ChunkPayload(doc.id, doc.metadata))
+                if refused is not None:
+                    raise InputError(f"document {shown(doc.id)!r}: {refused}")
             except InputError as exc:
                 if self._invalid == "raise":
                     raise

@@ -42,6 +42,7 @@ MAX_TOP_K = 16384  # Milvus refuses a larger limit
 _ALLOWED_PER_SEARCH = 8192  # labels per ``label in [...]`` expression
 _ROWS_PER_WRITE = 512  # rows per upsert: well under gRPC's message limit with metadata
 _DOC_ID_CHARS = 1000  # Milvus VARCHAR is bounded; the store holds the full id
+MAX_METADATA_BYTES = 65536  # Milvus's limit on a JSON field (proxy refuses longer)
 
 
 def _quiet_import() -> Any:
@@ -182,6 +183,13 @@ class MilvusVectorIndex:
         except (TypeError, ValueError):
             return -1
 
+    def refusal(self, payload: ChunkPayload) -> str | None:
+        size = _json_bytes(payload.metadata)
+        if size <= MAX_METADATA_BYTES:
+            return None
+        return (f"its metadata is {size:,} bytes as JSON; the Milvus vector index holds at "
+                f"most {MAX_METADATA_BYTES:,} per document (keep large fields out of metadata)")
+
     def __len__(self) -> int:
         col = self._existing()
         if col is None:
@@ -208,6 +216,10 @@ class MilvusVectorIndex:
         labs, vecs = batch
         col = self._ensure()
         empty = ChunkPayload("", {})
+        for lb, p in by_label.items():
+            reason = self.refusal(p)
+            if reason is not None:  # stored before Milvus was chosen: say which, not why not
+                raise InputError(f"chunk {lb} of document {p.doc_id[:200]!r}: {reason}")
         for start in range(0, len(labs), _ROWS_PER_WRITE):
             part = labs[start:start + _ROWS_PER_WRITE].tolist()
             rows = [by_label.get(lb, empty) for lb in part]
@@ -323,6 +335,12 @@ class MilvusVectorIndex:
     def forget(self) -> None:
         """Drop the cached handle: the collection was dropped or re-created elsewhere."""
         self._col = None
+
+
+def _json_bytes(metadata: Any) -> int:
+    """Bytes of the metadata as pymilvus sends it (compact JSON, UTF-8)."""
+    return len(json.dumps(dict(metadata), ensure_ascii=False, separators=(",", ":"),
+                          default=str).encode("utf-8"))
 
 
 def _json_object(metadata: Any) -> dict[str, Any]:

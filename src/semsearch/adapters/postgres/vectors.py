@@ -125,6 +125,9 @@ class PgVectorIndex:
     def missing(self) -> bool:
         return False  # recreated where it is opened; a gap in generation says rebuild
 
+    def refusal(self, payload: ChunkPayload) -> str | None:
+        return None  # keeps no payload
+
     @property
     def generation(self) -> int:
         return derived.read_generation(self._db, self._collection, KIND)
