@@ -4,9 +4,6 @@ tests/e2e/test_milvus_backend.py and the contract suite."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ from semsearch.adapters.milvus.client import Milvus, milvus_name, parse_url
 from semsearch.config import Settings
 from semsearch.errors import InputError
 from semsearch.wiring import open_engine
+from tests.default_path import modules_loaded_by_default
 
 
 @pytest.mark.parametrize(("url", "uri", "db"), [
@@ -93,13 +91,5 @@ def test_an_engine_opens_while_milvus_is_unreachable(tmp_path: Path) -> None:
 
 
 def test_the_default_imports_nothing_of_milvus(tmp_path: Path) -> None:
-    code = ("import sys; from semsearch.config import Settings; "
-            "from semsearch.wiring import open_engine; from semsearch.api.app import create_app; "
-            f"s = Settings(home={str(tmp_path)!r}, embedder='fake'); "
-            "open_engine(s).close(); create_app(s); "
-            "print(sorted(m for m in sys.modules if 'milvus' in m or m.split('.')[0] == 'grpc'))")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEMSEARCH_")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, cwd=tmp_path, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]", out.stdout
+    assert modules_loaded_by_default(
+        tmp_path, "'milvus' in m or m.split('.')[0] == 'grpc'") == "[]"

@@ -30,6 +30,7 @@ import pytest
 from semsearch.config import Settings
 from semsearch.core.types import InputType
 from semsearch.wiring import open_engine
+from tests.default_path import modules_loaded_by_default
 from tests.serving import serve_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -309,17 +310,8 @@ def test_readyz_is_false_while_the_database_is_down(tmp_path: Path) -> None:
 def test_the_default_imports_nothing_of_postgresql(tmp_path: Path) -> None:
     """Without SEMSEARCH_STORE: the engine, the API and its keys as before, on local files,
     with no PostgreSQL driver or pool imported."""
-    code = ("import sys; from semsearch.config import Settings; "
-            "from semsearch.wiring import open_engine; from semsearch.api.app import create_app; "
-            f"s = Settings(home={str(tmp_path)!r}, embedder='fake'); "
-            "open_engine(s).close(); create_app(s); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('psycopg', 'psycopg_pool', 'pgvector') or 'postgres' in m))")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEMSEARCH_")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, cwd=tmp_path, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]", out.stdout
+    assert modules_loaded_by_default(tmp_path, "m.split('.')[0] in ('psycopg', "
+                                     "'psycopg_pool', 'pgvector') or 'postgres' in m") == "[]"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.db", "semsearch.db"]
 
 
