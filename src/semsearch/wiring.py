@@ -372,16 +372,16 @@ def _milvus(settings: Settings) -> Milvus | None:
     url = settings.vector_index.strip()
     if not url:
         return None
-    if not url.lower().startswith("milvus"):
-        raise InputError(f"SEMSEARCH_VECTOR_INDEX {url!r:.200}: '' keeps the vectors beside "
-                         "the store; milvus://host:19530[/database] puts them in Milvus")
+    from semsearch.adapters.milvus.client import Milvus, pymilvus
+
+    milvus = Milvus(url, token=settings.milvus_secret(), timeout=settings.milvus_timeout,
+                    prefix=settings.milvus_prefix)  # a URL that is not Milvus's fails here
     try:
-        from semsearch.adapters.milvus.client import Milvus
+        pymilvus()
     except ImportError:
         raise InputError("SEMSEARCH_VECTOR_INDEX names Milvus but pymilvus is not installed: "
                          "pip install 'semsearch[milvus]'") from None
-    return Milvus(url, token=settings.milvus_secret(), timeout=settings.milvus_timeout,
-                  prefix=settings.milvus_prefix)
+    return milvus
 
 
 def _with_vectors(milvus: Milvus | None, storage: LocalIndexStorage | PgIndexStorage,

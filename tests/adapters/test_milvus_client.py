@@ -4,6 +4,7 @@ tests/e2e/test_milvus_backend.py and the contract suite."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,15 @@ def test_an_engine_opens_while_milvus_is_unreachable(tmp_path: Path) -> None:
 def test_the_default_imports_nothing_of_milvus(tmp_path: Path) -> None:
     assert modules_loaded_by_default(
         tmp_path, "'milvus' in m or m.split('.')[0] == 'grpc'") == "[]"
+
+
+def test_milvus_configured_without_pymilvus_says_which_extra(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    monkeypatch.setitem(sys.modules, "pymilvus", None)  # makes `import pymilvus` fail
+    with pytest.raises(InputError, match=r"pip install 'semsearch\[milvus\]'"):
+        open_engine(Settings(home=tmp_path, embedder="fake",
+                             vector_index="milvus://127.0.0.1:1"))
+    with pytest.raises(InputError, match="not a Milvus URL"):
+        open_engine(Settings(home=tmp_path, embedder="fake",
+                             vector_index="qdrant://127.0.0.1:6333"))

@@ -41,7 +41,7 @@ def rebuild_indexes(engine: Engine, collection: str,
         stats = idx.rebuild(engine.store, embedder, info.generation, on_progress)
     base, _ = version_of(handle.version)
     if engine.resolve(base) == handle.version:  # re-created: its mirrored name with it
-        engine.mirror_alias(base)
+        engine.index_storage.point(base, handle.version)
     return RebuildReport(collection=handle.version, chunks=info.chunks, embedded=stats.embedded,
                          cache_hits=stats.cache_hits,
                          seconds=round(time.perf_counter() - started, 3))

@@ -26,6 +26,15 @@ _UNREACHABLE = ("server unavailable", "fail connecting", "failed to connect",
                 "connection refused", "unavailable", "deadline exceeded", "socket closed")
 
 
+def pymilvus() -> Any:
+    """The pymilvus module, imported without its pkg_resources deprecation warning (pymilvus
+    2.4 imports pkg_resources at import time; the milvus extra pins setuptools < 81)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pymilvus as module
+    return module
+
+
 def parse_url(url: str) -> tuple[str, str]:
     """``milvus://host:19530[/database]`` -> (pymilvus uri, database name)."""
     parts = urlsplit(url.strip())
@@ -114,9 +123,8 @@ class Milvus:
         with self._lock:
             if self._connected:
                 return self._alias
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # pymilvus 2.4 warns about pkg_resources
-                from pymilvus import MilvusException, connections
+            pm = pymilvus()
+            MilvusException, connections = pm.MilvusException, pm.connections
             # pymilvus logs every failed call at ERROR with a page of gRPC detail; the
             # BackendError raised here says it in one line.
             logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
@@ -197,7 +205,6 @@ class Milvus:
 def aliases_of(collection: str, using: str, timeout: int) -> list[str]:
     """The aliases on ``collection``, from its description: Milvus 2.3's ListAliases
     ignores the connection's database and fails outside ``default``."""
-    from pymilvus import Collection
-
-    described = Collection(collection, using=using, timeout=timeout).describe(timeout=timeout)
+    described = pymilvus().Collection(collection, using=using,
+                                      timeout=timeout).describe(timeout=timeout)
     return [str(a) for a in described.get("aliases") or ()]

@@ -12,13 +12,10 @@ tools that read Milvus directly follow the same version semsearch serves."""
 from __future__ import annotations
 
 import logging
-import warnings
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from functools import partial
 from typing import Any, Protocol
 
-from semsearch.adapters.milvus.client import Milvus, aliases_of, milvus_name
+from semsearch.adapters.milvus.client import Milvus, aliases_of, milvus_name, pymilvus
 from semsearch.adapters.milvus.vectors import MilvusVectorIndex
 from semsearch.ports import KeywordIndex, VectorIndex
 
@@ -40,10 +37,7 @@ class KeywordStorage(Protocol):
 
 
 def _utility() -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from pymilvus import utility
-    return utility
+    return pymilvus().utility
 
 
 class MilvusIndexStorage:
@@ -130,19 +124,3 @@ class MilvusIndexStorage:
 
     def close(self) -> None:
         self.milvus.close()
-
-    def aliases(self) -> Iterator[tuple[str, str]]:
-        """(alias, collection) of every Milvus alias under the prefix: for tests and
-        operators checking that the mirror agrees with the store."""
-        utility = _utility()
-        names = self.milvus.call("listing collections", lambda a: utility.list_collections(
-            timeout=self.milvus.timeout, using=a))
-        for col in names:
-            if not col.startswith(self.milvus.prefix):
-                continue
-            found = self.milvus.call("listing aliases", partial(self._aliases_of, col))
-            for alias in found:
-                yield alias, col
-
-    def _aliases_of(self, collection: str, using: str) -> list[str]:
-        return aliases_of(collection, using, self.milvus.timeout)

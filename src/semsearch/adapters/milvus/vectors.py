@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
-from semsearch.adapters.milvus.client import Milvus, aliases_of, milvus_name
+from semsearch.adapters.milvus.client import Milvus, aliases_of, milvus_name, pymilvus
 from semsearch.adapters.milvus.expressions import label_expression, milvus_expression
 from semsearch.adapters.vectors.checks import check_query, upsert_batch
 from semsearch.core.filters import Filter
@@ -43,13 +42,6 @@ _ALLOWED_PER_SEARCH = 8192  # labels per ``label in [...]`` expression
 _ROWS_PER_WRITE = 512  # rows per upsert: well under gRPC's message limit with metadata
 _DOC_ID_CHARS = 1000  # Milvus VARCHAR is bounded; the store holds the full id
 MAX_METADATA_BYTES = 65536  # Milvus's limit on a JSON field (proxy refuses longer)
-
-
-def _quiet_import() -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pymilvus 2.4 warns about pkg_resources
-        import pymilvus
-    return pymilvus
 
 
 class MilvusVectorIndex:
@@ -79,7 +71,7 @@ class MilvusVectorIndex:
         """The pymilvus Collection, or None when Milvus has no such collection."""
         if self._col is not None:
             return self._col
-        pm = _quiet_import()
+        pm = pymilvus()
 
         def find(alias: str) -> Any:
             if not pm.utility.has_collection(self.name, using=alias,
@@ -108,7 +100,7 @@ class MilvusVectorIndex:
         return col
 
     def _create(self) -> Any:
-        pm = _quiet_import()
+        pm = pymilvus()
         fields = [
             pm.FieldSchema("label", pm.DataType.INT64, is_primary=True,
                            description="the chunk's label in the canonical store"),
@@ -137,7 +129,7 @@ class MilvusVectorIndex:
         return self._col
 
     def _alias_taken(self, using: str) -> bool:
-        pm = _quiet_import()
+        pm = pymilvus()
         try:
             # resolves an alias to its collection
             pm.Collection(self._alias, using=using, timeout=self._milvus.timeout)
@@ -152,16 +144,12 @@ class MilvusVectorIndex:
             text = str(exc).lower()
             if "collection not found" in text or "can't find collection" in text:
                 self._col = None
-                raise IndexMissingError(self.lost_message()) from None
+                raise IndexMissingError(
+                    f"Milvus at {self._milvus.shown} has no collection {self.name} for "
+                    f"{self.collection!r} (was Milvus wiped, or the collection dropped?); the "
+                    f"store still holds its documents: run `semsearch rebuild -c "
+                    f"{self.collection}` to re-create it") from None
             raise
-
-    def lost_message(self) -> str:
-        base = self.collection.split("@")[0]
-        return (f"Milvus at {self._milvus.shown} has no collection {self.name} for "
-                f"{self.collection!r} (was Milvus wiped, or the collection dropped?); the store "
-                f"still holds its documents: run `semsearch rebuild -c {base}`"
-                + ("" if "@" not in self.collection else f" (for this version: "
-                   f"`semsearch rebuild -c {self.collection}`)"))
 
     @property
     def missing(self) -> bool:
@@ -176,7 +164,7 @@ class MilvusVectorIndex:
         if col is None:
             return -1
         info = self._call("reading the generation",
-                                 lambda a: col.describe(timeout=self._milvus.timeout))
+                          lambda a: col.describe(timeout=self._milvus.timeout))
         props = info.get("properties") or {}
         try:
             return int(props.get(GENERATION, -1))
@@ -184,11 +172,7 @@ class MilvusVectorIndex:
             return -1
 
     def refusal(self, payload: ChunkPayload) -> str | None:
-        size = _json_bytes(payload.metadata)
-        if size <= MAX_METADATA_BYTES:
-            return None
-        return (f"its metadata is {size:,} bytes as JSON; the Milvus vector index holds at "
-                f"most {MAX_METADATA_BYTES:,} per document (keep large fields out of metadata)")
+        return _too_large(len(_encode(payload.metadata)))
 
     def __len__(self) -> int:
         col = self._existing()
@@ -214,17 +198,22 @@ class MilvusVectorIndex:
         if batch is None:
             return
         labs, vecs = batch
+        # A document's chunks share its metadata: encoded once per document, not per chunk.
+        metadata: dict[str, dict[str, Any]] = {}
+        for p in by_label.values():
+            if p.doc_id not in metadata:
+                encoded = _encode(p.metadata)
+                reason = _too_large(len(encoded))
+                if reason is not None:  # stored before Milvus was chosen: name it
+                    raise InputError(f"document {p.doc_id[:200]!r}: {reason}")
+                metadata[p.doc_id] = json.loads(encoded)
         col = self._ensure()
         empty = ChunkPayload("", {})
-        for lb, p in by_label.items():
-            reason = self.refusal(p)
-            if reason is not None:  # stored before Milvus was chosen: say which, not why not
-                raise InputError(f"chunk {lb} of document {p.doc_id[:200]!r}: {reason}")
         for start in range(0, len(labs), _ROWS_PER_WRITE):
             part = labs[start:start + _ROWS_PER_WRITE].tolist()
             rows = [by_label.get(lb, empty) for lb in part]
             data = [part, [p.doc_id[:_DOC_ID_CHARS] for p in rows],
-                    [_json_object(p.metadata) for p in rows],
+                    [metadata.get(p.doc_id, {}) for p in rows],
                     vecs[start:start + _ROWS_PER_WRITE]]
             self._call("writing vectors", partial(self._upsert, col, data))
 
@@ -292,7 +281,7 @@ class MilvusVectorIndex:
     def clear(self) -> None:
         """Drop the collection (no tombstones left behind, unlike deleting every row); the
         next write makes it again, empty, with the aliases it had."""
-        pm = _quiet_import()
+        pm = pymilvus()
         col = self._existing()
         if col is None:
             return
@@ -332,20 +321,16 @@ class MilvusVectorIndex:
 
         self._call("compacting", run)
 
-    def forget(self) -> None:
-        """Drop the cached handle: the collection was dropped or re-created elsewhere."""
-        self._col = None
+
+def _encode(metadata: Any) -> bytes:
+    """The metadata as pymilvus sends it (compact JSON, UTF-8): what Milvus's limit counts,
+    and, read back, what Milvus will hold (values JSON cannot carry as the store does)."""
+    return json.dumps(dict(metadata), ensure_ascii=False, separators=(",", ":"),
+                      default=str).encode("utf-8")
 
 
-def _json_bytes(metadata: Any) -> int:
-    """Bytes of the metadata as pymilvus sends it (compact JSON, UTF-8)."""
-    return len(json.dumps(dict(metadata), ensure_ascii=False, separators=(",", ":"),
-                          default=str).encode("utf-8"))
-
-
-def _json_object(metadata: Any) -> dict[str, Any]:
-    """The metadata as Milvus will hold it: JSON round-tripped like the store's copy."""
-    out: dict[str, Any] = json.loads(json.dumps(dict(metadata), ensure_ascii=False,
-                                                default=str))
-    return out
-
+def _too_large(size: int) -> str | None:
+    if size <= MAX_METADATA_BYTES:
+        return None
+    return (f"its metadata is {size:,} bytes as JSON; the Milvus vector index holds at most "
+            f"{MAX_METADATA_BYTES:,} per document (keep large fields out of metadata)")
