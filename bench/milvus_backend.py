@@ -34,7 +34,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cli_runs import semsearch
 
 HERE = Path(__file__).resolve().parent
 STARTED = time.monotonic()
@@ -65,14 +66,6 @@ def pct(values: list[float], p: float) -> float:
 
 # -- the CLI runs ------------------------------------------------------------------------
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([sys.executable, "-m", "semsearch", *args], env=env,
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"semsearch {' '.join(args)} failed:\n{out.stderr[-2000:]}")
-    return out
-
-
 def base_env(cache_url: str, threads: int) -> dict[str, str]:
     """This process's environment without any SEMSEARCH_* setting but the model cache."""
     env = {k: v for k, v in os.environ.items()
@@ -83,7 +76,7 @@ def base_env(cache_url: str, threads: int) -> dict[str, str]:
 
 def timed_index(env: dict[str, str], source: Path, collection: str) -> tuple[float, int]:
     t = time.perf_counter()
-    report = json.loads(cli(env, "index", str(source), "-c", collection, "--json").stdout)
+    report = json.loads(semsearch(env, "index", str(source), "-c", collection, "--json").stdout)
     return time.perf_counter() - t, int(report["chunks"])
 
 
@@ -314,7 +307,7 @@ def run(args: argparse.Namespace, root: Path, uri: str, results: dict[str, Any])
         e = {**env, "SEMSEARCH_HOME": str(home)}
         if backend == "Milvus":
             e = milvus_env(e, uri, results["milvus_prefix"])
-        rep = json.loads(cli(e, "eval", str(data), "-c", COLLECTION, "--json").stdout)
+        rep = json.loads(semsearch(e, "eval", str(data), "-c", COLLECTION, "--json").stdout)
         results["ndcg"][backend] = {m: v["ndcg@10"] for m, v in rep.items()}
         say(f"  {backend}: {results['ndcg'][backend]}")
 

@@ -26,15 +26,9 @@ from typing import Any
 
 import httpx
 
+from cli_runs import semsearch
+
 HERE = Path(__file__).resolve().parent
-
-
-def sh(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([sys.executable, "-m", "semsearch", *args], env=env,
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"semsearch {' '.join(args)} failed:\n{out.stderr[-2000:]}")
-    return out
 
 
 def free_port() -> int:
@@ -97,11 +91,11 @@ def run_backend(name: str, env: dict[str, str], data: Path, seconds: float,
                 servers: list[int]) -> dict[str, Any]:
     out: dict[str, Any] = {"backend": name}
     t = time.perf_counter()
-    report = json.loads(sh(env, "index", str(data), "-c", "scifact", "--json").stdout)
+    report = json.loads(semsearch(env, "index", str(data), "-c", "scifact", "--json").stdout)
     out["index_seconds"] = round(time.perf_counter() - t, 1)
     out["chunks"] = report["chunks"]
     out["ndcg@10"] = {m: v["ndcg@10"] for m, v in json.loads(
-        sh(env, "eval", str(data), "-c", "scifact", "--json").stdout).items()}
+        semsearch(env, "eval", str(data), "-c", "scifact", "--json").stdout).items()}
     lat = subprocess.run([sys.executable, str(HERE / "query_latency.py"), str(data),
                           "--collection", "scifact", "--child"], env=env, check=True,
                          capture_output=True, text=True)

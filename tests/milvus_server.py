@@ -156,20 +156,25 @@ class MilvusServer:
 
     def wipe(self) -> None:
         """Drop every alias and collection in every database, then the databases but default."""
+        for _, milvus, collection in self._collections():
+            # Not list_aliases: Milvus 2.3.5 looks the collection up in the default database
+            # whatever the client's is; describe_collection names them too.
+            for collection_alias in milvus.describe_collection(collection)["aliases"]:
+                milvus.drop_alias(collection_alias)
+            milvus.drop_collection(collection)
+        with self._client() as milvus:
+            for name in milvus.list_databases():
+                if name != "default":
+                    milvus.drop_database(name)
+
+    def _collections(self) -> Iterator[tuple[str, Any, str]]:
+        """(database, a client on it, collection) for every collection in every database."""
         with self._client() as milvus:
             databases = list(milvus.list_databases())
         for name in databases:
             with self._client(name) as milvus:
                 for collection in milvus.list_collections():
-                    # Not list_aliases: Milvus 2.3.5 looks the collection up in the default
-                    # database whatever the client's is; describe_collection names them too.
-                    for collection_alias in milvus.describe_collection(collection)["aliases"]:
-                        milvus.drop_alias(collection_alias)
-                    milvus.drop_collection(collection)
-        with self._client() as milvus:
-            for name in databases:
-                if name != "default":
-                    milvus.drop_database(name)
+                    yield name, milvus, collection
 
     def server_version(self) -> str:
         with self._client() as milvus:
@@ -187,12 +192,8 @@ class MilvusServer:
             milvus.close()
 
     def _release_all(self) -> None:
-        with self._client() as milvus:
-            databases = list(milvus.list_databases())
-        for name in databases:
-            with self._client(name) as milvus:
-                for collection in milvus.list_collections():
-                    milvus.release_collection(collection, timeout=10)
+        for _, milvus, collection in self._collections():
+            milvus.release_collection(collection, timeout=10)
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout

@@ -41,7 +41,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from semsearch.adapters.embedders.fake import FakeEmbedder
-from tests.fakes.loopback import LoopbackServer
+from tests.fakes.loopback import LoopbackServer, QuietHandler
 
 ACCESS_KEY = "AKIDSEMSEARCHTEST01"
 SECRET_KEY = "semsearch/test/secret/key/not/a/real/one"
@@ -359,18 +359,8 @@ class FakeBedrockServer(LoopbackServer):
         return self._embedder(dims).embed(texts)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(QuietHandler):
     fake: FakeBedrockServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_GET(self) -> None:
-        self._handle("GET")
 
     def _handle(self, method: str) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))

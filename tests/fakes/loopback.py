@@ -87,13 +87,11 @@ class LoopbackServer:
             self._inflight -= 1
 
 
-class JsonHandler(BaseHTTPRequestHandler):
-    """Reads a JSON body, records the request through the fake (``_begin``/``_end``), plays
-    the transport faults (``drop``: close the connection; ``("slow", s)``: wait first) and
-    leaves the answer to the subclass's ``_serve(method, headers, body, kind, arg)``."""
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1, no access log, GET and POST both to ``_handle(method)``: what every fake's
+    handler starts from."""
 
     protocol_version = "HTTP/1.1"
-    fake: Any
 
     def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
         pass
@@ -103,6 +101,17 @@ class JsonHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._handle("POST")
+
+    def _handle(self, method: str) -> None:
+        raise NotImplementedError
+
+
+class JsonHandler(QuietHandler):
+    """Reads a JSON body, records the request through the fake (``_begin``/``_end``), plays
+    the transport faults (``drop``: close the connection; ``("slow", s)``: wait first) and
+    leaves the answer to the subclass's ``_serve(method, headers, body, kind, arg)``."""
+
+    fake: Any
 
     def _handle(self, method: str) -> None:
         import json
