@@ -22,8 +22,9 @@ T = TypeVar("T")
 _SCHEMES = {"milvus": "http", "milvus+http": "http", "milvus+https": "https"}
 _counter = itertools.count()
 # How pymilvus and gRPC word a server that is not there (down, restarting, unroutable).
+# A timeout is not among them: a slow server is there, and its connection stays.
 _UNREACHABLE = ("server unavailable", "fail connecting", "failed to connect",
-                "connection refused", "unavailable", "deadline exceeded", "socket closed")
+                "connection refused", "unavailable", "socket closed")
 
 
 def pymilvus() -> Any:
@@ -180,12 +181,11 @@ class Milvus:
         return BackendError(f"Milvus at {self.shown} failed {what}: {message}"[:600])
 
     def ping(self) -> bool:
-        """Whether Milvus answers now: cheap, never raises (what /readyz asks)."""
+        """Whether Milvus answers now: cheap, never raises (what /readyz asks). A slow answer
+        is a no, but never tears down the connection the searches in flight are using."""
         try:
-            from pymilvus import utility
-
-            self.call("answering a ping", lambda a: utility.list_collections(
-                timeout=min(self.timeout, 2), using=a))
+            pymilvus().utility.list_collections(timeout=min(self.timeout, 2),
+                                                using=self.connect())
             return True
         except Exception:
             return False
