@@ -194,6 +194,17 @@ def test_reads_see_writes_across_processes_and_deletes_are_never_served(
                 "collection": "docs", "query": f"zircon quasar {i} marmalade", "k": 20,
                 "mode": "dense"}, timeout=30).json()["hits"]
             assert f"new{i}" not in {h["doc_id"] for h in hits}
+        # A filter Milvus cannot evaluate exactly (2**53 + 1 compares through a double
+        # there) is refused in words, never answered wrongly, and changes nothing.
+        for mode in ("dense", "hybrid"):
+            r = httpx.post(f"{a}/search", json={"collection": "docs", "query": "glacier",
+                                                "mode": mode, "filter": {"n": 2**53 + 1}},
+                           timeout=30)
+            assert r.status_code == 422, r.text
+            assert "Milvus vector index cannot evaluate" in r.json()["error"]["message"]
+        hits = httpx.post(f"{b}/search", json={"collection": "docs", "query": "glacier",
+                                               "k": 20}, timeout=30).json()["hits"]
+        assert len({h["doc_id"] for h in hits}) == 12
 
 
 def test_versions_are_collections_and_the_alias_follows_swaps(
