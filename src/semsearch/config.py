@@ -104,6 +104,30 @@ class Settings(BaseSettings):
                                "semsearch owns")
     milvus_timeout: float = Field(default=10.0, gt=0,
                                   description="Milvus: seconds per call before it fails")
+    llm: str = Field(default="", description="answers for `semsearch ask` and /ask: "
+                     "'' = extractive (offline, no model), openai-compatible")
+    llm_base_url: str = Field(default="", description="LLM: the API's base URL, e.g. "
+                              "http://127.0.0.1:8080/v1")
+    llm_model: str = Field(default="", description="LLM: the model name the server serves")
+    llm_api_key: SecretStr | None = Field(default=None)
+    llm_api_key_file: Path | None = Field(default=None, description="LLM: file holding the key")
+    llm_api_key_header: str = Field(default="Authorization",
+                                    description="'Authorization' (Bearer) or e.g. api-key")
+    llm_context_tokens: int = Field(default=8192, ge=256, description="LLM: the model's "
+                                    "context window, prompt and answer together")
+    llm_max_answer_tokens: int = Field(default=512, ge=16, description="LLM: tokens kept "
+                                       "for the answer")
+    llm_timeout: float = Field(default=120.0, gt=0, description="LLM: seconds per call "
+                               "(between stream events when streaming)")
+    llm_max_retries: int = Field(default=3, ge=0)
+    llm_temperature: float = Field(default=0.0, ge=0, le=2)
+    llm_price_per_mtok_input: float = Field(default=0.0, ge=0, description="LLM: USD per "
+                                            "million prompt tokens, for cost")
+    llm_price_per_mtok_output: float = Field(default=0.0, ge=0, description="LLM: USD per "
+                                             "million completion tokens")
+    ask_context_tokens: int = Field(default=2000, ge=64, description="ask: most tokens of "
+                                    "sources in a prompt (less if the window is smaller)")
+    ask_k: int = Field(default=8, ge=1, le=100, description="ask: chunks retrieved")
     rrf_k: int = Field(default=60, ge=1)
     candidates: int = Field(default=100, ge=1, description="per-component candidates in hybrid")
     max_text_chars: int = Field(default=1_000_000, ge=1,
@@ -147,6 +171,10 @@ class Settings(BaseSettings):
         """The key from SEMSEARCH_EMBEDDER_API_KEY, else from the secret file."""
         return _secret(self.embedder_api_key, self.embedder_api_key_file,
                        "SEMSEARCH_EMBEDDER_API_KEY_FILE")
+
+    def llm_key(self) -> str | None:
+        """The key from SEMSEARCH_LLM_API_KEY, else from its secret file."""
+        return _secret(self.llm_api_key, self.llm_api_key_file, "SEMSEARCH_LLM_API_KEY_FILE")
 
     def milvus_secret(self) -> str:
         """The Milvus token from SEMSEARCH_MILVUS_TOKEN, else from its file, else ''."""

@@ -55,6 +55,13 @@ class StorageFullError(BackendError):
     code = "storage_full"
 
 
+class ContextOverflowError(InputError):
+    """A question and the room kept for the answer do not fit the LLM's context window, or
+    the LLM server refused the prompt as too long: the message names the setting to change."""
+
+    code = "context_overflow"
+
+
 class IndexMissingError(BackendError):
     """A derived index that should hold a collection's data is gone (a wiped Milvus): the
     message names the command that rebuilds it from the canonical store."""

@@ -21,7 +21,14 @@ import numpy.typing as npt
 from semsearch.core.chunking import Tokenizer as Tokenizer
 from semsearch.core.filters import Filter
 from semsearch.core.metering import ProviderMeter
-from semsearch.core.types import Chunk, Document, EmbedderIdentity, InputType
+from semsearch.core.types import (
+    ChatMessage,
+    Chunk,
+    Completion,
+    Document,
+    EmbedderIdentity,
+    InputType,
+)
 
 Vectors = npt.NDArray[np.float32]
 
@@ -477,6 +484,27 @@ class NoTelemetry:
 
     def shutdown(self) -> None:
         pass
+
+
+class ChatModel(Protocol):
+    """A chat-completions LLM. ``stream`` yields text deltas and ends with one
+    ``Completion`` (the whole text and usage); ``complete`` returns only that. Calls are
+    metered in ``meter`` like an embedder's (calls, tokens, latency, retries, errors)."""
+
+    meter: ProviderMeter
+
+    @property
+    def identity(self) -> Mapping[str, str]: ...
+
+    @property
+    def context_window(self) -> int: ...
+
+    def complete(self, messages: Sequence[ChatMessage], max_tokens: int) -> Completion: ...
+
+    def stream(self, messages: Sequence[ChatMessage],
+               max_tokens: int) -> Iterator[str | Completion]: ...
+
+    def close(self) -> None: ...
 
 
 class Corpora(Protocol):

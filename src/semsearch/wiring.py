@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semsearch.config import Settings
+from semsearch.core.context import TokenEstimate
 from semsearch.core.sources import SourceSpec
 from semsearch.core.types import EmbedderIdentity
 from semsearch.errors import BackendError, InputError
 from semsearch.ports import (
+    ChatModel,
     CollectionLocks,
     Embedder,
     EmbeddingCache,
@@ -310,6 +312,27 @@ def make_key_storage(settings: Settings) -> KeyStorage:
     return PgKeyStorage(make_database(settings, pool_size=2), owns_db=True)
 
 
+def make_llm(settings: Settings, count_tokens: Callable[[str], int]) -> ChatModel | None:
+    """The LLM `ask` generates with, or None (extractive answers). Nothing is contacted
+    here: the first question is the first request."""
+    kind = settings.llm.strip().lower()
+    if kind in ("", "none", "extractive"):
+        return None
+    if kind not in ("openai-compatible", "openai"):
+        raise InputError(f"unknown SEMSEARCH_LLM {settings.llm!r}; use openai-compatible, "
+                         "or leave it empty for extractive answers")
+    from semsearch.adapters.llm.openai_chat import OpenAICompatibleChat
+
+    if not settings.llm_base_url:
+        raise InputError("SEMSEARCH_LLM=openai-compatible needs SEMSEARCH_LLM_BASE_URL "
+                         "(e.g. http://127.0.0.1:8080/v1)")
+    return OpenAICompatibleChat(
+        base_url=settings.llm_base_url, model=settings.llm_model, api_key=settings.llm_key(),
+        context_window=settings.llm_context_tokens, count_tokens=count_tokens,
+        timeout=settings.llm_timeout, max_retries=settings.llm_max_retries,
+        temperature=settings.llm_temperature, api_key_header=settings.llm_api_key_header)
+
+
 def make_telemetry(settings: Settings) -> Telemetry:
     """OTLP export when SEMSEARCH_OTLP_ENDPOINT is set (the otel extra); otherwise nothing,
     and no OpenTelemetry module is imported."""
@@ -335,6 +358,7 @@ def open_engine(settings: Settings | None = None) -> Engine:
         store, index_storage, locks = _state_backends(settings)
         embedder = CachedEmbedder(make_embedder(settings), make_cache(settings),
                                   price_per_mtok=settings.embedder_price_per_mtok)
+        llm = make_llm(settings, lambda text: TokenEstimate(embedder.tokenizer)(text))
     except BaseException:
         if store is not None:
             store.close()
@@ -343,7 +367,7 @@ def open_engine(settings: Settings | None = None) -> Engine:
     return Engine(settings=settings, store=store, embedder=embedder,
                   index_storage=index_storage, locks=locks,
                   embedders=SettingsEmbedders(settings), corpora=FileCorpora(),
-                  telemetry=telemetry)
+                  telemetry=telemetry, llm=llm)
 
 
 def _state_backends(settings: Settings) -> tuple[Store, IndexStorage, CollectionLocks]:

@@ -131,9 +131,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     description="request latency")
         return response
 
+    from semsearch.api.ask import router as ask_router
     from semsearch.api.routes import router
 
     app.include_router(router)
+    app.include_router(ask_router)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:

@@ -66,6 +66,15 @@ class Metrics:
         self.cache_misses = Counter("semsearch_cache_misses", "embedding cache misses",
                                     registry=r)
         self.errors = Counter("semsearch_errors", "errors by code", ["code"], registry=r)
+        self.llm_tokens = Counter("semsearch_llm_tokens", "tokens of LLM answers, by kind "
+                                  "(prompt, completion)", ["kind"], registry=r)
+        self.llm_cost = Counter("semsearch_llm_cost_usd", "LLM cost in USD", registry=r)
+        self.answers = Counter("semsearch_answers", "answers by kind (generated, extractive, "
+                               "no_sources)", ["kind"], registry=r)
+        self.invalid_citations = Counter("semsearch_invalid_citations", "citations to no "
+                                         "source, removed from answers", registry=r)
+        self.withheld = Counter("semsearch_instructions_withheld", "recitals of the system "
+                                "prompt cut out of answers", registry=r)
         self.registry.register(_CollectionGauges(app_state))
         self._state = app_state
 
@@ -97,3 +106,23 @@ class Metrics:
             tel.add("semsearch.cost", cost, unit="USD", description="embedding cost")
             tel.add("semsearch.cache.hits", hits, description="embedding cache hits")
             tel.add("semsearch.cache.misses", misses, description="embedding cache misses")
+
+    def observe_answer(self, kind: str, timings: dict[str, float], prompt_tokens: int,
+                       completion_tokens: int, cost: float, invalid: int, withheld: int) -> None:
+        """An answer's stages (mode "ask"), tokens, cost and guard counts; over OTLP too."""
+        self.observe_stages(timings, "ask")
+        self.answers.labels(kind=kind).inc()
+        if kind == "generated":
+            self.llm_tokens.labels(kind="prompt").inc(prompt_tokens)
+            self.llm_tokens.labels(kind="completion").inc(completion_tokens)
+            self.llm_cost.inc(cost)
+        self.invalid_citations.inc(invalid)
+        self.withheld.inc(withheld)
+        engine = self._state.engine
+        if engine is not None and kind == "generated":
+            tel = engine.telemetry
+            tel.add("semsearch.llm.tokens", prompt_tokens, {"semsearch.kind": "prompt"},
+                    unit="{token}", description="tokens of LLM answers")
+            tel.add("semsearch.llm.tokens", completion_tokens, {"semsearch.kind": "completion"},
+                    unit="{token}", description="tokens of LLM answers")
+            tel.add("semsearch.llm.cost", cost, unit="USD", description="LLM cost")

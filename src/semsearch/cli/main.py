@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from semsearch.cli.ask import ask
 from semsearch.cli.common import _echo_json, _engine, _progress
 from semsearch.cli.run_metrics import emf_line, metrics_format_option, record_run, run_span
 from semsearch.cli.serve import keys, serve
@@ -382,6 +383,7 @@ def quickstart() -> None:
                "  semsearch eval <BEIR folder> --collection <name>   # measure quality")
 
 
+cli.add_command(ask)
 cli.add_command(serve)
 cli.add_command(sync)
 cli.add_command(runs)

@@ -112,6 +112,10 @@ class Hit:
     text: str
     title: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # where the chunk lies in its document: what context assembly merges by (not sent out)
+    ordinal: int = 0
+    start: int = 0
+    end: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,3 +124,27 @@ class Hit:
                            for k, v in self.components.items()},
             "text": self.text, "title": self.title, "metadata": dict(self.metadata),
         }
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str  # "system", "user" or "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatUsage:
+    """Tokens of one generation; ``estimated`` when the server did not report them (some
+    servers send no usage on a stream) and they were counted here instead."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    usage: ChatUsage
+    model: str  # the model the server says answered
+    finish_reason: str = ""

@@ -19,6 +19,7 @@ from semsearch.core.chunking import ChunkerConfig
 from semsearch.core.types import InputType
 from semsearch.errors import IdentityMismatchError, IndexMissingError, NotFoundError
 from semsearch.ports import (
+    ChatModel,
     CollectionInfo,
     CollectionLocks,
     Corpora,
@@ -53,6 +54,7 @@ class Engine:
     corpora: Corpora
     # spans and metrics of searches and writes; exported only when wiring configures it
     telemetry: Telemetry = field(default_factory=NoTelemetry)
+    llm: ChatModel | None = None  # answers `ask`; None: extractive answers
     _indexes: dict[str, CollectionIndexes] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _executor: ThreadPoolExecutor | None = None
@@ -210,6 +212,8 @@ class Engine:
             for name in list(self._indexes):
                 self.forget_indexes(name)
             self.embedder.cache.close()
+            if self.llm is not None:
+                self.llm.close()
             self.index_storage.close()
             self.store.close()
         finally:

@@ -191,7 +191,8 @@ def _search_locked(engine: Engine, version: str, idx: CollectionIndexes,
     with tel.span("semsearch.store", {**attrs, "semsearch.op": "chunks_by_label"}):
         stored = engine.store.chunks_by_label(version, [label for label, _, _ in fused])
     hits = [Hit(doc_id=sc.chunk.doc_id, chunk_id=sc.chunk.id, score=score, components=comps,
-                text=sc.chunk.text, title=sc.chunk.title, metadata=sc.metadata)
+                text=sc.chunk.text, title=sc.chunk.title, metadata=sc.metadata,
+                ordinal=sc.chunk.ordinal, start=sc.chunk.start, end=sc.chunk.end)
             for label, score, comps in fused if (sc := stored.get(label)) is not None]
     timings["total"] = time.perf_counter() - started
     return SearchResult(hits, timings, version)
