@@ -19,8 +19,8 @@ from semsearch.core.chunking import Tokenizer
 _WORD = re.compile(r"\w+")
 # Tokens a source's delimiters and header cost in the prompt (<source id=".." doc="..">).
 SOURCE_OVERHEAD_TOKENS = 24
-# Two chunks whose word 3-gram sets overlap this much (Jaccard), or one of which is this
-# much contained in the other, say the same thing: only the better-ranked one is kept.
+# A chunk whose word 3-gram set overlaps a better-ranked one's this much (Jaccard), or is
+# this much contained in it, says the same thing: only the better-ranked one is kept.
 NEAR_DUPLICATE_JACCARD = 0.8
 NEAR_DUPLICATE_CONTAINMENT = 0.9
 
@@ -101,12 +101,15 @@ def shingles(text: str, n: int = 3) -> frozenset[tuple[str, ...]]:
     return frozenset(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
 
 
-def near_duplicate(a: frozenset[tuple[str, ...]], b: frozenset[tuple[str, ...]]) -> bool:
-    if not a or not b:
+def near_duplicate(candidate: frozenset[tuple[str, ...]],
+                   kept: frozenset[tuple[str, ...]]) -> bool:
+    """Whether ``candidate`` adds next to nothing to ``kept``: nearly the same text, or
+    mostly contained in it. A longer text that contains ``kept`` and more is not one."""
+    if not candidate or not kept:
         return False
-    common = len(a & b)
-    return (common / len(a | b) >= NEAR_DUPLICATE_JACCARD
-            or common / min(len(a), len(b)) >= NEAR_DUPLICATE_CONTAINMENT)
+    common = len(candidate & kept)
+    return (common / len(candidate | kept) >= NEAR_DUPLICATE_JACCARD
+            or common / len(candidate) >= NEAR_DUPLICATE_CONTAINMENT)
 
 
 def drop_near_duplicates(passages: Sequence[Passage]) -> tuple[list[Passage], int]:
