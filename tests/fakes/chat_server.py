@@ -200,7 +200,7 @@ class _Handler(JsonHandler):
         for i, piece in enumerate(_pieces(text)):
             if kind == "cut" and i == 2:
                 return  # the connection closes mid-answer: no finish, no [DONE]
-            if kind == "malformed" and i == 1:
+            if kind == "malformed" and i == 0:  # garbled before any text
                 self.wfile.write(b"data: {\"choices\": [\n\n")
                 self.wfile.flush()
                 return
