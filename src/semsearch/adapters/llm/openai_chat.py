@@ -199,10 +199,12 @@ class OpenAICompatibleChat:
         finish reason and the usage. A stream that ends before ``[DONE]`` or a finish
         reason is cut."""
         finished = False
+        events = 0
         for line in resp.iter_lines():
             if not line.startswith("data:"):
                 continue
             data = line[5:].strip()
+            events += 1
             if data == "[DONE]":
                 finished = True
                 break
@@ -225,6 +227,10 @@ class OpenAICompatibleChat:
             except MALFORMED as exc:
                 raise _StreamCut(f"malformed stream event ({type(exc).__name__}: "
                                  f"{str(exc)[:100]})") from None
+        if not events:  # llama-cpp-python's answer to a prompt over its window
+            raise _StreamCut("the server closed the stream without sending anything (some "
+                             "servers do so for a prompt over their context window: check "
+                             "that SEMSEARCH_LLM_CONTEXT_TOKENS is the server's real window)")
         if not finished:
             raise _StreamCut("the stream ended before the answer did")
 
