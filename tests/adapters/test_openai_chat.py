@@ -96,7 +96,7 @@ def test_transient_faults_are_retried(server: FakeChatServer, fault: str) -> Non
 @pytest.mark.parametrize("fault", ["429", "503", "drop", "malformed"])
 def test_a_stream_is_retried_until_its_first_piece(server: FakeChatServer, fault: str) -> None:
     server.script(fault)
-    pieces, final = streamed(client(server))
+    _, final = streamed(client(server))
     assert final.text == EXPECTED and len(server.requests) == 2
 
 

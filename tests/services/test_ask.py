@@ -110,7 +110,7 @@ def test_streamed_pieces_add_up_to_the_answer(monkeypatch: pytest.MonkeyPatch,
     finally:
         eng.close()
     pieces = [text for kind, text in events if kind == "token"]
-    ((kind, result),) = [e for e in events if e[0] == "done"]
+    ((_, result),) = [e for e in events if e[0] == "done"]
     assert isinstance(result, AskResult) and len(pieces) > 3
     assert "".join(pieces).strip() == result.answer
 

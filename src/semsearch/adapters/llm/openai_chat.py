@@ -209,24 +209,13 @@ class OpenAICompatibleChat:
                 finished = True
                 break
             try:
-                event = json.loads(data)
-                if "error" in event:
-                    raise Retryable(f"the server reported an error mid-stream: "
-                                    f"{str(event['error'])[:200]}")
-                if event.get("model"):
-                    final["model"] = event["model"]
-                if event.get("usage"):
-                    final["usage"] = event["usage"]
-                for choice in event.get("choices") or []:
-                    if choice.get("finish_reason"):
-                        final["finish_reason"] = choice["finish_reason"]
-                        finished = True
-                    content = (choice.get("delta") or {}).get("content")
-                    if isinstance(content, str) and content:
-                        yield content
+                content = _read_event(json.loads(data), final)
             except MALFORMED as exc:
                 raise _StreamCut(f"malformed stream event ({type(exc).__name__}: "
                                  f"{str(exc)[:100]})") from None
+            finished = finished or "finish_reason" in final
+            if content:
+                yield content
         if not events:  # llama-cpp-python's answer to a prompt over its window
             raise _StreamCut("the server closed the stream without sending anything (some "
                              "servers do so for a prompt over their context window: check "
@@ -270,6 +259,25 @@ class OpenAICompatibleChat:
     def _record(self, usage: ChatUsage, started: float) -> None:
         self.meter.record_call(1, usage.prompt_tokens + usage.completion_tokens,
                                time.perf_counter() - started)
+
+
+def _read_event(event: Any, final: dict[str, Any]) -> str:
+    """One chunk of a stream: its text, with the model, usage and finish reason noted in
+    ``final``. Raises one of ``MALFORMED`` on a chunk of the wrong shape."""
+    if "error" in event:
+        raise Retryable(f"the server reported an error mid-stream: {str(event['error'])[:200]}")
+    if event.get("model"):
+        final["model"] = event["model"]
+    if event.get("usage"):
+        final["usage"] = event["usage"]
+    text = ""
+    for choice in event.get("choices") or []:
+        if choice.get("finish_reason"):
+            final["finish_reason"] = choice["finish_reason"]
+        content = (choice.get("delta") or {}).get("content")
+        if isinstance(content, str):
+            text += content
+    return text
 
 
 def _reason(exc: BaseException, timeout: float) -> str:
