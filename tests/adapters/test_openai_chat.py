@@ -6,6 +6,7 @@ chat-completions wire format: whole and streamed answers, usage, and every fault
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from semsearch.adapters.llm.openai_chat import LlmModelNotFoundError, OpenAIComp
 from semsearch.core.prompt import build_messages
 from semsearch.core.types import Completion
 from semsearch.errors import BackendError, ContextOverflowError, InputError
+from tests.default_path import modules_loaded_by_default
 from tests.fakes.chat_server import FakeChatServer
 
 MESSAGES = build_messages("What helps bones?", [
@@ -155,3 +157,7 @@ def test_bad_settings_are_refused_before_any_request(url: str, model: str) -> No
     with pytest.raises(InputError):
         OpenAICompatibleChat(base_url=url, model=model, api_key=None, context_window=100,
                              count_tokens=len)
+
+
+def test_the_default_path_loads_no_llm_client(tmp_path: Path) -> None:
+    assert modules_loaded_by_default(tmp_path, "m.startswith('semsearch.adapters.llm')") == "[]"
