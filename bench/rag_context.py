@@ -157,6 +157,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="only the first N queries (0 = all)")
     ap.add_argument("--check", type=int, default=20,
                     help="queries also run through services.ask.prepare to compare")
+    ap.add_argument("--variants", action="store_true",
+                    help="also pack without spread, without fill, and without both")
     ap.add_argument("--wide", action="store_true",
                     help="also truncate over all 3*k candidates, not only the top k")
     args = ap.parse_args()
@@ -185,6 +187,13 @@ def main() -> None:
         methods: dict[str, Assembler] = {
             "pack (semsearch)": lambda ps, b, c: pack(ps, b, c, max_chunks=k),
             f"truncate_top_k (top {k})": lambda ps, b, c: truncate_top_k(ps[:k], b, c)}
+        if args.variants:  # what each of pack's choices is worth, on the same retrieval
+            methods["pack, no spread"] = lambda ps, b, c: pack(ps, b, c, max_chunks=k,
+                                                               spread=False)
+            methods["pack, no fill"] = lambda ps, b, c: pack(ps, b, c, max_chunks=k,
+                                                             fill=False)
+            methods["pack, neither (first version)"] = lambda ps, b, c: pack(
+                ps, b, c, max_chunks=k, spread=False, fill=False)
         if args.wide:
             methods[f"truncate_top_k (all {depth})"] = truncate_top_k
         tallies = {(m, b): Tally() for m in methods for b in budgets}

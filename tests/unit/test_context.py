@@ -114,3 +114,30 @@ def test_packed_context_never_exceeds_its_budget(texts: list[str], budget: int) 
 def test_cut_to_tokens_cuts_at_a_word_boundary() -> None:
     assert cut_to_tokens("one two three four", 2, words) == "one two"
     assert cut_to_tokens("one two", 0, words) == ""
+
+
+def test_spread_puts_each_documents_best_chunk_before_any_second() -> None:
+    a0 = Passage("a", "a#0", 0, 0, 30, " ".join(f"a{i}" for i in range(20)))
+    a1 = Passage("a", "a#1", 1, 40, 70, " ".join(f"aa{i}" for i in range(20)))
+    b0 = Passage("b", "b#0", 0, 0, 30, " ".join(f"b{i}" for i in range(20)))
+    budget = 2 * (20 + SOURCE_OVERHEAD_TOKENS)
+    spread = pack([a0, a1, b0], budget, words, fill=False)
+    assert [s.doc_id for s in spread.sources] == ["a", "b"]
+    plain = pack([a0, a1, b0], budget, words, spread=False, fill=False)
+    assert [(s.doc_id, s.chunk_ids) for s in plain.sources] == [("a", ("a#0", "a#1"))]
+
+
+def test_fill_uses_the_room_left_with_whole_sentences() -> None:
+    top = Passage("top", "top#0", 0, 0, 0, " ".join(f"t{i}" for i in range(20)))
+    sentences = [" ".join(f"s{j}w{i}" for i in range(15)) + "." for j in range(3)]
+    text = " ".join(sentences)
+    nxt = Passage("next", "next#0", 0, 100, 100 + len(text), text)
+    budget = 20 + 2 * SOURCE_OVERHEAD_TOKENS + 35  # room for two of its three sentences
+    packed = pack([top, nxt], budget, words)
+    assert packed.truncated and packed.used <= budget
+    cut = packed.sources[1]
+    assert cut.text == " ".join(sentences[:2])
+    assert cut.spans == ((100, 100 + len(cut.text)),)
+    assert pack([top, nxt], budget, words, fill=False).sources[1:] == []
+    # Less room than is worth filling: nothing is squeezed in.
+    assert len(pack([top, nxt], 20 + 2 * SOURCE_OVERHEAD_TOKENS + 20, words).sources) == 1

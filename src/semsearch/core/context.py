@@ -17,6 +17,7 @@ from typing import Any
 from semsearch.core.chunking import Tokenizer
 
 _WORD = re.compile(r"\w+")
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 # Tokens a source's delimiters and header cost in the prompt (<source id=".." doc="..">).
 SOURCE_OVERHEAD_TOKENS = 24
 # A chunk whose word 3-gram set overlaps a better-ranked one's this much (Jaccard), or is
@@ -157,44 +158,83 @@ def cut_to_tokens(text: str, limit: int, count: Callable[[str], int]) -> str:
     return text[:bounds[lo - 1]] if lo else ""
 
 
+MIN_FILL_TOKENS = 32  # leftover room worth filling with the start of the next chunk
+
+
 def pack(passages: Sequence[Passage], budget: int, count: Callable[[str], int],
-         max_chunks: int | None = None) -> PackedContext:
-    """Near-duplicates dropped, then chunks taken in rank order while they fit the budget
-    (a chunk that does not fit is skipped and a smaller, lower-ranked one may still fit),
-    then grouped by document and numbered in the order of each document's best chunk.
+         max_chunks: int | None = None, *, spread: bool = True,
+         fill: bool = True) -> PackedContext:
+    """Near-duplicates dropped; with ``spread``, each document's best chunk first (in rank
+    order), then second-best chunks, and so on, so a small budget holds more documents;
+    ``max_chunks`` of those are considered; each is taken while it fits the budget (one that
+    does not fit is skipped: a smaller one may still fit) and, with ``fill``, the room left
+    at the end is filled with the start of the best chunk that did not fit, cut at a
+    sentence or word; then grouped by document and numbered in the order of each document's
+    best chunk.
 
     Numbers are stable: the same ranking gives the same sources under the same numbers."""
     retrieved = len(passages)
     unique, dupes = drop_near_duplicates(passages)
+    if spread:
+        unique = spread_documents(unique)
     if max_chunks is not None:
         unique = unique[:max_chunks]
+    counted: dict[str, int] = {}
+
+    def cost_of(text: str) -> int:
+        if text not in counted:
+            counted[text] = count(text)
+        return counted[text]
+
     chosen: list[Passage] = []
     opened: set[str] = set()
     used = 0
-    skipped = 0
-    truncated = False
+    left_out: list[Passage] = []
     for p in unique:
-        cost = count(p.text) + (0 if p.doc_id in opened else
-                                SOURCE_OVERHEAD_TOKENS + count(p.title))
+        cost = cost_of(p.text) + (0 if p.doc_id in opened else
+                                  SOURCE_OVERHEAD_TOKENS + cost_of(p.title))
         if used + cost <= budget:
             chosen.append(p)
             opened.add(p.doc_id)
             used += cost
-        elif not chosen:  # the best chunk alone is too long: keep its start
-            room = budget - SOURCE_OVERHEAD_TOKENS - count(p.title)
-            text = cut_to_tokens(p.text, room, count) if room > 0 else ""
+        else:
+            left_out.append(p)
+    truncated = False
+    if left_out and (fill or not chosen):  # the room left: the start of the best left out
+        p = left_out[0]
+        head = 0 if p.doc_id in opened else SOURCE_OVERHEAD_TOKENS + cost_of(p.title)
+        room = budget - used - head
+        if room >= (MIN_FILL_TOKENS if chosen else 1):
+            text = cut_to_sentence(p.text, room, count)
             if text:
                 chosen.append(Passage(p.doc_id, p.chunk_id, p.ordinal, p.start,
                                       p.start + len(text), text, p.title, p.score, p.metadata))
                 opened.add(p.doc_id)
-                used += count(text) + SOURCE_OVERHEAD_TOKENS + count(p.title)
+                used += count(text) + head
                 truncated = True
-            else:
-                skipped += 1
-        else:
-            skipped += 1
+                left_out = left_out[1:]
+    return PackedContext(numbered(chosen, passages, count), budget, used, retrieved, dupes,
+                         len(left_out), truncated)
+
+
+def spread_documents(ranked: Sequence[Passage]) -> list[Passage]:
+    """Each document's best chunk (in rank order), then each one's second best, and so on:
+    a second chunk of a document already present is worth less than another document."""
+    nth: dict[str, int] = {}
+    order = []
+    for rank, p in enumerate(ranked):
+        nth[p.doc_id] = nth.get(p.doc_id, -1) + 1
+        order.append((nth[p.doc_id], rank))
+    return [ranked[rank] for _, rank in sorted(order)]
+
+
+def numbered(chosen: Sequence[Passage], ranked: Sequence[Passage],
+             count: Callable[[str], int]) -> list[Source]:
+    """The chosen chunks as sources: one per document, numbered by the rank of its best
+    chunk, its chunks merged in document order."""
+    rank_of = {p.chunk_id: i for i, p in enumerate(ranked)}
     by_doc: dict[str, list[Passage]] = {}
-    for p in chosen:  # dicts keep insertion order: documents by their best chunk's rank
+    for p in sorted(chosen, key=lambda p: rank_of.get(p.chunk_id, 0)):
         by_doc.setdefault(p.doc_id, []).append(p)
     sources = []
     for number, (doc_id, group) in enumerate(by_doc.items(), start=1):
@@ -204,7 +244,14 @@ def pack(passages: Sequence[Passage], budget: int, count: Callable[[str], int],
                                   group, key=lambda p: (p.start, p.ordinal))),
                               spans=spans, text=text, tokens=count(text),
                               metadata=group[0].metadata))
-    return PackedContext(sources, budget, used, retrieved, dupes, skipped, truncated)
+    return sources
+
+
+def cut_to_sentence(text: str, limit: int, count: Callable[[str], int]) -> str:
+    """The longest prefix of whole sentences within ``limit`` tokens, else of whole words."""
+    words = cut_to_tokens(text, limit, count)
+    ends = [m.end() for m in _SENTENCE_END.finditer(words)]
+    return words[:ends[-1]].rstrip() if ends else words
 
 
 def truncate_top_k(passages: Sequence[Passage], budget: int,
