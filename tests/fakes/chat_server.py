@@ -116,16 +116,6 @@ def _pieces(text: str) -> list[str]:
 class _Handler(JsonHandler):
     fake: FakeChatServer
 
-    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
     def _serve(self, method: str, headers: dict[str, str], body: Any, kind: Any,
                arg: Any) -> None:
         fake = self.fake

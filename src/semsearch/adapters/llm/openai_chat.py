@@ -139,18 +139,12 @@ class OpenAICompatibleChat:
                                  str(final.get("finish_reason") or ""))
                 return
             except (Retryable, _StreamCut, httpx.TimeoutException, httpx.TransportError) as exc:
-                self.meter.add(errors=1)
-                reason = _reason(exc, self._timeout)
                 if shown:
+                    self.meter.add(errors=1)
                     raise BackendError(f"the LLM stream from {self._url} was cut after "
-                                       f"{shown} pieces of text: {reason}") from None
-                if attempt >= self._max_retries:
-                    raise BackendError(f"LLM request to {self._url} failed after "
-                                       f"{attempt + 1} attempts: {reason}") from None
-                self.meter.add(retries=1)
-                wait = exc.retry_after if isinstance(exc, Retryable) else None
-                self._sleep(wait if wait is not None else
-                            backoff_delay(attempt, self._backoff_base, self._backoff_max))
+                                       f"{shown} pieces of text: "
+                                       f"{_reason(exc, self._timeout)}") from None
+                self._failed(exc, attempt)
                 attempt += 1
             except BackendError:
                 self.meter.add(errors=1)
@@ -162,19 +156,23 @@ class OpenAICompatibleChat:
             try:
                 return call()
             except (Retryable, httpx.TimeoutException, httpx.TransportError) as exc:
-                self.meter.add(errors=1)
-                if attempt >= self._max_retries:
-                    raise BackendError(f"LLM request to {self._url} failed after "
-                                       f"{attempt + 1} attempts: "
-                                       f"{_reason(exc, self._timeout)}") from None
-                self.meter.add(retries=1)
-                wait = exc.retry_after if isinstance(exc, Retryable) else None
-                self._sleep(wait if wait is not None else
-                            backoff_delay(attempt, self._backoff_base, self._backoff_max))
+                self._failed(exc, attempt)
                 attempt += 1
             except BackendError:
                 self.meter.add(errors=1)
                 raise
+
+    def _failed(self, exc: Exception, attempt: int) -> None:
+        """One failed attempt: give up with its reason after the last retry, else wait (the
+        server's ``Retry-After`` if it gave one, else full-jitter backoff)."""
+        self.meter.add(errors=1)
+        if attempt >= self._max_retries:
+            raise BackendError(f"LLM request to {self._url} failed after {attempt + 1} "
+                               f"attempts: {_reason(exc, self._timeout)}") from None
+        self.meter.add(retries=1)
+        wait = exc.retry_after if isinstance(exc, Retryable) else None
+        self._sleep(wait if wait is not None else
+                    backoff_delay(attempt, self._backoff_base, self._backoff_max))
 
     def _complete_once(self, body: Mapping[str, Any],
                        messages: Sequence[ChatMessage]) -> Completion:
