@@ -24,16 +24,25 @@ from semsearch.api.schemas import ModeName
 from semsearch.core.filters import parse_filter
 from semsearch.core.types import Mode
 from semsearch.errors import SemsearchError
+from semsearch.services.ask import (
+    MAX_ASK_K,
+    MAX_QUESTION_CHARS,
+    MIN_CONTEXT_TOKENS,
+    AskRequest,
+    AskResult,
+    ask_stream,
+)
 
 router = APIRouter(responses=ERRORS)
 
 
 class AskBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    question: str = Field(min_length=1, max_length=4000)
+    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     collection: str
-    k: int | None = Field(default=None, ge=1, le=100, description="chunks to pack at most")
-    max_context_tokens: int | None = Field(default=None, ge=64, le=1_000_000)
+    k: int | None = Field(default=None, ge=1, le=MAX_ASK_K,
+                          description="chunks to pack at most")
+    max_context_tokens: int | None = Field(default=None, ge=MIN_CONTEXT_TOKENS, le=1_000_000)
     mode: ModeName = "hybrid"
     filter: dict[str, Any] | None = None
     stream: bool = False
@@ -48,8 +57,6 @@ def ask(body: AskBody, request: Request, engine: EngineDep,
         who: Who) -> dict[str, Any] | StreamingResponse:
     """Answer a question from a collection, citing its documents as [n]; with
     ``"stream": true``, as server-sent events (``token`` pieces, then ``done``)."""
-    from semsearch.services.ask import AskRequest, AskResult, ask_stream
-
     require(who, body.collection, "read")
     _check_texts(request, engine, [body.question], "question", param="question")
     req = AskRequest(question=body.question, collection=body.collection, k=body.k,

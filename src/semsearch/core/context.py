@@ -24,6 +24,7 @@ SOURCE_OVERHEAD_TOKENS = 24
 # this much contained in it, says the same thing: only the better-ranked one is kept.
 NEAR_DUPLICATE_JACCARD = 0.8
 NEAR_DUPLICATE_CONTAINMENT = 0.9
+GAP = " ... "  # between non-adjacent chunks of one document in a merged source
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def merge_in_order(passages: Sequence[Passage]) -> tuple[str, tuple[tuple[int, i
             continue  # a chunk inside the previous one adds nothing
         parts.append(p.text)
         spans.append([p.start, p.end])
-    return " ... ".join(parts), tuple((s, e) for s, e in spans)
+    return GAP.join(parts), tuple((s, e) for s, e in spans)
 
 
 def cut_to_tokens(text: str, limit: int, count: Callable[[str], int]) -> str:

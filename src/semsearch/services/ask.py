@@ -24,7 +24,14 @@ import numpy as np
 
 from semsearch.core.chunking import split_sentences
 from semsearch.core.citations import AnswerGuard
-from semsearch.core.context import PackedContext, Passage, Source, TokenEstimate, pack
+from semsearch.core.context import (
+    GAP,
+    PackedContext,
+    Passage,
+    Source,
+    TokenEstimate,
+    pack,
+)
 from semsearch.core.filters import Filter
 from semsearch.core.prompt import SYSTEM_PROMPT, build_messages, prompt_overhead
 from semsearch.core.types import ChatUsage, Completion, InputType, Mode
@@ -34,6 +41,7 @@ from semsearch.runtime.engine import Engine
 from semsearch.services.search import MAX_K, SearchRequest, search
 
 MAX_QUESTION_CHARS = 4000
+MAX_ASK_K = 100  # chunks packed at most
 MIN_CONTEXT_TOKENS = 64  # below this no source fits: refuse rather than answer from nothing
 FRAMING_TOKENS = 16  # the chat template's role markers around two messages
 SAFETY = 0.95  # the token estimate is for another tokenizer: keep a margin of the window
@@ -62,8 +70,8 @@ class AskRequest:
         if len(self.question) > MAX_QUESTION_CHARS:
             raise InputError(f"the question has {len(self.question):,} characters; the "
                              f"limit is {MAX_QUESTION_CHARS:,}")
-        if self.k is not None and not 1 <= self.k <= 100:
-            raise InputError(f"k must be between 1 and 100, got {self.k}")
+        if self.k is not None and not 1 <= self.k <= MAX_ASK_K:
+            raise InputError(f"k must be between 1 and {MAX_ASK_K}, got {self.k}")
         if self.max_context_tokens is not None and self.max_context_tokens < MIN_CONTEXT_TOKENS:
             raise InputError(f"max_context_tokens must be at least {MIN_CONTEXT_TOKENS}, got "
                              f"{self.max_context_tokens}")
@@ -277,7 +285,7 @@ def _extract(engine: Engine, prepared: Prepared) -> tuple[str, list[dict[str, An
 
 def _sentences(source: Source) -> Iterator[tuple[str, int, int]]:
     """A source's sentences with their character spans in the document: the merged text
-    is its spans' texts joined by ' ... ', so each piece maps back to one span."""
+    is its spans' texts joined by ``GAP``, so each piece maps back to one span."""
     pos = 0
     text = source.text
     for s, e in source.spans:
@@ -285,4 +293,4 @@ def _sentences(source: Source) -> Iterator[tuple[str, int, int]]:
         piece = text[pos:pos + length]
         for a, b in split_sentences(piece):
             yield piece[a:b], s + a, s + b
-        pos += length + len(" ... ")
+        pos += length + len(GAP)
