@@ -11,8 +11,10 @@ one-line message (and, later, a stable error code) without a stack trace::
     ├── IdentityMismatchError collection built with another embedder (model, dimension, ...)
     ├── BackendError          a backend failed (model file, database, index)
     │   ├── StorageFullError  a write found the disk full (the path and cause are named)
-    │   └── IndexMissingError a derived index is gone (a wiped Milvus); names the rebuild
-    └── BusyError             another run holds the collection (sync lock)
+    │   ├── IndexMissingError a derived index is gone (a wiped Milvus); names the rebuild
+    │   └── BrokerUnavailableError a message broker cannot be reached or dropped the link
+    ├── BusyError             another run holds the collection (sync lock)
+    └── StaleWriteError       a change event lost a race to a newer version of its id
 """
 
 from __future__ import annotations
@@ -71,3 +73,22 @@ class IndexMissingError(BackendError):
 
 class BusyError(SemsearchError):
     code = "busy"
+
+
+class BrokerUnavailableError(BackendError):
+    """A message broker refused the connection or dropped it. A consumer retries with
+    backoff; nothing is lost, since unacknowledged messages are delivered again."""
+
+    code = "broker_unavailable"
+
+
+class StaleWriteError(SemsearchError):
+    """A batch of change events carried a version that another writer already applied (or
+    passed) for one of its ids. The store rolled the batch back; the consumer re-reads the
+    versions and writes what is still newer."""
+
+    code = "stale_write"
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(f"{len(ids)} ids already hold a newer version: {', '.join(ids[:5])}")
+        self.ids = ids

@@ -107,6 +107,11 @@ class LedgerUpdate:
     position: Mapping[str, Any] | None = None
     rejected: Mapping[str, str] = field(default_factory=dict)
     gone: Sequence[str] = ()
+    # Change events: the version each id's applied event carried (upserts, deletes, and
+    # unchanged upserts alike). The store refuses the whole batch with StaleWriteError if
+    # any id already holds this version or a newer one, so two consumers cannot apply an
+    # older event over a newer one; the versions of deletes stay as tombstones.
+    versions: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,11 @@ class SyncLedger(Protocol):
     def sync_state(self, collection: str) -> SyncState | None: ...
 
     def rejects(self, collection: str) -> dict[str, str]: ...
+
+    def event_versions(self, collection: str, doc_ids: Sequence[str]) -> dict[str, int]:
+        """The last applied change-event version of each id that has one (deleted ids
+        included: a tombstone keeps a late, older upsert out)."""
+        ...
 
 
 class RunLog(Protocol):
@@ -419,6 +429,55 @@ class EmbedderFactory(Protocol):
 # -- telemetry ------------------------------------------------------------------------------
 AttributeValue = str | int | float | bool
 Attributes = Mapping[str, AttributeValue]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message as a broker handed it over: its body, and what the broker needs to
+    acknowledge or dead-letter it (``token``, opaque to the core)."""
+
+    body: bytes
+    token: Any
+    redelivered: bool = False
+
+
+class EventSource(Protocol):
+    """A subscription that change events arrive on: a RabbitMQ queue, a NATS JetStream
+    durable consumer, a Redis Streams consumer group. Delivery is at least once: whatever
+    is not acknowledged comes back (to this consumer after a reconnect, or to another one),
+    which the consumer makes harmless with versions. Several processes on the same
+    subscription share its messages (competing consumers). Connection loss is raised as
+    ``BrokerUnavailableError`` from any method; ``reconnect`` is then called with backoff."""
+
+    @property
+    def name(self) -> str:
+        """Where the events come from, for reports and logs (never a password)."""
+        ...
+
+    def receive(self, max_items: int, timeout: float) -> list[Delivery]:
+        """Up to ``max_items`` deliveries: waits at most ``timeout`` seconds for the first,
+        then returns what is already there without waiting more ([] on timeout)."""
+        ...
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Settle deliveries for good (after their batch is committed, or dead-lettered)."""
+        ...
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Put the message with its reason on the dead-letter destination, durably, before
+        it is acknowledged (the caller acks it afterwards)."""
+        ...
+
+    def lag(self) -> int | None:
+        """Messages waiting for this subscription, where the broker tells; else None."""
+        ...
+
+    def reconnect(self) -> None:
+        """Open a new connection after a loss (raises BrokerUnavailableError if it cannot);
+        deliveries of the old one are not acknowledged and come back."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class Span(Protocol):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from semsearch.config import Settings
 from semsearch.core.context import TokenEstimate
+from semsearch.core.events import Subscription
 from semsearch.core.sources import SourceSpec
 from semsearch.core.types import EmbedderIdentity
 from semsearch.errors import BackendError, InputError
@@ -18,6 +19,7 @@ from semsearch.ports import (
     CollectionLocks,
     Embedder,
     EmbeddingCache,
+    EventSource,
     IndexStorage,
     KeyStorage,
     NoTelemetry,
@@ -490,3 +492,40 @@ def available_models(settings: Settings) -> list[dict[str, Any]]:
             "SEMSEARCH_EMBEDDER_REGION=us-east-1", dims),
     ]
     return rows
+
+
+def _rabbitmq_source(sub: Subscription) -> EventSource:
+    from semsearch.adapters.brokers.rabbitmq import RabbitMqSource
+
+    return RabbitMqSource(sub)
+
+
+def _nats_source(sub: Subscription) -> EventSource:
+    from semsearch.adapters.brokers.nats import NatsSource
+
+    return NatsSource(sub)
+
+
+def _redis_source(sub: Subscription) -> EventSource:
+    from semsearch.adapters.brokers.redis_streams import RedisStreamSource
+
+    return RedisStreamSource(sub)
+
+
+# URL scheme -> the broker adapter; each imports its client library only when chosen.
+BROKERS: dict[str, Callable[[Subscription], EventSource]] = {
+    "amqp": _rabbitmq_source, "amqps": _rabbitmq_source,
+    "nats": _nats_source, "tls": _nats_source,
+    "redis": _redis_source, "rediss": _redis_source,
+}
+
+
+def open_event_source(sub: Subscription) -> EventSource:
+    """Connect to the broker ``sub.url`` names. A URL of no known scheme, or a missing
+    client library, is an InputError naming what to do."""
+    scheme = sub.url.split("://", 1)[0].lower() if "://" in sub.url else ""
+    factory = BROKERS.get(scheme)
+    if factory is None:
+        raise InputError(f"--from must be a broker URL: amqp://, nats:// or redis:// "
+                         f"(got {sub.url.split('@')[-1][:80]!r})")
+    return factory(sub)

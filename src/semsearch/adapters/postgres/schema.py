@@ -104,6 +104,16 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX IF NOT EXISTS semsearch_runs_by_collection ON semsearch_runs "
         "(collection, id)",
     ],
+    # 3: change events (`semsearch consume`): the last applied version of each id, deleted
+    # ids included, so a late or redelivered event changes nothing.
+    [
+        """CREATE TABLE IF NOT EXISTS semsearch_event_versions (
+    collection text COLLATE "C" NOT NULL,
+    doc_id text COLLATE "C" NOT NULL,
+    version bigint NOT NULL,
+    PRIMARY KEY (collection, doc_id)
+)""",
+    ],
 ]
 LATEST = len(MIGRATIONS)
 

@@ -43,6 +43,7 @@ from semsearch.errors import (
     BackendError,
     InputError,
     NotFoundError,
+    StaleWriteError,
 )
 from semsearch.ports import (
     CollectionInfo,
@@ -191,7 +192,8 @@ class PostgresStore:
                         f"DELETE FROM {_D} WHERE collection = %s",
                         f"DELETE FROM {_C} WHERE name = %s",
                         "DELETE FROM semsearch_sync_state WHERE collection = %s",
-                        "DELETE FROM semsearch_rejects WHERE collection = %s"):
+                        "DELETE FROM semsearch_rejects WHERE collection = %s",
+                        "DELETE FROM semsearch_event_versions WHERE collection = %s"):
                 c.execute(sql, (name,))
 
         self._run(drop, "dropping a collection")
@@ -238,6 +240,11 @@ class PostgresStore:
                 c.execute("INSERT INTO semsearch_rejects (collection, doc_id, reason, seen_at) "
                           "SELECT %s, doc_id, reason, seen_at FROM semsearch_rejects "
                           "WHERE collection = %s", (target, current))
+                c.execute("INSERT INTO semsearch_event_versions (collection, doc_id, version) "
+                          "SELECT %s, doc_id, version FROM semsearch_event_versions WHERE "
+                          "collection = %s ON CONFLICT (collection, doc_id) DO UPDATE SET "
+                          "version = greatest(semsearch_event_versions.version, "
+                          "excluded.version)", (target, current))
 
         self._run(swap, "swapping an alias")
 
@@ -275,6 +282,8 @@ class PostgresStore:
             if row is None:
                 raise NotFoundError(f"unknown collection {collection!r}")
             generation = int(row[0])
+            if ledger is not None and ledger.versions:
+                _claim_versions(c, collection, ledger.versions)
             touched = list(dict.fromkeys([*last, *deletes]))
             removed = sorted(int(r[0]) for r in c.execute(
                 f"DELETE FROM {_K} WHERE collection = %s AND doc_id = ANY(%s::text[]) "
@@ -399,6 +408,13 @@ class PostgresStore:
             "SELECT doc_id, reason FROM semsearch_rejects WHERE collection = %s "
             "ORDER BY doc_id", (collection,))}
 
+    def event_versions(self, collection: str, doc_ids: Sequence[str]) -> dict[str, int]:
+        if not doc_ids:
+            return {}
+        return {r[0]: int(r[1]) for r in self._all(
+            "SELECT doc_id, version FROM semsearch_event_versions WHERE collection = %s AND "
+            "doc_id = ANY(%s::text[])", (collection, list(doc_ids)))}
+
     # -- run log ---------------------------------------------------------------------------
     def record_run(self, collection: str, kind: str, started_at: str, status: str,
                    stats: Mapping[str, Any]) -> int:
@@ -472,6 +488,20 @@ def _chunks(rows: Any) -> dict[int, StoredChunk]:
                                           text=text, start=start, end=end, title=title),
             metadata=meta)
     return out
+
+
+def _claim_versions(c: Any, collection: str, versions: Mapping[str, int]) -> None:
+    """Each id's row moves only to a newer version (an upsert that blocks on a concurrent
+    writer's row until it commits, then re-checks): an id whose row did not move lost a race,
+    and the whole batch is refused (rolled back with the transaction)."""
+    ids, values = list(versions), list(versions.values())
+    moved = {r[0] for r in c.execute(
+        "INSERT INTO semsearch_event_versions (collection, doc_id, version) SELECT %s, i, v "
+        "FROM unnest(%s::text[], %s::bigint[]) AS u(i, v) ON CONFLICT (collection, doc_id) "
+        "DO UPDATE SET version = excluded.version WHERE semsearch_event_versions.version < "
+        "excluded.version RETURNING doc_id", (collection, ids, values)).fetchall()}
+    if len(moved) < len(ids):
+        raise StaleWriteError(sorted(i for i in ids if i not in moved))
 
 
 def _write_ledger(c: Any, collection: str, done: list[str], ledger: LedgerUpdate) -> None:

@@ -29,7 +29,13 @@ import numpy as np
 from semsearch.adapters.storage import open_sqlite, write_error
 from semsearch.core.filters import Filter
 from semsearch.core.types import Chunk, Document, EmbedderIdentity
-from semsearch.errors import BackendError, InputError, NotFoundError, StorageFullError
+from semsearch.errors import (
+    BackendError,
+    InputError,
+    NotFoundError,
+    StaleWriteError,
+    StorageFullError,
+)
 from semsearch.ports import (
     CollectionInfo,
     DocumentWrite,
@@ -102,6 +108,12 @@ CREATE TABLE IF NOT EXISTS rejects (
     doc_id TEXT NOT NULL,
     reason TEXT NOT NULL,
     seen_at TEXT NOT NULL,
+    PRIMARY KEY (collection, doc_id)
+);
+CREATE TABLE IF NOT EXISTS event_versions (
+    collection TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
     PRIMARY KEY (collection, doc_id)
 );
 """
@@ -276,6 +288,12 @@ class SqliteDocumentStore:
                 c.execute("INSERT INTO rejects (collection, doc_id, reason, seen_at) "
                           "SELECT ?, doc_id, reason, seen_at FROM rejects WHERE "
                           "collection = ?", (target, current))
+                # Newer versions win: events applied to the new version during its catch-up
+                # keep theirs.
+                c.execute("INSERT INTO event_versions (collection, doc_id, version) "
+                          "SELECT ?, doc_id, version FROM event_versions WHERE collection = ? "
+                          "ON CONFLICT (collection, doc_id) DO UPDATE SET version = "
+                          "max(version, excluded.version)", (target, current))
 
     def drop_alias(self, alias: str) -> None:
         with self._writing() as c:
@@ -309,7 +327,8 @@ class SqliteDocumentStore:
                         "DELETE FROM documents WHERE collection = ?",
                         "DELETE FROM collections WHERE name = ?",
                         "DELETE FROM sync_state WHERE collection = ?",
-                        "DELETE FROM rejects WHERE collection = ?"):
+                        "DELETE FROM rejects WHERE collection = ?",
+                        "DELETE FROM event_versions WHERE collection = ?"):
                 c.execute(sql, (name,))
 
     # -- documents ---------------------------------------------------------------------
@@ -335,6 +354,8 @@ class SqliteDocumentStore:
                                 (collection,)).fetchone()
             if gen_row is None:
                 raise NotFoundError(f"unknown collection {collection!r}")
+            if ledger is not None and ledger.versions:
+                self._claim_versions(collection, ledger.versions)
             for doc_id in [*(w.document.id for w in writes), *deletes]:
                 removed += [r[0] for r in c.execute(
                     "SELECT label FROM chunks WHERE collection = ? AND doc_id = ?",
@@ -374,6 +395,29 @@ class SqliteDocumentStore:
                 "chunks = (SELECT COUNT(*) FROM chunks WHERE collection = ?) "
                 "WHERE name = ?", (generation, collection, collection, collection))
         return WriteResult(added=added, removed=removed, generation=generation)
+
+    def _claim_versions(self, collection: str, versions: Mapping[str, int]) -> None:
+        """Inside the write's transaction (SQLite has one writer at a time): every id must
+        still be below its new version, else the batch lost a race and is refused whole."""
+        c = self._conn
+        stale: list[str] = []
+        for marks, part in _in_batches(list(versions)):
+            stale += [r[0] for r in c.execute(
+                f"SELECT doc_id, version FROM event_versions WHERE collection = ? AND doc_id "
+                f"IN ({marks})", [collection, *part]) if int(r[1]) >= versions[r[0]]]
+        if stale:
+            raise StaleWriteError(sorted(stale))
+        c.executemany("INSERT OR REPLACE INTO event_versions (collection, doc_id, version) "
+                      "VALUES (?, ?, ?)", [(collection, i, v) for i, v in versions.items()])
+
+    def event_versions(self, collection: str, doc_ids: Sequence[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        with self._lock:
+            for marks, part in _in_batches(list(doc_ids)):
+                out.update((r[0], int(r[1])) for r in self._conn.execute(
+                    f"SELECT doc_id, version FROM event_versions WHERE collection = ? AND "
+                    f"doc_id IN ({marks})", [collection, *part]))
+        return out
 
     def _write_ledger(self, collection: str, writes: Sequence[DocumentWrite],
                       deletes: Sequence[str], ledger: LedgerUpdate, now: str) -> None:
