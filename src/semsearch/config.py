@@ -68,6 +68,17 @@ class Settings(BaseSettings):
     embedder_threads: int = Field(default=0, ge=0, description="onnxruntime threads; 0 = cores")
     embed_batch_size: int = Field(default=8, ge=1, le=1024,
                                   description="texts per model call; 4-8 measured fastest")
+    ray_actors: int = Field(default=2, ge=1, le=4096, description="--executor ray: "
+                            "embedding actors, each loading the model once")
+    ray_batch_size: int = Field(default=256, ge=1, le=1_000_000, description="--executor "
+                                "ray: texts per actor call (rounded up to a multiple of "
+                                "SEMSEARCH_EMBED_BATCH_SIZE)")
+    ray_actor_cpus: float = Field(default=1.0, gt=0, description="--executor ray: CPUs each "
+                                  "actor reserves; also its onnxruntime threads unless "
+                                  "SEMSEARCH_EMBEDDER_THREADS is set")
+    ray_max_retries: int = Field(default=3, ge=0, le=100, description="--executor ray: "
+                                 "restarts of a crashed actor (and retries of its call) "
+                                 "before the run fails")
     cache_url: str = Field(default="", description="'' = sqlite in home, sqlite:///path, "
                            "redis://host:port/db, none")
     cache_ttl_seconds: int = Field(default=0, ge=0, description="Redis TTL; 0 = no expiry")
@@ -128,6 +139,12 @@ class Settings(BaseSettings):
     ask_context_tokens: int = Field(default=2000, ge=64, description="ask: most tokens of "
                                     "sources in a prompt (less if the window is smaller)")
     ask_k: int = Field(default=8, ge=1, le=100, description="ask: chunks retrieved")
+    consume_batch_size: int = Field(
+        default=256, ge=1, le=10_000, description="consume: most events in one micro-batch "
+        "(one model call sequence, one store transaction)")
+    consume_max_wait_ms: int = Field(
+        default=500, ge=0, le=60_000, description="consume: longest a micro-batch waits for "
+        "more events after its first one arrived, in milliseconds")
     rrf_k: int = Field(default=60, ge=1)
     candidates: int = Field(default=100, ge=1, description="per-component candidates in hybrid")
     max_text_chars: int = Field(default=1_000_000, ge=1,

@@ -3,6 +3,7 @@ registries so an unknown name fails with the list of known ones."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from importlib import metadata, util
 from pathlib import Path
@@ -201,6 +202,56 @@ def make_embedder(settings: Settings) -> Embedder:
     return factory(settings)
 
 
+def check_executor(executor: str) -> str:
+    """``--executor``: '' for in-process, else ``ray`` or ``ray://host:port`` (normalized);
+    anything else, or Ray not installed, is an InputError."""
+    spec = executor.strip()
+    if spec in ("", "local"):
+        return ""
+    if spec != "ray" and not spec.startswith("ray://"):
+        raise InputError(f"unknown executor {executor!r}; use local (in this process), ray "
+                         "(a local Ray started for the run) or ray://host:port (a cluster)")
+    from semsearch.adapters.embedders.ray_executor import INSTALL, parse_address
+
+    address = parse_address(spec) if spec != "ray" else "ray"
+    if util.find_spec("ray") is None:
+        raise InputError(f"--executor {spec} needs Ray, an optional extra: {INSTALL}")
+    return address
+
+
+def with_executor(settings: Settings, embedder: Embedder, executor: str) -> Embedder:
+    """The configured embedder, run by ``executor`` (see ``check_executor``). On Ray, each
+    actor builds its own copy from these settings, with its share of the CPUs as threads;
+    identity and tokenizer stay this one's, so the collection cannot tell the difference."""
+    address = check_executor(executor)
+    if not address:
+        return embedder
+    from functools import partial
+
+    from semsearch.adapters.embedders.ray_executor import RayExecutorEmbedder, RayOptions
+
+    threads = settings.embedder_threads or max(1, round(settings.ray_actor_cpus))
+    actor_settings = settings.model_copy(update={"embedder_threads": threads})
+    per_call = settings.embed_batch_size  # groups align with the model's own batches
+    group = -(-settings.ray_batch_size // per_call) * per_call
+    options = RayOptions(address="" if address == "ray" else address,
+                         actors=settings.ray_actors, group_size=group,
+                         actor_cpus=settings.ray_actor_cpus,
+                         max_retries=settings.ray_max_retries,
+                         failpoints=settings.failpoints, marker_dir=str(settings.home))
+    return RayExecutorEmbedder(embedder, partial(make_embedder, actor_settings), options)
+
+
+def close_executor(engine: Engine) -> None:
+    """Stop what ``with_executor`` started (a local Ray) at the end of a run."""
+    if "semsearch.adapters.embedders.ray_executor" not in sys.modules:
+        return  # never on Ray: nothing to stop, and nothing of it to import
+    from semsearch.adapters.embedders.ray_executor import RayExecutorEmbedder
+
+    if isinstance(engine.embedder.embedder, RayExecutorEmbedder):
+        engine.embedder.embedder.close()
+
+
 def make_cache(settings: Settings) -> EmbeddingCache:
     url = settings.cache_url.strip()
     scheme, _, rest = (url or "sqlite://").partition("://")
@@ -345,20 +396,23 @@ def make_telemetry(settings: Settings) -> Telemetry:
     return OtelTelemetry(settings.otlp_endpoint)
 
 
-def open_engine(settings: Settings | None = None) -> Engine:
+def open_engine(settings: Settings | None = None, executor: str = "local") -> Engine:
     """The engine for ``settings``: the embedded backend (files in the home), or with
     SEMSEARCH_STORE every piece of state in the shared PostgreSQL database over one pool
     (store, derived indexes, locks). Either way only the model (its cache directory) and
-    the embedding cache (SEMSEARCH_CACHE_URL) stay outside."""
+    the embedding cache (SEMSEARCH_CACHE_URL) stay outside. ``executor`` runs the
+    configured embedder elsewhere (``--executor ray``); close it with ``close_executor``."""
     from semsearch.adapters.sources.corpora import FileCorpora
 
     settings = settings or Settings()
+    check_executor(executor)  # a bad value fails before anything opens
     settings.home.mkdir(parents=True, exist_ok=True)
     telemetry = make_telemetry(settings)  # a bad endpoint fails before anything opens
     store: Store | None = None
     try:
         store, index_storage, locks = _state_backends(settings)
-        embedder = CachedEmbedder(make_embedder(settings), make_cache(settings),
+        embedder = CachedEmbedder(with_executor(settings, make_embedder(settings), executor),
+                                  make_cache(settings),
                                   price_per_mtok=settings.embedder_price_per_mtok)
         llm = make_llm(settings, lambda text: TokenEstimate(embedder.tokenizer)(text))
     except BaseException:
@@ -528,4 +582,7 @@ def open_event_source(sub: Subscription) -> EventSource:
     if factory is None:
         raise InputError(f"--from must be a broker URL: amqp://, nats:// or redis:// "
                          f"(got {sub.url.split('@')[-1][:80]!r})")
+    needs = "queue" if scheme.startswith("amqp") else "stream"
+    if not getattr(sub, needs):
+        raise InputError(f"{scheme}:// needs --{needs}")
     return factory(sub)

@@ -13,6 +13,7 @@ the same location is the test's database URL)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -28,7 +29,7 @@ from semsearch.adapters.embedders.fake import FakeEmbedder
 from semsearch.adapters.stores.sqlite_store import SqliteDocumentStore
 from semsearch.core.filters import Filter, matches, parse_filter
 from semsearch.core.types import Chunk, Document, EmbedderIdentity
-from semsearch.errors import InputError, NotFoundError, SemsearchError
+from semsearch.errors import InputError, NotFoundError, SemsearchError, StaleWriteError
 from semsearch.ports import DocumentWrite, LedgerUpdate, Store
 
 Factory = Callable[[Path], Store]
@@ -552,6 +553,72 @@ def test_the_ledger_moves_with_its_batch(store: Store) -> None:
     assert store.rejects("c") == {"r4": "b"}
     state = store.sync_state("c")
     assert state is not None and state.position == {"id": 9}
+
+
+# -- change-event versions ----------------------------------------------------------------------
+
+def test_event_versions_move_forward_only_and_refuse_a_lost_race(store: Store) -> None:
+    assert store.event_versions("c", ["a", "b"]) == {}
+    store.write("c", [doc_write(Document("a", "one"))],
+                ledger=LedgerUpdate("events", versions={"a": 5}))
+    store.write("c", [], deletes=["gone"], ledger=LedgerUpdate("events", versions={"gone": 3}))
+    assert store.event_versions("c", ["a", "gone", "x"]) == {"a": 5, "gone": 3}  # tombstone
+    before = store.get_collection("c").generation
+    for stale in ({"a": 5}, {"a": 4, "b": 1}):  # the same version again, or an older one
+        with pytest.raises(StaleWriteError) as err:
+            store.write("c", [doc_write(Document("a", "older")), doc_write(Document("b", "n"))],
+                        ledger=LedgerUpdate("events", versions=stale))
+        assert err.value.ids == ["a"]
+    # refused whole: nothing of the batch was written, not even the fresh id
+    assert store.content_hashes("c", ["a", "b"]) == {"a": Document("a", "one").content_hash()}
+    assert store.get_collection("c").generation == before
+    assert store.event_versions("c", ["a", "b"]) == {"a": 5}
+    # newer wins; an unchanged upsert (no document write) still records its version
+    store.write("c", [], ledger=LedgerUpdate("events", versions={"a": 2**62}))
+    assert store.event_versions("c", ["a"]) == {"a": 2**62}
+
+
+def test_event_versions_follow_a_swap_and_go_with_a_drop(store: Store) -> None:
+    store.write("c", [doc_write(Document("a", "x"))], ledger=LedgerUpdate("e", versions={"a": 7}))
+    store.create_collection("c@v2", IDENT, CHUNKER)
+    store.write("c@v2", [], ledger=LedgerUpdate("e", versions={"a": 9, "b": 1}))
+    store.set_alias("c", "c@v2", expected="c", history=["c"])
+    assert store.event_versions("c@v2", ["a", "b"]) == {"a": 9, "b": 1}  # the newer kept
+    store.drop_collection("c@v2")
+    store.create_collection("c@v2", IDENT, CHUNKER)
+    assert store.event_versions("c@v2", ["a", "b"]) == {}
+
+
+def test_concurrent_event_writers_never_apply_an_older_version(
+        open_store: Callable[[], Store]) -> None:
+    """Two store objects (two consumers) race with interleaved versions of the same ids:
+    whatever wins, each id ends at its highest version, and every refused batch was
+    refused whole."""
+    first = open_store()
+    first.create_collection("c", IDENT, CHUNKER)
+    second = open_store()
+    ids = [f"k{i}" for i in range(5)]
+    errors: list[BaseException] = []
+
+    def writer(store: Store, parity: int) -> None:
+        try:
+            for v in range(parity, 40, 2):
+                with contextlib.suppress(StaleWriteError):
+                    store.write("c", [doc_write(Document(i, f"{i} v{v}"), 1) for i in ids],
+                                ledger=LedgerUpdate("e", versions=dict.fromkeys(ids, v)))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(s, p))
+               for s, p in ((first, 0), (second, 1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert first.event_versions("c", ids) == dict.fromkeys(ids, 39)
+    texts = {first.get_document("c", i)["text"] for i in ids}
+    assert texts == {f"{i} v39" for i in ids}
 
 
 # -- run log -----------------------------------------------------------------------------------

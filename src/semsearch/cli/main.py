@@ -10,7 +10,8 @@ from typing import Any
 import click
 
 from semsearch.cli.ask import ask
-from semsearch.cli.common import _echo_json, _engine, _progress
+from semsearch.cli.common import _echo_json, _engine, _progress, executor_option
+from semsearch.cli.consume import consume
 from semsearch.cli.run_metrics import emf_line, metrics_format_option, record_run, run_span
 from semsearch.cli.serve import keys, serve
 from semsearch.cli.sync import runs, sync
@@ -36,9 +37,10 @@ def cli() -> None:
 @click.option("--strict", is_flag=True,
               help="stop at the first invalid document instead of skipping it")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object")
+@executor_option
 @metrics_format_option
 def index(source: Path, collection: str, batch_size: int, strict: bool, as_json: bool,
-          metrics_format: str) -> None:
+          executor: str, metrics_format: str) -> None:
     """Index SOURCE into a collection (created with the configured model if new).
 
     \b
@@ -65,7 +67,7 @@ def index(source: Path, collection: str, batch_size: int, strict: bool, as_json:
     if "@" not in collection:
         validate_name(collection)  # before any progress is drawn
     emf = metrics_format == "emf"
-    with _engine() as engine, _progress(None, "indexing", "doc") as tick:
+    with _engine(executor) as engine, _progress(None, "indexing", "doc") as tick:
         try:
             with run_span(engine, "index", collection):
                 report = index_path(engine, collection, source, batch_size=batch_size,
@@ -386,6 +388,7 @@ def quickstart() -> None:
 cli.add_command(ask)
 cli.add_command(serve)
 cli.add_command(sync)
+cli.add_command(consume)
 cli.add_command(runs)
 for _command in (reindex, rollback, activate, compact):
     cli.add_command(_command)
