@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: the README's second command, and exactly what .ci/run calls.
 # On a fresh machine of this kind it sets up everything the tests talk to, then runs pytest:
-#   - starts Redis, PostgreSQL and MariaDB on loopback if they are down (the tests use them),
+#   - starts Redis, PostgreSQL, MariaDB, RabbitMQ and NATS (JetStream) on loopback if they are
+#     down (the tests use them),
 #   - installs Debian's chromium and chromium-driver if missing (the web page is tested in
 #     a real headless browser), and Debian's prometheus for promtool (the alert rules'
 #     checks and unit tests),
@@ -42,6 +43,21 @@ if ! mysqladmin -h 127.0.0.1 -P 3306 -u root ping >/dev/null 2>&1; then
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd >/dev/null 2>&1 \
     || service mariadb start >/dev/null 2>&1 || (mysqld_safe >/dev/null 2>&1 &)
   for _ in $(seq 1 100); do mysqladmin -h 127.0.0.1 -P 3306 -u root ping >/dev/null 2>&1 && break; sleep 0.2; done
+fi
+
+# The message brokers `semsearch consume` is tested against (tests/e2e/test_consume.py, the
+# EventSource contract suite): RabbitMQ and NATS with JetStream, on loopback.
+if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+  echo "starting RabbitMQ on 127.0.0.1:5672"
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  for _ in $(seq 1 150); do rabbitmqctl -q await_startup >/dev/null 2>&1 && break; sleep 0.4; done
+fi
+if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
+  echo "starting NATS (JetStream) on 127.0.0.1:4222"
+  mkdir -p /var/lib/nats-server
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 \
+    -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+  for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 0.2; done
 fi
 
 # Debian packages the tests use, installed when missing (one apt-get update at most).

@@ -140,6 +140,7 @@ def consume(url: str | None, collection: str | None, queue: str | None, stream: 
     from semsearch.errors import BrokerUnavailableError, InputError
     from semsearch.services.consume import ConsumeOptions
     from semsearch.services.consume import consume as run_consume
+    from semsearch.services.ingest import validate_name
     from semsearch.wiring import open_event_source
 
     if schema:
@@ -147,6 +148,8 @@ def consume(url: str | None, collection: str | None, queue: str | None, stream: 
         return
     if not url or not collection:
         raise InputError("give --from URL and --collection NAME (see semsearch consume -h)")
+    if "@" not in collection:
+        validate_name(collection)  # before the broker is touched
     sub = Subscription(url=url, queue=queue, stream=stream, subject=subject, group=group,
                        consumer=consumer_name, dead_letter=dead_letter, create=create,
                        redeliver_after=redeliver_after)
