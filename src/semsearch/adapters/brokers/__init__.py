@@ -1,0 +1,1 @@
+"""Message broker adapters: one EventSource per broker, each importing its client lazily."""
