@@ -303,3 +303,16 @@ def test_a_server_going_away_is_unavailable_then_reconnect_recovers(tmp_path: Pa
         source.close()
     finally:
         server.stop()
+
+
+def test_a_key_that_is_not_a_stream_is_bad_input(sub: Subscription) -> None:
+    assert sub.stream is not None
+    with _client() as client:
+        client.set(f"{sub.stream}-plain", "x")
+        try:
+            for create in (False, True):
+                with pytest.raises(InputError, match="other than a stream"):
+                    RedisStreamSource(dataclasses.replace(
+                        sub, stream=f"{sub.stream}-plain", create=create))
+        finally:
+            client.delete(f"{sub.stream}-plain")

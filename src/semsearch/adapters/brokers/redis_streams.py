@@ -284,7 +284,7 @@ class RedisStreamSource:
             raise self._response_error(what, exc) from None
 
     def _response_error(self, what: str, exc: Exception) -> Exception:
-        r, text = self._redis, str(exc)
+        r, text = self._redis.exceptions, str(exc)
         if text.startswith("NOGROUP") or text.lower().startswith("no such key"):
             return self._gone()
         if isinstance(exc, r.ReadOnlyError | r.OutOfMemoryError | r.MasterDownError
