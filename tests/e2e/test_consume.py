@@ -15,7 +15,6 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -102,12 +101,15 @@ def expected(events: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def state(settings: Settings) -> dict[str, str]:
-    with open_engine(settings) as engine:
+    engine = open_engine(settings)
+    try:
         store = engine.store
         coll = engine.resolve("docs")
         ids = store.all_doc_ids(coll)
         collection_state(engine, coll)  # no duplicate chunks; indexes agree with the store
         return {i: store.get_document(coll, i)["text"] for i in ids}
+    finally:
+        engine.close()
 
 
 def _wait_settled(broker: BrokerHarness, sub: Subscription, timeout: float = 60) -> None:
@@ -172,21 +174,32 @@ def test_kill_9_mid_batch_loses_nothing_and_duplicates_nothing(
     assert broker.dead_letters(sub) == []
 
 
+@pytest.fixture
+def shared_home(home: Settings, monkeypatch: pytest.MonkeyPatch,
+                request: pytest.FixtureRequest) -> Settings:
+    """The shared backend (PostgreSQL + pgvector), where consumers compete."""
+    monkeypatch.setenv("SEMSEARCH_STORE", request.getfixturevalue("postgres_url"))
+    return Settings()
+
+
 def test_competing_consumers_metrics_and_sigterm(broker: BrokerHarness, sub: Subscription,
-                                                 home: Settings, tmp_path: Path) -> None:
+                                                 shared_home: Settings) -> None:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen(_cmd(broker, sub, "--batch-size", "8", "--max-wait-ms", "20",
+    procs = [subprocess.Popen(_cmd(broker, sub, "--batch-size", "8", "--max-wait-ms", "200",
                                    "--json", *extra), env=_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
              for extra in (("--metrics-port", str(port)), ())]
     try:
+        for p in procs:  # both connected and waiting before the first event
+            assert p.stderr is not None
+            assert "consume: " in p.stderr.readline()
         events = [_upsert(f"c-{i % 40}", v) for v in range(1, 6) for i in range(40)]
-        for part in range(0, len(events), 25):  # arriving while both consume
-            broker.publish(sub, _encode(events[part:part + 25]))
+        for part in range(0, len(events), 4):  # trickling in while both wait to fill a batch
+            broker.publish(sub, _encode(events[part:part + 4]))
             time.sleep(0.05)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and broker.unsettled(sub):
@@ -206,9 +219,40 @@ def test_competing_consumers_metrics_and_sigterm(broker: BrokerHarness, sub: Sub
         assert "Traceback" not in err
         reports.append(json.loads(out))
     assert sum(r["events"] for r in reports) >= len(events)
-    assert all(r["events"] > 0 for r in reports), "one consumer got nothing"
-    assert state(home) == expected(events)
+    assert all(r["events"] > 0 for r in reports), reports
+    assert state(shared_home) == expected(events)
     assert broker.unsettled(sub) == 0
+
+
+def test_on_an_embedded_home_a_second_consumer_stands_by_then_takes_over(
+        broker: BrokerHarness, sub: Subscription, home: Settings) -> None:
+    first = subprocess.Popen(_cmd(broker, sub, "--json"), env=_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    assert first.stderr is not None and "consume: " in first.stderr.readline()
+    second = subprocess.Popen(_cmd(broker, sub, "--json"), env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert second.stderr is not None
+        assert "standing by" in second.stderr.readline()
+        events = [_upsert(f"s-{i}", 1) for i in range(10)]
+        broker.publish(sub, _encode(events))
+        _wait_settled(broker, sub)
+        first.send_signal(signal.SIGTERM)
+        out, err = first.communicate(timeout=60)
+        assert first.returncode == 0, err
+        assert json.loads(out)["events"] == 10
+        assert "consume: " in second.stderr.readline()  # took over
+        later = [_upsert(f"s-{i}", 2) for i in range(10)]
+        broker.publish(sub, _encode(later))
+        _wait_settled(broker, sub)
+    finally:
+        for p in (first, second):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert json.loads(out)["events"] == 10
+    assert state(home) == expected(events + later)
 
 
 def test_a_broker_outage_is_waited_out(broker: BrokerHarness, home: Settings) -> None:
@@ -228,10 +272,8 @@ def test_a_broker_outage_is_waited_out(broker: BrokerHarness, home: Settings) ->
         second = [_upsert(f"o-{i}", 2) for i in range(20)]
         broker.publish(direct, _encode(second))
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and (broker.unsettled(direct) or
-                                               state(home) != expected(first + second)):
+        while time.monotonic() < deadline and broker.unsettled(direct):
             time.sleep(0.5)
-        assert state(home) == expected(first + second)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
@@ -240,6 +282,7 @@ def test_a_broker_outage_is_waited_out(broker: BrokerHarness, home: Settings) ->
     assert proc.returncode == 0, err
     assert "reconnecting" in err and "Traceback" not in err
     assert json.loads(out)["reconnects"] >= 1
+    assert state(home) == expected(first + second)
 
 
 def test_bad_url_and_missing_queue_are_clear_errors(broker: BrokerHarness,

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import ExitStack
 from typing import Any
 
 import click
@@ -138,7 +139,7 @@ def consume(url: str | None, collection: str | None, queue: str | None, stream: 
     from semsearch.core.events import Subscription
     from semsearch.core.events import schema as event_schema
     from semsearch.errors import BrokerUnavailableError, InputError
-    from semsearch.services.consume import ConsumeOptions
+    from semsearch.services.consume import ConsumeOptions, standby
     from semsearch.services.consume import consume as run_consume
     from semsearch.services.ingest import validate_name
     from semsearch.wiring import open_event_source
@@ -160,27 +161,32 @@ def consume(url: str | None, collection: str | None, queue: str | None, stream: 
             batch_size=batch_size or s.consume_batch_size,
             max_wait=(s.consume_max_wait_ms if max_wait_ms is None else max_wait_ms) / 1000,
             idle_exit=idle_exit, max_events=max_events, save_every=save_every)
-        try:
-            source = open_event_source(sub)
-        except BrokerUnavailableError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-        metrics = _Metrics(collection, source.name)
-        try:
-            if metrics_port is not None:
-                try:
-                    metrics.serve(metrics_host, metrics_port)
-                except OSError as exc:
-                    raise InputError(f"--metrics-port {metrics_port}: {exc.strerror or exc}") \
-                        from None
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: stop.set())
-            click.echo(f"consume: {source.name} -> {collection!r} (batches of "
-                       f"{options.batch_size}, {options.max_wait * 1000:.0f} ms wait)",
-                       err=True)
-            report = run_consume(engine, source, collection, options, stop, metrics)
-        finally:
-            source.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        with ExitStack() as held:
+            if not standby(engine, collection, stop, held,
+                           lambda why: click.echo(f"consume: {why}", err=True)):
+                click.echo("consume: stopped while standing by", err=True)
+                return
+            try:
+                source = open_event_source(sub)
+            except BrokerUnavailableError as exc:
+                click.echo(f"error: {exc}", err=True)
+                sys.exit(1)
+            metrics = _Metrics(collection, source.name)
+            try:
+                if metrics_port is not None:
+                    try:
+                        metrics.serve(metrics_host, metrics_port)
+                    except OSError as exc:
+                        raise InputError(f"--metrics-port {metrics_port}: "
+                                         f"{exc.strerror or exc}") from None
+                click.echo(f"consume: {source.name} -> {collection!r} (batches of "
+                           f"{options.batch_size}, {options.max_wait * 1000:.0f} ms wait)",
+                           err=True)
+                report = run_consume(engine, source, collection, options, stop, metrics)
+            finally:
+                source.close()
     _summary(report.to_dict(), as_json)
 
 

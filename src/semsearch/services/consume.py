@@ -22,7 +22,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -31,6 +32,7 @@ from semsearch.core.events import ChangeEvent, latest, parse_event
 from semsearch.core.unicode import shown
 from semsearch.errors import (
     BrokerUnavailableError,
+    BusyError,
     InputError,
     NotFoundError,
     SemsearchError,
@@ -304,6 +306,34 @@ class Consumer:
             except SemsearchError as exc:
                 log.warning("consume: saving the indexes failed (%s); they are rebuilt from "
                             "the store on the next open", exc)
+
+
+def standby(engine: Engine, collection: str, stop: threading.Event, stack: ExitStack,
+            on_wait: Callable[[str], None] | None = None) -> bool:
+    """Wait until this process may consume ``collection``; False if stopped first.
+
+    On an embedded home every process keeps its own copy of the derived indexes, so two
+    writers of one collection would each rebuild theirs from the store after every batch of
+    the other (and contend for the keyword index's file): there, one consumer works and any
+    other waits as a hot standby, taking over when it stops or dies (the lock is an flock,
+    gone with its process). Shared backends (PostgreSQL, Milvus) hold one copy of the
+    indexes for every process: there, consumers compete. Call it before connecting to the
+    broker, so a standby holds no messages."""
+    if engine.index_storage.shared:
+        return True
+    told = False
+    while not stop.is_set():
+        try:
+            stack.enter_context(engine.locks.hold(f"{collection}.consume"))
+            return True
+        except BusyError as exc:
+            if not told and on_wait is not None:
+                on_wait(f"another consumer of {collection!r} runs on this embedded home "
+                        f"({exc}); standing by to take over. Competing consumers need a "
+                        "shared backend (SEMSEARCH_STORE=postgresql://...)")
+            told = True
+            stop.wait(1.0)
+    return False
 
 
 def consume(engine: Engine, source: EventSource, collection: str, options: ConsumeOptions,
