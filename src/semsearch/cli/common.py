@@ -16,15 +16,24 @@ def _echo_json(obj: Any) -> None:
 
 
 @contextmanager
-def _engine() -> Iterator[Any]:
+def _engine(executor: str = "local") -> Iterator[Any]:
     from semsearch.config import Settings
-    from semsearch.wiring import open_engine
+    from semsearch.wiring import close_executor, open_engine
 
-    engine = open_engine(Settings())
+    engine = open_engine(Settings(), executor=executor)
     try:
         yield engine
     finally:
-        engine.close()
+        try:
+            engine.close()
+        finally:
+            close_executor(engine)
+
+
+executor_option = click.option(
+    "--executor", default="local", show_default=True, metavar="local|ray|ray://HOST:PORT",
+    help="where texts are embedded: in this process, on a local Ray started for the run, "
+    "or on a Ray cluster (Ray Client address); needs the ray extra")
 
 
 class Progress:

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from semsearch.cli.common import _echo_json, _engine, _progress
+from semsearch.cli.common import _echo_json, _engine, _progress, executor_option
 from semsearch.cli.run_metrics import emf_line, metrics_format_option, record_run, run_span
 from semsearch.errors import BusyError, InputError, SemsearchError
 
@@ -67,9 +67,10 @@ def _spec_from_flags(opts: dict[str, Any], engine: Any) -> Any:
               "longer holds (hard deletes)")
 @click.option("--audit", is_flag=True, help="compare source and collection; change nothing")
 @click.option("--repair", is_flag=True, help="with --audit: fix the drift found")
+@executor_option
 @metrics_format_option
 def sync(config: Path | None, only: str | None, full: bool, audit: bool, repair: bool,
-         metrics_format: str, **opts: Any) -> None:
+         executor: str, metrics_format: str, **opts: Any) -> None:
     """Keep a collection in step with a source database table/query or a folder of files.
 
     Only rows new or changed since the last run are read (watermark on --updated-at with an
@@ -81,7 +82,7 @@ def sync(config: Path | None, only: str | None, full: bool, audit: bool, repair:
         raise click.UsageError("--repair goes with --audit")
     opts["id"] = opts.pop("id_")
     failed = 0
-    with _engine() as engine:
+    with _engine(executor) as engine:
         if config is not None:
             specs = load_sync_file(config)
             if only:
