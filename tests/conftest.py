@@ -26,6 +26,23 @@ SHARED = Path(os.environ.get("SEMSEARCH_SHARED", REPO.parent / "shared"))
 DATA = SHARED / "data"
 
 
+def shared_embedding_cache() -> str:
+    """A ``cache_url`` for tests that embed a whole real corpus only to test what comes
+    after (evaluation, recall): an embedding cache kept between runs, like the built model
+    and the container's base image (keyed by model identity and text, so the vectors are
+    the model's own). SEMSEARCH_TEST_EMBED_CACHE names the file; '' keeps each test's home
+    cache."""
+    path = os.environ.get("SEMSEARCH_TEST_EMBED_CACHE",
+                          "/var/cache/semsearch-ci/test-embeddings.db")
+    if not path:
+        return ""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return ""
+    return f"sqlite:///{Path(path).resolve()}"
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")

@@ -22,7 +22,7 @@ from semsearch.services.evaluate import evaluate_collection
 from semsearch.services.ingest import index_documents
 from semsearch.services.search import SearchRequest, search
 from semsearch.wiring import open_engine
-from tests.conftest import DATA
+from tests.conftest import DATA, shared_embedding_cache
 
 MEDLINE = DATA / "medline"
 
@@ -30,7 +30,8 @@ MEDLINE = DATA / "medline"
 @pytest.fixture(scope="module")
 def medline(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Engine]:
     home = tmp_path_factory.mktemp("medline-home")
-    engine = open_engine(Settings(home=home, embedder_threads=2))
+    engine = open_engine(Settings(home=home, embedder_threads=2,
+                                  cache_url=shared_embedding_cache()))
     report = index_documents(engine, "medline", iter_documents(MEDLINE))
     assert report.documents == 1033 and report.chunks >= 1033
     yield engine
