@@ -33,13 +33,14 @@ def cli() -> None:
 @cli.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--collection", "-c", required=True, help="collection to index into")
-@click.option("--batch-size", default=256, show_default=True, help="documents per commit")
+@click.option("--batch-size", type=click.IntRange(min=1), help="documents per commit  "
+              "[default: 256; 1024 with --executor ray, where each commit is a Ray job]")
 @click.option("--strict", is_flag=True,
               help="stop at the first invalid document instead of skipping it")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object")
 @executor_option
 @metrics_format_option
-def index(source: Path, collection: str, batch_size: int, strict: bool, as_json: bool,
+def index(source: Path, collection: str, batch_size: int | None, strict: bool, as_json: bool,
           executor: str, metrics_format: str) -> None:
     """Index SOURCE into a collection (created with the configured model if new).
 
@@ -67,6 +68,9 @@ def index(source: Path, collection: str, batch_size: int, strict: bool, as_json:
     if "@" not in collection:
         validate_name(collection)  # before any progress is drawn
     emf = metrics_format == "emf"
+    # A Ray job starts its actors (and their models) afresh: larger commits amortize that
+    # (bench/RESULTS.md, "Distributed batch embedding (Ray)").
+    batch_size = batch_size or (256 if executor.strip() in ("", "local") else 1024)
     with _engine(executor) as engine, _progress(None, "indexing", "doc") as tick:
         try:
             with run_span(engine, "index", collection):
