@@ -34,7 +34,8 @@ RULES_TEST = MONITORING / "alerts_test.yaml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 ALERTS = {"SemsearchSearchP99OverBudget", "SemsearchErrorRateHigh",
           "SemsearchCacheHitRatioCollapsed", "SemsearchEmbeddingCostOverBudget",
-          "SemsearchSyncStale", "SemsearchReadinessFlapping"}
+          "SemsearchSyncStale", "SemsearchReadinessFlapping", "SemsearchConsumerFallingBehind",
+          "SemsearchDeadLetters"}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def _dashboard_exprs() -> list[str]:
 
 def test_rules_pass_promtool_check(promtool: str) -> None:
     out = _run(promtool, "check", "rules", str(RULES))
-    assert "SUCCESS: 12 rules found" in out
+    assert "SUCCESS: 14 rules found" in out
 
 
 def test_every_alert_fires_when_it_should_and_only_then(promtool: str) -> None:
@@ -188,9 +189,22 @@ def scraped(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         live.stop()
 
 
+def _consumer_metric_names() -> set[str]:
+    """What `semsearch consume --metrics-port` serves, after one batch."""
+    from prometheus_client import generate_latest
+
+    from semsearch.cli.consume import _Metrics
+
+    metrics = _Metrics("docs", "redis://127.0.0.1:6379/0 stream s group g")
+    metrics.batch({"upserted": 3, "dead_letter": 1}, 0.2, 5)
+    text = generate_latest(metrics.registry).decode()
+    return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
 def test_every_metric_the_rules_and_dashboard_read_is_exported(
         scraped: tuple[LiveServer, set[str]]) -> None:
-    _, exported = scraped
+    _, served = scraped
+    exported = served | _consumer_metric_names()
     rules = _rules()
     recorded = {r["record"] for r in rules if "record" in r}
     exprs = [str(r["expr"]) for r in rules] + _dashboard_exprs()
