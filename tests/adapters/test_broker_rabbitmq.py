@@ -259,7 +259,8 @@ def test_a_dropped_connection_is_unavailable_then_reconnects(sub: Subscription) 
 
 def test_a_hung_broker_is_noticed_by_the_heartbeat(sub: Subscription) -> None:
     proxy = _Proxy()
-    source = RabbitMqSource(dataclasses.replace(sub, url=HARNESS.url_at(proxy.port)))
+    source = RabbitMqSource(dataclasses.replace(
+        sub, url=HARNESS.url_at(proxy.port) + "?heartbeat=2"))
     try:
         proxy.frozen.set()
         started = time.monotonic()
@@ -267,7 +268,7 @@ def test_a_hung_broker_is_noticed_by_the_heartbeat(sub: Subscription) -> None:
             while time.monotonic() - started < 60:
                 source.receive(1, 1.0)
                 source.lag()
-        assert time.monotonic() - started < 30  # heartbeat 5 s (redeliver_after 3 s)
+        assert time.monotonic() - started < 30  # heartbeat 2 s: noticed in ~14 s here
     finally:
         source.close()
         proxy.close()
@@ -275,10 +276,11 @@ def test_a_hung_broker_is_noticed_by_the_heartbeat(sub: Subscription) -> None:
 
 def test_heartbeats_are_answered_while_the_caller_is_busy(sub: Subscription) -> None:
     HARNESS.publish(sub, _bodies(1))
-    source = RabbitMqSource(sub)  # heartbeat 5 s: without answers the broker dropped this
-    try:  # connection within 20 s here (RabbitMQ 3.10), and kept it through 14 s
+    # Heartbeat 2 s: without answers the broker drops a connection after two missed ones.
+    source = RabbitMqSource(dataclasses.replace(sub, url=sub.url + "?heartbeat=2"))
+    try:
         got = _drain(source, 1)
-        time.sleep(22)  # a long batch: no calls into the source
+        time.sleep(9)  # a long batch: no calls into the source
         source.ack(got)
         assert source.receive(1, 0.5) == []
     finally:
