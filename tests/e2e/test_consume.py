@@ -301,3 +301,25 @@ def test_bad_url_and_missing_queue_are_clear_errors(broker: BrokerHarness,
         assert proc.returncode == 2 and "--create" in proc.stderr, proc.stderr
     finally:
         broker.cleanup(missing)
+
+
+def test_sigterm_mid_batch_commits_and_acknowledges_what_it_holds(
+        broker: BrokerHarness, sub: Subscription, home: Settings) -> None:
+    """A batch still filling (a 30 s wait limit) when SIGTERM comes is committed and
+    acknowledged at once, then the process exits 0."""
+    proc = subprocess.Popen(_cmd(broker, sub, "--batch-size", "1000", "--max-wait-ms", "30000",
+                                 "--json"), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None and "consume: " in proc.stderr.readline()
+    events = [_upsert(f"t-{i}", 1) for i in range(30)]
+    broker.publish(sub, _encode(events))
+    time.sleep(1.5)  # received and held, the batch still filling
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert time.monotonic() - started < 10  # not the 30 s wait
+    report = json.loads(out)
+    assert report["events"] == len(events) and report["status"] == "ok"
+    assert broker.unsettled(sub) == 0
+    assert state(home) == expected(events)
