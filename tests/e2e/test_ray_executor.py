@@ -103,6 +103,20 @@ def test_a_bad_executor_is_one_clear_line(tmp_path: Path, corpus: Path, value: s
     assert not (tmp_path / "home" / "indexes" / "docs").exists()
 
 
+def test_without_ray_installed_the_executor_names_the_extra(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import semsearch.wiring as wiring
+    from semsearch.errors import InputError
+
+    real = wiring.util.find_spec
+    monkeypatch.setattr(wiring.util, "find_spec",
+                        lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(InputError, match=r"needs Ray, an optional extra: pip install "
+                                         r"'semsearch\[ray\]'"):
+        wiring.check_executor("ray")
+    assert wiring.check_executor("local") == ""
+
+
 def test_a_closed_cluster_port_is_one_clear_line(tmp_path: Path, corpus: Path) -> None:
     if not ray_installed():
         pytest.skip("Ray is not installed")
