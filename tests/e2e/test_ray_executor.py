@@ -236,6 +236,23 @@ def test_only_cache_misses_go_to_ray(tmp_path: Path, corpus: Path, local_ray: No
 
 
 @pytest.mark.ray
+def test_a_refused_text_is_the_input_error_it_is_in_process(tmp_path: Path,
+                                                           local_ray: None) -> None:
+    """The writer skips (sync) or reports (index) a text the model refuses by its
+    InputError: through Ray it must arrive as one too, not as a failed job."""
+    from semsearch.errors import InputError
+    from semsearch.wiring import make_embedder, with_executor
+
+    settings = Settings(home=tmp_path, embedder="fake")
+    with pytest.raises(InputError, match="empty; nothing to embed") as local:
+        make_embedder(settings).embed(["a text", " "], InputType.PASSAGE)
+    with pytest.raises(InputError) as ray:
+        with_executor(settings, make_embedder(settings), "ray").embed(
+            ["a text", " "], InputType.PASSAGE)
+    assert str(ray.value) == str(local.value)
+
+
+@pytest.mark.ray
 def test_a_crashed_actor_is_retried_and_nothing_is_lost(tmp_path: Path, corpus: Path) -> None:
     require_ray()
     local = report(cli(tmp_path / "local", "index", str(corpus), "-c", "docs", "--json"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -102,9 +103,9 @@ class RayExecutorEmbedder:
             raise BackendError(f"the Ray executor returned {len(rows)} of {len(groups)} "
                                "groups of texts")
         for row in sorted(rows, key=lambda r: int(r["group"])):
-            if row["error"]:
-                raise InputError(str(row["error"]))
             idx = groups[int(row["group"])]
+            if row["error"]:
+                raise InputError(_renumbered(str(row["error"]), idx))
             vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(idx), dim)
             out[idx] = vectors
             self._record(row)
@@ -231,6 +232,15 @@ def _errors_to_stderr() -> None:
 
     to_stderr.semsearch_stderr = True  # type: ignore[attr-defined]
     worker.print_to_stdstream = to_stderr
+
+
+def _renumbered(message: str, idx: list[int]) -> str:
+    """An embedder's "text #i ..." counts within the group it saw: count in the caller's
+    texts instead, as in-process."""
+    found = re.match(r"text #(\d+)\b", message)
+    if found is None or int(found.group(1)) >= len(idx):
+        return message
+    return f"text #{idx[int(found.group(1))]}{message[found.end():]}"
 
 
 def _reachable(address: str, timeout: float = 5.0) -> None:
