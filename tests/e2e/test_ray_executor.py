@@ -180,12 +180,14 @@ def test_the_real_model_gives_the_same_vectors_on_ray(tmp_path: Path, corpus: Pa
                                                       models_dir: Path, local_ray: None,
                                                       precision: str) -> None:
     """int8 is the default (and the default tests') mode; its activations are quantized per
-    model batch, so only identical batches give identical vectors: the executor keeps them."""
-    docs = _docs(corpus)
+    model batch, so only identical batches give identical vectors: the executor keeps them.
+    30 documents (57 chunks, 8 model batches) keep it short."""
+    docs = _docs(corpus)[:30]
     runs = {}
     for executor in ("local", "ray"):
+        # groups of 20 texts, rounded up to 24 (3 model batches of 8): 57 chunks in 3 groups
         s = Settings(home=tmp_path / executor, embedder="local", model_cache_dir=models_dir,
-                     embedder_precision=precision, embedder_threads=2)
+                     embedder_precision=precision, embedder_threads=2, ray_batch_size=20)
         engine, rep = _index(s, docs, executor)
         try:
             info = engine.collection("docs").info
@@ -199,6 +201,7 @@ def test_the_real_model_gives_the_same_vectors_on_ray(tmp_path: Path, corpus: Pa
             engine.close()
             close_executor(engine)
     (lrep, lid, lchunks, lvec), (rrep, rid, rchunks, rvec) = runs["local"], runs["ray"]
+    assert len(lchunks) > 48  # more than two groups
     assert rid == lid and rchunks == lchunks
     assert float(np.abs(rvec - lvec).max()) <= 1e-6
     assert np.array_equal(rvec, lvec)  # in fact bit for bit
@@ -244,12 +247,23 @@ def test_a_refused_text_is_the_input_error_it_is_in_process(tmp_path: Path,
     from semsearch.wiring import make_embedder, with_executor
 
     settings = Settings(home=tmp_path, embedder="fake")
-    with pytest.raises(InputError, match="empty; nothing to embed") as local:
-        make_embedder(settings).embed(["a text", " "], InputType.PASSAGE)
-    with pytest.raises(InputError) as ray:
-        with_executor(settings, make_embedder(settings), "ray").embed(
-            ["a text", " "], InputType.PASSAGE)
-    assert str(ray.value) == str(local.value)
+    local = make_embedder(settings)
+    with pytest.raises(InputError, match="empty; nothing to embed") as refused:
+        local.embed(["a text", " "], InputType.PASSAGE)
+    on_ray = with_executor(settings, make_embedder(settings), "ray")
+    with pytest.raises(InputError) as ray_refused:
+        on_ray.embed(["a text", " "], InputType.PASSAGE)
+    assert str(ray_refused.value) == str(refused.value)
+    assert on_ray.meter.calls == 0  # a refused call is not metered, as in-process
+
+    # The writer then asks document by document: those calls run in this process (the
+    # driver's own copy of the embedder meters them), not as a Ray job each.
+    here = on_ray.inner.meter  # type: ignore[attr-defined]
+    vector = on_ray.embed(["a text"], InputType.PASSAGE)
+    assert np.array_equal(vector, local.embed(["a text"], InputType.PASSAGE))
+    assert here.calls == 1 and on_ray.meter.calls == 1
+    on_ray.embed(["another text"], InputType.PASSAGE)  # not one of them: on Ray again
+    assert here.calls == 1 and on_ray.meter.calls == 2
 
 
 @pytest.mark.ray
@@ -291,8 +305,8 @@ def test_a_permanent_failure_fails_the_run_and_keeps_committed_batches(
     assert [(c["name"], c["documents"]) for c in listed] == [("docs", 30)]  # 1st commit
     assert len(contents(home, "docs")) == listed[0]["chunks"]  # whole, every vector cached
 
-    resumed = report(cli(home, "index", str(corpus), "-c", "docs", "--json",
-                         "--executor", "ray"))
+    # run again (in-process here: what matters is what the failed run left)
+    resumed = report(cli(home, "index", str(corpus), "-c", "docs", "--json"))
     assert resumed["unchanged"] == 30 and resumed["new"] == 30
 
 

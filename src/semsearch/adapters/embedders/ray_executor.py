@@ -79,6 +79,7 @@ class RayExecutorEmbedder:
         self._lock = threading.Lock()
         self._ray: Any = None
         self._owns_ray = False
+        self._refused: set[str] = set()  # texts of the last call the model refused
         if options.address:
             _reachable(options.address)  # a wrong address fails the run before it starts
 
@@ -95,21 +96,42 @@ class RayExecutorEmbedder:
         out = np.zeros((len(texts), dim), dtype=np.float32)
         if not texts:
             return out
+        if self._refused and set(texts) <= self._refused:
+            return self._here(texts, input_type)
+        self._refused = set()
         groups = self._groups(texts)
         ray = self._connect()
-        rows = self._run(ray, [{"group": g, "texts": [texts[i] for i in idx]}
-                               for g, idx in enumerate(groups)], input_type)
+        rows = sorted(self._run(ray, [{"group": g, "texts": [texts[i] for i in idx]}
+                                      for g, idx in enumerate(groups)], input_type),
+                      key=lambda r: int(r["group"]))
         if len(rows) != len(groups):
             raise BackendError(f"the Ray executor returned {len(rows)} of {len(groups)} "
                                "groups of texts")
-        for row in sorted(rows, key=lambda r: int(r["group"])):
-            idx = groups[int(row["group"])]
+        for row in rows:
             if row["error"]:
-                raise InputError(_renumbered(str(row["error"]), idx))
-            vectors = np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(idx), dim)
-            out[idx] = vectors
-            self._record(row)
+                # The writer now asks again document by document to find the refused ones:
+                # those small calls run here (a Ray job each would cost seconds), with the
+                # model batching them exactly as in-process.
+                self._refused = set(texts)
+                raise InputError(_renumbered(str(row["error"]), groups[int(row["group"])]))
+        for row in rows:
+            idx = groups[int(row["group"])]
+            out[idx] = np.frombuffer(row["vectors"], dtype=np.float32).reshape(len(idx), dim)
+            latencies = np.frombuffer(row["latencies"], dtype=np.float64)
+            self._record(int(row["calls"]), int(row["items"]), int(row["tokens"]),
+                         [float(x) for x in latencies])
+            self.meter.add(truncated=int(row["truncated"]), retries=int(row["retries"]))
         return out
+
+    def _here(self, texts: Sequence[str], input_type: InputType) -> Vectors:
+        meter = self.inner.meter
+        before = meter.snapshot()
+        try:
+            return self.inner.embed(texts, input_type)
+        finally:
+            delta = meter.snapshot().minus(before)
+            self._record(delta.calls, delta.items, delta.tokens, meter.latencies_since(before))
+            self.meter.add(truncated=delta.truncated, retries=delta.retries)
 
     def _groups(self, texts: Sequence[str]) -> list[list[int]]:
         """Indexes of ``texts`` by group: sorted by the model's token count (stable, as the
@@ -120,16 +142,12 @@ class RayExecutorEmbedder:
         size = self._options.group_size
         return [order[s:s + size] for s in range(0, len(order), size)]
 
-    def _record(self, row: dict[str, Any]) -> None:
-        """Move one group's metering into this meter: the same calls, items, tokens and
-        latencies the actor's model recorded."""
-        latencies = np.frombuffer(row["latencies"], dtype=np.float64)
-        items, tokens = int(row["items"]), int(row["tokens"])
-        calls = max(int(row["calls"]), len(latencies))
-        for n in range(calls):
-            seconds = float(latencies[n]) / 1000 if n < len(latencies) else 0.0
+    def _record(self, calls: int, items: int, tokens: int, latencies_ms: list[float]) -> None:
+        """Move a model's metering into this meter: the same calls, items, tokens and
+        latencies it recorded (items and tokens on the first call: only sums are read)."""
+        for n in range(max(calls, len(latencies_ms))):
+            seconds = latencies_ms[n] / 1000 if n < len(latencies_ms) else 0.0
             self.meter.record_call(items if n == 0 else 0, tokens if n == 0 else 0, seconds)
-        self.meter.add(truncated=int(row["truncated"]), retries=int(row["retries"]))
 
     # -- Ray -----------------------------------------------------------------------------
     def _connect(self) -> Any:
