@@ -67,8 +67,9 @@ def parse_address(spec: str) -> str:
 
 
 class RayExecutorEmbedder:
-    """Same identity, tokenizer and metering as ``inner`` (the configured embedder, which
-    in this process only tokenizes); the model runs in the actors."""
+    """Same identity, tokenizer and metering as ``inner`` (the configured embedder: in this
+    process it tokenizes, and embeds only the writer's retries after a refusal); the model
+    runs in the actors."""
 
     def __init__(self, inner: Embedder, factory: Callable[[], Embedder],
                  options: RayOptions) -> None:
