@@ -17,7 +17,10 @@ import pytest
 
 from semsearch.core.events import Subscription
 from semsearch.errors import BrokerUnavailableError, InputError
-from semsearch.ports import Delivery
+from tests.brokers import delete_bodies as _bodies
+from tests.brokers import drain as _drain
+from tests.brokers import free_port as _free_port
+from tests.brokers import require
 from tests.brokers.nats import HARNESS, PORT
 from tests.brokers.proxy import OutageProxy
 
@@ -29,30 +32,10 @@ pytestmark = pytest.mark.brokers
 
 @pytest.fixture
 def sub() -> Iterator[Subscription]:
-    why = HARNESS.down()
-    if why is not None:
-        pytest.skip(f"nats is down: {why}")
+    require(HARNESS)
     s = HARNESS.fresh()
     yield s
     HARNESS.cleanup(s)
-
-
-def _bodies(n: int, tag: str = "m") -> list[bytes]:
-    return [f'{{"op":"delete","id":"{tag}-{i}","version":{i}}}'.encode() for i in range(n)]
-
-
-def _drain(source: NatsSource, want: int, timeout: float = 10.0) -> list[Delivery]:
-    got: list[Delivery] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < want and time.monotonic() < deadline:
-        got += source.receive(want - len(got), 0.5)
-    return got
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_receive_returns_what_is_there_without_sitting_out_the_timeout(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import signal
 import socket
 import subprocess
@@ -25,7 +24,9 @@ import pytest
 from semsearch.adapters.brokers.rabbitmq import QUEUE_HEADER, REASON_HEADER, RabbitMqSource
 from semsearch.core.events import Subscription
 from semsearch.errors import BrokerUnavailableError, InputError, NotFoundError
-from semsearch.ports import Delivery
+from tests.brokers import delete_bodies as _bodies
+from tests.brokers import drain as _drain
+from tests.brokers import require
 from tests.brokers.rabbitmq import HARNESS
 
 pytestmark = pytest.mark.brokers
@@ -35,26 +36,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def sub() -> Iterator[Subscription]:
-    why = HARNESS.down()
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"rabbitmq is down in CI: {why}")
-        pytest.skip(f"rabbitmq is down: {why}")
+    require(HARNESS)
     s = HARNESS.fresh()
     yield s
     HARNESS.cleanup(s)
-
-
-def _drain(source: RabbitMqSource, want: int, timeout: float = 10.0) -> list[Delivery]:
-    got: list[Delivery] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < want and time.monotonic() < deadline:
-        got += source.receive(want - len(got), 0.5)
-    return got
-
-
-def _bodies(n: int) -> list[bytes]:
-    return [f'{{"op":"delete","id":"r-{i}","version":{i}}}'.encode() for i in range(n)]
 
 
 def _ready(queue: str) -> int:

@@ -24,7 +24,9 @@ import redis
 from semsearch.adapters.brokers.redis_streams import RedisStreamSource
 from semsearch.core.events import Subscription
 from semsearch.errors import BrokerUnavailableError, InputError, NotFoundError
-from semsearch.ports import Delivery
+from tests.brokers import drain as _drain
+from tests.brokers import free_port as _free_port
+from tests.brokers import require
 from tests.brokers.redis import HARNESS
 
 pytestmark = pytest.mark.brokers
@@ -34,11 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def sub() -> Iterator[Subscription]:
-    why = HARNESS.down()
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"redis is down in CI: {why}")
-        pytest.skip(f"redis is down: {why}")
+    require(HARNESS)
     s = HARNESS.fresh()
     yield s
     HARNESS.cleanup(s)
@@ -48,21 +46,6 @@ def sub() -> Iterator[Subscription]:
 
 def _client() -> redis.Redis:
     return redis.Redis.from_url(HARNESS.url, socket_timeout=5)
-
-
-def _drain(source: RedisStreamSource, want: int, timeout: float = 10.0) -> list[Delivery]:
-    got: list[Delivery] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < want and time.monotonic() < deadline:
-        got += source.receive(want - len(got), 0.5)
-    return got
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_create_declares_stream_and_group_reading_from_the_start(sub: Subscription) -> None:

@@ -9,10 +9,16 @@ depend on the adapter under test."""
 from __future__ import annotations
 
 import importlib
+import os
+import socket
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
+import pytest
+
 from semsearch.core.events import Subscription
+from semsearch.ports import Delivery, EventSource
 
 NAMES = ("rabbitmq", "nats", "redis")
 
@@ -61,3 +67,34 @@ def harness(name: str) -> BrokerHarness:
     module = importlib.import_module(f"tests.brokers.{name}")
     h: BrokerHarness = module.HARNESS
     return h
+
+
+def require(h: BrokerHarness) -> BrokerHarness:
+    """``h`` if its broker answers; else skip, or fail in CI (which starts every broker)."""
+    why = h.down()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{h.name} is down in CI: {why}")
+        pytest.skip(f"{h.name} is down: {why}")
+    return h
+
+
+def drain(source: EventSource, want: int, timeout: float = 10.0) -> list[Delivery]:
+    """Receive until ``want`` deliveries came or ``timeout`` passed."""
+    got: list[Delivery] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        got += source.receive(want - len(got), 0.5)
+    return got
+
+
+def delete_bodies(n: int, tag: str = "m") -> list[bytes]:
+    """``n`` distinct, valid event bodies (deletes: nothing to embed)."""
+    return [f'{{"op":"delete","id":"{tag}-{i}","version":{i}}}'.encode() for i in range(n)]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for the unreachable-broker checks)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -8,7 +8,6 @@ into the name."""
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -17,22 +16,17 @@ import pytest
 
 from semsearch.core.events import Subscription
 from semsearch.errors import BrokerUnavailableError, InputError, NotFoundError
-from semsearch.ports import Delivery, EventSource
 from semsearch.wiring import open_event_source
-from tests.brokers import NAMES, BrokerHarness, harness
+from tests.brokers import NAMES, BrokerHarness, harness, require
+from tests.brokers import delete_bodies as _bodies
+from tests.brokers import drain as _drain
 
 pytestmark = pytest.mark.brokers
 
 
 @pytest.fixture(params=NAMES)
 def broker(request: pytest.FixtureRequest) -> BrokerHarness:
-    h = harness(request.param)
-    why = h.down()
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{h.name} is down in CI: {why}")
-        pytest.skip(f"{h.name} is down: {why}")
-    return h
+    return require(harness(request.param))
 
 
 @pytest.fixture
@@ -40,18 +34,6 @@ def sub(broker: BrokerHarness) -> Iterator[Subscription]:
     s = broker.fresh()
     yield s
     broker.cleanup(s)
-
-
-def _drain(source: EventSource, want: int, timeout: float = 10.0) -> list[Delivery]:
-    got: list[Delivery] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < want and time.monotonic() < deadline:
-        got += source.receive(want - len(got), 0.5)
-    return got
-
-
-def _bodies(n: int, tag: str = "m") -> list[bytes]:
-    return [f'{{"op":"delete","id":"{tag}-{i}","version":{i}}}'.encode() for i in range(n)]
 
 
 def test_receive_in_order_and_ack_settles(broker: BrokerHarness, sub: Subscription) -> None:

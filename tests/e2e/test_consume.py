@@ -22,7 +22,7 @@ import pytest
 from semsearch.config import Settings
 from semsearch.core.events import Subscription
 from semsearch.wiring import open_engine
-from tests.brokers import NAMES, BrokerHarness, harness
+from tests.brokers import NAMES, BrokerHarness, harness, require
 from tests.brokers.proxy import OutageProxy
 from tests.sync.conftest import collection_state
 
@@ -32,13 +32,7 @@ MAX_CHARS = 2000
 
 @pytest.fixture(params=NAMES)
 def broker(request: pytest.FixtureRequest) -> BrokerHarness:
-    h = harness(request.param)
-    why = h.down()
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{h.name} is down in CI: {why}")
-        pytest.skip(f"{h.name} is down: {why}")
-    return h
+    return require(harness(request.param))
 
 
 @pytest.fixture
