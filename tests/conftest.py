@@ -17,6 +17,9 @@ from semsearch.config import Settings
 from semsearch.runtime.engine import Engine
 from semsearch.wiring import open_engine
 
+# Each real broker in turn, and a fresh subscription on it (tests/brokers/).
+from tests.brokers import broker, sub  # noqa: F401  (fixtures)
+
 # One Milvus per session for every module: a module importing these itself would get a
 # server of its own, and two in one namespace collide on their ports.
 from tests.milvus_fixtures import milvus_server, milvus_uri  # noqa: F401  (fixtures)

@@ -12,7 +12,7 @@ import importlib
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import pytest
@@ -98,3 +98,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture(params=NAMES)
+def broker(request: pytest.FixtureRequest) -> BrokerHarness:
+    """Each broker in turn (import it, with ``sub``, into a test module)."""
+    return require(harness(request.param))
+
+
+@pytest.fixture
+def sub(broker: BrokerHarness) -> Iterator[Subscription]:
+    """A fresh subscription on ``broker``, deleted afterwards."""
+    s = broker.fresh()
+    yield s
+    broker.cleanup(s)

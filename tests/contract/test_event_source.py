@@ -10,30 +10,17 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from semsearch.core.events import Subscription
 from semsearch.errors import BrokerUnavailableError, InputError, NotFoundError
 from semsearch.wiring import open_event_source
-from tests.brokers import NAMES, BrokerHarness, harness, require
+from tests.brokers import BrokerHarness
 from tests.brokers import delete_bodies as _bodies
 from tests.brokers import drain as _drain
 
 pytestmark = pytest.mark.brokers
-
-
-@pytest.fixture(params=NAMES)
-def broker(request: pytest.FixtureRequest) -> BrokerHarness:
-    return require(harness(request.param))
-
-
-@pytest.fixture
-def sub(broker: BrokerHarness) -> Iterator[Subscription]:
-    s = broker.fresh()
-    yield s
-    broker.cleanup(s)
 
 
 def test_receive_in_order_and_ack_settles(broker: BrokerHarness, sub: Subscription) -> None:

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,24 +21,12 @@ import pytest
 from semsearch.config import Settings
 from semsearch.core.events import Subscription
 from semsearch.wiring import open_engine
-from tests.brokers import NAMES, BrokerHarness, harness, require
+from tests.brokers import BrokerHarness
 from tests.brokers.proxy import OutageProxy
 from tests.sync.conftest import collection_state
 
 pytestmark = pytest.mark.brokers
 MAX_CHARS = 2000
-
-
-@pytest.fixture(params=NAMES)
-def broker(request: pytest.FixtureRequest) -> BrokerHarness:
-    return require(harness(request.param))
-
-
-@pytest.fixture
-def sub(broker: BrokerHarness) -> Iterator[Subscription]:
-    s = broker.fresh()
-    yield s
-    broker.cleanup(s)
 
 
 @pytest.fixture
