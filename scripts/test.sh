@@ -129,7 +129,7 @@ if unshare -n sh -c 'ip link set lo up' >/dev/null 2>&1; then
     python -m pytest tests -m "milvus and not slow" || status=1
     if [ -n "$MILVUS_SUITES" ]; then
       python -m pytest $MILVUS_SUITES \
-        -m "not slow and not milvus and not postgres and not mariadb and not redis and not browser and not container" \
+        -m "not slow and not milvus and not postgres and not mariadb and not redis and not brokers and not browser and not container" \
         || status=1
     fi
     # The ray tests (--executor ray): Ray, too, listens on all interfaces (~2 min).
