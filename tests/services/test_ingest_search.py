@@ -212,3 +212,26 @@ def test_two_processes_on_one_home_see_each_others_writes(engine: Engine,
         assert _ids(engine, "sourdough starter", Mode.KEYWORD, k=1) == ["sourdough-starter.md"]
     finally:
         other.close()
+
+
+def test_creating_a_collection_another_process_just_created_opens_it(
+        engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two consumers (or syncs) starting at once both find the collection missing and both
+    create it: the one that loses the race opens the winner's instead of failing."""
+    other = open_engine(settings)
+    try:
+        other.collection("race", create=True)
+        real = engine.store.get_collection
+        calls = {"n": 0}
+
+        def missing_once(name: str) -> object:
+            calls["n"] += 1
+            if calls["n"] == 1:  # this process looked before the other's commit
+                raise NotFoundError(f"unknown collection {name!r}")
+            return real(name)
+
+        monkeypatch.setattr(engine.store, "get_collection", missing_once)
+        handle = engine.collection("race", create=True)
+        assert handle.version == "race" and not handle.created
+    finally:
+        other.close()

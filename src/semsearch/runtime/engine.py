@@ -17,7 +17,12 @@ from typing import NoReturn
 from semsearch.config import Settings
 from semsearch.core.chunking import ChunkerConfig
 from semsearch.core.types import InputType
-from semsearch.errors import IdentityMismatchError, IndexMissingError, NotFoundError
+from semsearch.errors import (
+    AlreadyExistsError,
+    IdentityMismatchError,
+    IndexMissingError,
+    NotFoundError,
+)
 from semsearch.ports import (
     ChatModel,
     CollectionInfo,
@@ -75,7 +80,10 @@ class Engine:
         except NotFoundError:
             if not create or "@" in name:
                 raise
-            info, created = self._create(physical), True
+            try:
+                info, created = self._create(physical), True
+            except AlreadyExistsError:  # another process created it a moment ago
+                info = self.store.get_collection(physical)
         return Collection(engine=self, name=name, info=info, created=created)
 
     def _create(self, name: str) -> CollectionInfo:

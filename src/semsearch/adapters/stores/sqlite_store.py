@@ -30,6 +30,7 @@ from semsearch.adapters.storage import open_sqlite, write_error
 from semsearch.core.filters import Filter
 from semsearch.core.types import Chunk, Document, EmbedderIdentity
 from semsearch.errors import (
+    AlreadyExistsError,
     BackendError,
     InputError,
     NotFoundError,
@@ -219,10 +220,13 @@ class SqliteDocumentStore:
     def create_collection(self, name: str, identity: EmbedderIdentity,
                           chunker: Mapping[str, Any]) -> CollectionInfo:
         with self._writing() as c:
-            c.execute(
-                "INSERT INTO collections (name, identity, chunker, generation, created_at) "
-                "VALUES (?, ?, ?, 0, ?)",
-                (name, json.dumps(identity.to_dict()), json.dumps(dict(chunker)), _now()))
+            try:
+                c.execute(
+                    "INSERT INTO collections (name, identity, chunker, generation, created_at) "
+                    "VALUES (?, ?, ?, 0, ?)",
+                    (name, json.dumps(identity.to_dict()), json.dumps(dict(chunker)), _now()))
+            except sqlite3.IntegrityError:
+                raise AlreadyExistsError(f"collection {name!r} already exists") from None
         return self.get_collection(name)
 
     @contextmanager
