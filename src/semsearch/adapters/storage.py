@@ -16,7 +16,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import random
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,6 +111,27 @@ def _read_only(path: Path) -> sqlite3.Connection | None:
     return None
 
 
+def _set_up(conn: sqlite3.Connection, setup: Callable[[sqlite3.Connection], None],
+            wait: float = 15.0) -> None:
+    """``setup`` (pragmas, schema), tried again while another process holds the file: two
+    processes opening a new database at once both switch it to WAL and create its tables,
+    and SQLite answers "database is locked" at once there instead of waiting its busy
+    timeout (a lock upgrade it cannot wait for without a deadlock)."""
+    deadline = time.monotonic() + wait
+    delay = 0.01
+    while True:
+        try:
+            setup(conn)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            time.sleep(random.uniform(0, delay))
+            delay = min(delay * 2, 0.5)
+
+
 def open_sqlite(path: Path, what: str, setup: Callable[[sqlite3.Connection], None]
                 ) -> tuple[sqlite3.Connection, StorageFullError | None]:
     """Open ``path`` and run ``setup`` (pragmas, schema). On a full disk, fall back to a
@@ -125,7 +148,7 @@ def open_sqlite(path: Path, what: str, setup: Callable[[sqlite3.Connection], Non
     except sqlite3.Error as exc:
         raise write_error(what, path, exc, "open") from exc
     try:
-        setup(conn)
+        _set_up(conn, setup)
     except sqlite3.Error as exc:
         conn.close()
         cause = storage_cause(exc, path)
