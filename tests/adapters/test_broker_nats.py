@@ -11,16 +11,15 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from semsearch.core.events import Subscription
 from semsearch.errors import BrokerUnavailableError, InputError
+from tests.brokers import BrokerHarness, require
 from tests.brokers import delete_bodies as _bodies
 from tests.brokers import drain as _drain
 from tests.brokers import free_port as _free_port
-from tests.brokers import require
 from tests.brokers.nats import HARNESS, PORT
 from tests.brokers.proxy import OutageProxy
 
@@ -31,11 +30,9 @@ pytestmark = pytest.mark.brokers
 
 
 @pytest.fixture
-def sub() -> Iterator[Subscription]:
-    require(HARNESS)
-    s = HARNESS.fresh()
-    yield s
-    HARNESS.cleanup(s)
+def broker() -> BrokerHarness:
+    """This module's broker, for the shared ``sub`` fixture (tests/brokers)."""
+    return require(HARNESS)
 
 
 def test_receive_returns_what_is_there_without_sitting_out_the_timeout(

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pika
@@ -24,9 +23,9 @@ import pytest
 from semsearch.adapters.brokers.rabbitmq import QUEUE_HEADER, REASON_HEADER, RabbitMqSource
 from semsearch.core.events import Subscription
 from semsearch.errors import BrokerUnavailableError, InputError, NotFoundError
+from tests.brokers import BrokerHarness, require
 from tests.brokers import delete_bodies as _bodies
 from tests.brokers import drain as _drain
-from tests.brokers import require
 from tests.brokers.rabbitmq import HARNESS
 
 pytestmark = pytest.mark.brokers
@@ -35,11 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def sub() -> Iterator[Subscription]:
-    require(HARNESS)
-    s = HARNESS.fresh()
-    yield s
-    HARNESS.cleanup(s)
+def broker() -> BrokerHarness:
+    """This module's broker, for the shared ``sub`` fixture (tests/brokers)."""
+    return require(HARNESS)
 
 
 def _ready(queue: str) -> int:

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,9 +23,9 @@ import redis
 from semsearch.adapters.brokers.redis_streams import RedisStreamSource
 from semsearch.core.events import Subscription
 from semsearch.errors import BrokerUnavailableError, InputError, NotFoundError
+from tests.brokers import BrokerHarness, require
 from tests.brokers import drain as _drain
 from tests.brokers import free_port as _free_port
-from tests.brokers import require
 from tests.brokers.redis import HARNESS
 
 pytestmark = pytest.mark.brokers
@@ -35,13 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def sub() -> Iterator[Subscription]:
-    require(HARNESS)
-    s = HARNESS.fresh()
-    yield s
-    HARNESS.cleanup(s)
-    with redis.Redis.from_url(HARNESS.url) as client:
-        client.delete(f"{s.stream}:dead")
+def broker() -> BrokerHarness:
+    """This module's broker, for the shared ``sub`` fixture (tests/brokers)."""
+    return require(HARNESS)
 
 
 def _client() -> redis.Redis:

@@ -79,7 +79,8 @@ class RedisHarness:
     def cleanup(self, sub: Subscription) -> None:
         assert sub.stream is not None and sub.dead_letter is not None
         with self._client() as client:
-            client.delete(sub.stream, sub.dead_letter)
+            # the named dead-letter stream, and the default one of an adapter built without it
+            client.delete(sub.stream, sub.dead_letter, f"{sub.stream}:dead")
 
 
 HARNESS = RedisHarness()

@@ -5,12 +5,16 @@ itself is exercised in tests/e2e/test_consume.py)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from semsearch.config import Settings
 from semsearch.core.events import schema
 from tests.cli.test_cli import run
+from tests.default_path import modules_loaded_by_default
 
 
 def test_schema_is_the_shipped_one(settings: Settings) -> None:
@@ -36,3 +40,14 @@ def test_wrong_invocations_are_one_clear_line(settings: Settings, args: tuple[st
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and "Traceback" not in out.stderr
     assert "secret" not in out.stderr
+
+
+def test_the_default_path_never_imports_a_broker_client(tmp_path: Path) -> None:
+    """The engine, the API and the CLI (consume included) load no broker client until a
+    broker URL is given: pika and nats-py are optional extras."""
+    picked = "m.split('.')[0] in ('pika', 'nats')"
+    assert modules_loaded_by_default(tmp_path, picked) == "[]"
+    code = f"import sys, semsearch.cli.main; print(sorted(m for m in sys.modules if {picked}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
