@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.milvus_server import private_network
+from tests.serving import free_port
 
 SKIP_NOT_PRIVATE = ("Ray listens on all interfaces and probes 8.8.8.8 for its address: run "
                     "the ray tests inside `unshare -n` (scripts/test.sh does)")
@@ -47,10 +48,6 @@ def require_ray() -> None:
         pytest.skip(SKIP_NOT_PRIVATE)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _descendants(pid: int) -> list[int]:

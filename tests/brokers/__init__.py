@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from typing import Protocol
@@ -19,6 +18,7 @@ import pytest
 
 from semsearch.core.events import Subscription
 from semsearch.ports import Delivery, EventSource
+from tests.serving import free_port as free_port  # one helper for every suite
 
 NAMES = ("rabbitmq", "nats", "redis")
 
@@ -93,11 +93,6 @@ def delete_bodies(n: int, tag: str = "m") -> list[bytes]:
     return [f'{{"op":"delete","id":"{tag}-{i}","version":{i}}}'.encode() for i in range(n)]
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (for the unreachable-broker checks)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(params=NAMES)

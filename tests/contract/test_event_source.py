@@ -8,7 +8,6 @@ into the name."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from semsearch.core.events import Subscription
 from semsearch.errors import BrokerUnavailableError, InputError, NotFoundError
 from semsearch.wiring import open_event_source
-from tests.brokers import BrokerHarness
+from tests.brokers import BrokerHarness, free_port
 from tests.brokers import delete_bodies as _bodies
 from tests.brokers import drain as _drain
 
@@ -159,9 +158,7 @@ def test_missing_subscription_is_a_clear_error(broker: BrokerHarness) -> None:
 
 
 def test_unreachable_broker_is_a_clear_error(broker: BrokerHarness) -> None:
-    with socket.socket() as s:  # a loopback port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a loopback port nothing listens on
     url = broker.url_at(port)
     sub = Subscription(url=url, queue="q", stream="s", subject="s.>", connect_timeout=3.0)
     started = time.monotonic()

@@ -21,7 +21,7 @@ import pytest
 from semsearch.config import Settings
 from semsearch.core.events import Subscription
 from semsearch.wiring import open_engine
-from tests.brokers import BrokerHarness
+from tests.brokers import BrokerHarness, free_port
 from tests.brokers.proxy import OutageProxy
 from tests.sync.conftest import collection_state
 
@@ -165,11 +165,7 @@ def shared_home(home: Settings, monkeypatch: pytest.MonkeyPatch,
 
 def test_competing_consumers_metrics_and_sigterm(broker: BrokerHarness, sub: Subscription,
                                                  shared_home: Settings) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     procs = [subprocess.Popen(_cmd(broker, sub, "--batch-size", "8", "--max-wait-ms", "200",
                                    "--json", *extra), env=_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
@@ -268,11 +264,7 @@ def test_a_broker_outage_is_waited_out(broker: BrokerHarness, home: Settings) ->
 
 def test_bad_url_and_missing_queue_are_clear_errors(broker: BrokerHarness,
                                                     home: Settings) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     missing = broker.fresh(create=False)
     try:
         down = dataclasses.replace(missing, url=broker.url_at(port))
