@@ -16,12 +16,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import random
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from semsearch.core.backoff import backoff_delay
 from semsearch.errors import BackendError, StorageFullError
 
 log = logging.getLogger("semsearch.storage")
@@ -118,7 +118,7 @@ def _set_up(conn: sqlite3.Connection, setup: Callable[[sqlite3.Connection], None
     and SQLite answers "database is locked" at once there instead of waiting its busy
     timeout (a lock upgrade it cannot wait for without a deadlock)."""
     deadline = time.monotonic() + wait
-    delay = 0.01
+    attempt = 0
     while True:
         try:
             setup(conn)
@@ -128,8 +128,8 @@ def _set_up(conn: sqlite3.Connection, setup: Callable[[sqlite3.Connection], None
                 raise
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            time.sleep(random.uniform(0, delay))
-            delay = min(delay * 2, 0.5)
+            time.sleep(backoff_delay(attempt, 0.01, 0.5))
+            attempt += 1
 
 
 def open_sqlite(path: Path, what: str, setup: Callable[[sqlite3.Connection], None]

@@ -19,7 +19,6 @@ changes nothing that was committed. Broker outages are waited out with backoff; 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from semsearch.core.backoff import backoff_delay
 from semsearch.core.events import ChangeEvent, latest, parse_event
 from semsearch.core.unicode import shown
 from semsearch.errors import (
@@ -127,7 +127,7 @@ class Consumer:
     def run(self) -> ConsumeReport:
         started = time.perf_counter()
         idle_since = time.monotonic()
-        delay = 0.0
+        failures = 0  # outages in a row, for the backoff
         try:
             while not self.stop.is_set():
                 if self.options.max_events is not None and \
@@ -142,11 +142,11 @@ class Consumer:
                             time.monotonic() - idle_since >= self.options.idle_exit:
                         break
                     self._maybe_save()
-                    delay = 0.0
+                    failures = 0
                 except (InputError, NotFoundError):
                     raise  # a deleted queue, a refused setting: waiting will not help
                 except SemsearchError as exc:  # the broker or the store is down: wait
-                    delay = self._recover(exc, delay)
+                    failures = self._recover(exc, failures)
             self.report.status = "ok"
         except BaseException as exc:
             self.report.status = "failed"
@@ -175,22 +175,23 @@ class Consumer:
             got += self.source.receive(size - len(got), min(left, POLL_SECONDS))
         return got
 
-    def _recover(self, exc: SemsearchError, delay: float) -> float:
+    def _recover(self, exc: SemsearchError, failures: int) -> int:
         """Broker or store trouble: back off (full jitter, up to 30 s), then reconnect, which
-        hands back what this connection held unacknowledged for redelivery."""
-        delay = min(max(delay * 2, 0.5), 30.0)
-        pause = random.uniform(delay / 2, delay)
+        hands back what this connection held unacknowledged for redelivery. Returns the
+        failures in a row so far."""
+        pause = backoff_delay(failures, 0.5, 30.0)
+        failures += 1
         self.report.reconnects += 1
         log.warning("consume: %s; reconnecting in %.1f s", exc, pause)
         if self.observer is not None:
             self.observer.reconnecting(str(exc), pause)
         if self.stop.wait(pause):
-            return delay
+            return failures
         try:
             self.source.reconnect()
         except BrokerUnavailableError as again:
             log.warning("consume: reconnect failed: %s", again)
-        return delay
+        return failures
 
     # -- one batch ---------------------------------------------------------------------------
     def _handle(self, deliveries: list[Delivery]) -> None:

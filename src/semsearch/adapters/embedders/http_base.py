@@ -18,7 +18,6 @@ an unknown model. Keeping one copy of the rest keeps the providers' behaviour id
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
+from semsearch.core.backoff import backoff_delay as backoff_delay
 from semsearch.core.metering import ProviderMeter
 from semsearch.core.types import EmbedderIdentity, InputType
 from semsearch.errors import BackendError, InputError, NotFoundError
@@ -334,10 +334,6 @@ class HttpEmbedder:
         return vectors, tokens
 
 
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**attempt)], so clients that were
-    throttled together do not come back together. Every provider's retries use it."""
-    return random.uniform(0, min(cap, base * 2 ** attempt))
 
 
 def token_count(value: object) -> int | None:
