@@ -239,11 +239,18 @@ def _search(request: Request, engine: Engine, who: Principal, body: SearchBody) 
     from semsearch.services.search import SearchRequest, search
 
     require(who, body.collection, "read")
-    _check_texts(request, engine, [body.text], "query", param="query" if body.query else "q")
+    if body.text:
+        _check_texts(request, engine, [body.text], "query",
+                     param="query" if body.query else "q")
+    for param in ("plus", "minus"):
+        if texts := getattr(body, param):
+            _check_texts(request, engine, texts, "text", param=param)
     req = SearchRequest(query=body.text, mode=Mode(body.mode), k=body.k,
                         filter=parse_filter(body.filter), fusion=body.fusion,
                         weights=body.weights, rrf_k=body.rrf_k, candidates=body.candidates,
-                        group=body.group)
+                        group=body.group, title_weight=body.title_weight, mmr=body.mmr,
+                        rerank=body.rerank, plus=tuple(body.plus), minus=tuple(body.minus),
+                        plus_ids=tuple(body.plus_ids), minus_ids=tuple(body.minus_ids))
     result = search(engine, body.collection, req)
     _metrics(request).observe_stages(result.timings, body.mode)
     hits = [h.to_dict() for h in result.hits]
@@ -259,13 +266,16 @@ def search_get(request: Request, engine: EngineDep, who: Who, collection: str,
                query: Annotated[str | None, Query(min_length=1, description=(
                    "the query text under POST /search's name; same as 'q'"))] = None,
                k: Annotated[int, Query(ge=1, le=1000)] = 10, mode: ModeName = "hybrid",
-               fusion: FusionName = "rrf") -> SearchResponse:
-    """Search a collection (filters and weights: use POST /search)."""
+               fusion: FusionName | None = None,
+               mmr: Annotated[float | None, Query(ge=0, le=1)] = None,
+               rerank: Annotated[int | None, Query(ge=0, le=1000)] = None) -> SearchResponse:
+    """Search a collection (filters, weights and vector arithmetic: use POST /search)."""
     if (q is None) == (query is None):
         raise ApiError(422, "invalid_request", QUERY_NAMES[0] if q is not None else
                        QUERY_NAMES[1], param="q")
     return _search(request, engine, who, SearchBody(q=q, query=query, collection=collection,
-                                                    k=k, mode=mode, fusion=fusion))
+                                                    k=k, mode=mode, fusion=fusion, mmr=mmr,
+                                                    rerank=rerank))
 
 
 @router.post("/search", response_model=SearchResponse, tags=["search"])

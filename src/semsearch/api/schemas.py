@@ -55,25 +55,45 @@ class SearchBody(BaseModel):
     k: int = Field(default=10, ge=1, le=1000)
     mode: ModeName = "hybrid"
     filter: dict[str, Any] | None = None
-    fusion: FusionName = "rrf"
+    fusion: FusionName | None = Field(
+        default=None, description="hybrid fusion; unset: the collection's tuned default "
+        "(semsearch tune), else rrf")
     weights: dict[str, float] | None = None
     rrf_k: int | None = Field(default=None, ge=1)
     candidates: int | None = Field(default=None, ge=1, le=10000)
     group: bool = True
+    title_weight: float | None = Field(
+        default=None, gt=0, le=100, description="BM25 weight of the title field against "
+        "the body (1: as one field)")
+    mmr: float | None = Field(
+        default=None, ge=0, le=1, description="maximal marginal relevance lambda: re-order "
+        "for diversity (1: relevance only, 0: novelty only)")
+    rerank: int | None = Field(
+        default=None, ge=0, le=1000, description="re-score the top N with the configured "
+        "re-ranker (0: off; unset: SEMSEARCH_RERANK_TOP)")
+    plus: list[str] = Field(default_factory=list, max_length=64, description=(
+        "vector arithmetic: texts added to the query vector (the query, if given, is one "
+        "more); the search is then dense"))
+    minus: list[str] = Field(default_factory=list, max_length=64,
+                             description="vector arithmetic: texts subtracted")
+    plus_ids: list[str] = Field(default_factory=list, max_length=64,
+                                description="vector arithmetic: documents added, by id")
+    minus_ids: list[str] = Field(default_factory=list, max_length=64,
+                                 description="vector arithmetic: documents subtracted, by id")
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchBody:
         if self.query is not None and self.q is not None:
             raise PydanticCustomError("query_names", QUERY_NAMES[0])
-        if self.query is None and self.q is None:
+        if self.query is None and self.q is None and not (self.plus or self.plus_ids):
             raise PydanticCustomError("query_missing", QUERY_NAMES[1])
         return self
 
     @property
     def text(self) -> str:
+        """The query text; empty for a pure vector-arithmetic search."""
         text = self.query if self.query is not None else self.q
-        assert text is not None  # the validator saw to it
-        return text
+        return text or ""
 
 
 class HitOut(BaseModel):

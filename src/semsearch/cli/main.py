@@ -112,8 +112,9 @@ def index(source: Path, collection: str, batch_size: int | None, strict: bool, a
                f"${report.saved_cost:.4f}); {report.seconds:.1f} s", err=emf)
 
 
-def _search_request(query: str, mode: str, k: int, filters: tuple[str, ...], fusion: str,
-                    weights: str | None, chunks: bool) -> Any:
+def _search_request(query: str, mode: str, k: int, filters: tuple[str, ...],
+                    fusion: str | None, weights: str | None, chunks: bool,
+                    **options: Any) -> Any:
     from semsearch.core.filters import parse_cli_filters
     from semsearch.core.types import Mode
     from semsearch.errors import InputError
@@ -127,27 +128,53 @@ def _search_request(query: str, mode: str, k: int, filters: tuple[str, ...], fus
         except ValueError:
             raise InputError(f"--weights {weights!r}: use dense=0.7,keyword=0.3") from None
     return SearchRequest(query=query, mode=Mode(mode), k=k, filter=parse_cli_filters(
-        list(filters)), fusion=fusion, weights=parsed_weights, group=not chunks)
+        list(filters)), fusion=fusion, weights=parsed_weights, group=not chunks, **options)
 
 
 @cli.command()
-@click.argument("query")
+@click.argument("query", required=False, default="")
 @click.option("--collection", "-c", required=True)
 @click.option("--mode", "-m", type=click.Choice(MODES), default="hybrid", show_default=True)
 @click.option("--k", "-k", default=10, show_default=True, help="results to return")
 @click.option("--filter", "-f", "filters", multiple=True,
               help='metadata filter: key=value or JSON like \'{"year": {"gte": 2010}}\'')
-@click.option("--fusion", type=click.Choice(["rrf", "minmax", "zscore"]), default="rrf",
-              show_default=True, help="hybrid fusion method")
+@click.option("--fusion", type=click.Choice(["rrf", "minmax", "zscore"]),
+              help="hybrid fusion method  [default: the collection's tuned one, else rrf]")
 @click.option("--weights", help="hybrid weights, e.g. dense=0.6,keyword=0.4")
+@click.option("--title-weight", type=float,
+              help="BM25 weight of the title against the body (1: one field)")
+@click.option("--mmr", type=click.FloatRange(0, 1), metavar="LAMBDA",
+              help="diversify with maximal marginal relevance (1: relevance only, "
+                   "0: novelty only; 0.5-0.7 is usual)")
+@click.option("--rerank", type=click.IntRange(0, 1000), metavar="N",
+              help="re-score the top N with the configured re-ranker (SEMSEARCH_RERANKER); "
+                   "0: off  [default: SEMSEARCH_RERANK_TOP]")
+@click.option("--plus", multiple=True, metavar="TEXT",
+              help="vector arithmetic: add this text's vector (repeatable)")
+@click.option("--minus", multiple=True, metavar="TEXT",
+              help="vector arithmetic: subtract this text's vector (repeatable)")
+@click.option("--plus-id", "plus_ids", multiple=True, metavar="DOC_ID",
+              help="vector arithmetic: add this document's vector (repeatable)")
+@click.option("--minus-id", "minus_ids", multiple=True, metavar="DOC_ID",
+              help="vector arithmetic: subtract this document's vector (repeatable)")
 @click.option("--chunks", is_flag=True, help="return chunks, not one hit per document")
 @click.option("--json", "as_json", is_flag=True)
 def search(query: str, collection: str, mode: str, k: int, filters: tuple[str, ...],
-           fusion: str, weights: str | None, chunks: bool, as_json: bool) -> None:
-    """Search a collection."""
+           fusion: str | None, weights: str | None, title_weight: float | None,
+           mmr: float | None, rerank: int | None, plus: tuple[str, ...],
+           minus: tuple[str, ...], plus_ids: tuple[str, ...], minus_ids: tuple[str, ...],
+           chunks: bool, as_json: bool) -> None:
+    """Search a collection.
+
+    \b
+    With --plus/--minus (texts) or --plus-id/--minus-id (documents) the query is a vector
+    sum, searched densely; QUERY, if given, is one more positive term:
+      semsearch search -c words --plus woman --plus king --minus man"""
     from semsearch.services import search as svc
 
-    req = _search_request(query, mode, k, filters, fusion, weights, chunks)
+    req = _search_request(query, mode, k, filters, fusion, weights, chunks,
+                          title_weight=title_weight, mmr=mmr, rerank=rerank, plus=plus,
+                          minus=minus, plus_ids=plus_ids, minus_ids=minus_ids)
     with _engine() as engine:
         result = svc.search(engine, collection, req)
     if as_json:

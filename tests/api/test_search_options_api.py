@@ -1,0 +1,57 @@
+"""POST/GET /search with MMR and vector arithmetic, on a real server and the real model;
+bad options are 4xx with the standard error body."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+
+from tests.api.conftest import LiveServer
+
+WORDS = Path(__file__).parents[2] / "examples" / "words.jsonl"
+
+
+def _load_words(c: httpx.Client) -> None:
+    docs = [json.loads(line) for line in WORDS.read_text().splitlines()]
+    assert c.post("/collections", json={"name": "words"}).status_code == 201
+    r = c.post("/collections/words/documents", json={"documents": docs})
+    assert r.status_code == 200, r.text
+
+
+def test_vector_arithmetic_and_mmr_over_http(live: LiveServer) -> None:
+    with live.client() as c:
+        _load_words(c)
+        r = c.post("/search", json={"collection": "words", "plus": ["woman", "king"],
+                                    "minus": ["man"], "k": 3})
+        assert r.status_code == 200, r.text
+        hits = [h["doc_id"] for h in r.json()["hits"]]
+        assert hits[0] == "queen" and not {"king", "man", "woman"} & set(hits)
+        r = c.post("/search", json={"collection": "words", "plus_ids": ["king", "woman"],
+                                    "minus_ids": ["man"], "k": 3})
+        assert r.status_code == 200, r.text
+        assert r.json()["hits"][0]["doc_id"] == "queen"
+        r = c.get("/search", params={"collection": "words", "q": "princess", "k": 4,
+                                     "mmr": 0.5})
+        assert r.status_code == 200, r.text
+        assert all("mmr" in h["components"] for h in r.json()["hits"])
+
+
+def test_bad_search_options_are_4xx(live: LiveServer) -> None:
+    with live.client() as c:
+        _load_words(c)
+        cases = [
+            ({"collection": "words", "plus": ["king"], "mode": "keyword"}, 422, "dense index"),
+            ({"collection": "words", "query": "king", "mmr": 2}, 422, "mmr"),
+            ({"collection": "words", "minus": ["man"]}, 422, "query is missing"),
+            ({"collection": "words", "plus": ["king"], "minus": ["king"]}, 422, "cancel out"),
+            ({"collection": "words", "plus": [""]}, 422, "empty"),
+            ({"collection": "words", "plus_ids": ["nobody"]}, 404, "nobody"),
+            ({"collection": "words", "query": "king", "title_weight": -1}, 422,
+             "title_weight"),
+        ]
+        for body, status, text in cases:
+            r = c.post("/search", json=body)
+            assert r.status_code == status, (body, r.text)
+            assert text in json.dumps(r.json()["error"]), (body, r.text)
