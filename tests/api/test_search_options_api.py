@@ -13,16 +13,16 @@ from tests.api.conftest import LiveServer
 WORDS = Path(__file__).parents[2] / "examples" / "words.jsonl"
 
 
-def _load_words(c: httpx.Client) -> None:
+def _load_words(c: httpx.Client, name: str) -> None:
     docs = [json.loads(line) for line in WORDS.read_text().splitlines()]
-    assert c.post("/collections", json={"name": "words"}).status_code == 201
-    r = c.post("/collections/words/documents", json={"documents": docs})
+    assert c.post("/collections", json={"name": name}).status_code == 201
+    r = c.post(f"/collections/{name}/documents", json={"documents": docs})
     assert r.status_code == 200, r.text
 
 
 def test_vector_arithmetic_and_mmr_over_http(live: LiveServer) -> None:
     with live.client() as c:
-        _load_words(c)
+        _load_words(c, "words")
         r = c.post("/search", json={"collection": "words", "plus": ["woman", "king"],
                                     "minus": ["man"], "k": 3})
         assert r.status_code == 200, r.text
@@ -40,15 +40,15 @@ def test_vector_arithmetic_and_mmr_over_http(live: LiveServer) -> None:
 
 def test_bad_search_options_are_4xx(live: LiveServer) -> None:
     with live.client() as c:
-        _load_words(c)
+        _load_words(c, "words2")
         cases = [
-            ({"collection": "words", "plus": ["king"], "mode": "keyword"}, 422, "dense index"),
-            ({"collection": "words", "query": "king", "mmr": 2}, 422, "mmr"),
-            ({"collection": "words", "minus": ["man"]}, 422, "query is missing"),
-            ({"collection": "words", "plus": ["king"], "minus": ["king"]}, 422, "cancel out"),
-            ({"collection": "words", "plus": [""]}, 422, "empty"),
-            ({"collection": "words", "plus_ids": ["nobody"]}, 404, "nobody"),
-            ({"collection": "words", "query": "king", "title_weight": -1}, 422,
+            ({"collection": "words2", "plus": ["king"], "mode": "keyword"}, 422, "dense index"),
+            ({"collection": "words2", "query": "king", "mmr": 2}, 422, "mmr"),
+            ({"collection": "words2", "minus": ["man"]}, 422, "query is missing"),
+            ({"collection": "words2", "plus": ["king"], "minus": ["king"]}, 422, "cancel out"),
+            ({"collection": "words2", "plus": [""]}, 422, "empty"),
+            ({"collection": "words2", "plus_ids": ["nobody"]}, 404, "nobody"),
+            ({"collection": "words2", "query": "king", "title_weight": -1}, 422,
              "title_weight"),
         ]
         for body, status, text in cases:

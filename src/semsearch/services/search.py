@@ -333,7 +333,7 @@ def _arithmetic(engine: Engine, handle: Collection,
     if norm < 1e-6:
         raise InputError("the plus and minus terms cancel out: their sum is the zero vector")
     qv: Vectors = (total / norm).astype(np.float32)
-    return qv, _Excluded(frozenset(ids), frozenset(_term(t) for t in (*req.plus, *req.minus)))
+    return qv, _Excluded(frozenset(ids), frozenset(_term(t) for t in texts))
 
 
 def _diversify(embedder: CachedEmbedder, found: list[_Found], hits: list[Hit],
