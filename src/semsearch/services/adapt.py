@@ -1,0 +1,201 @@
+"""Domain adaptation of a collection, gated like any model change (``semsearch adapt``).
+
+Learns from labelled (query, relevant document) pairs of a BEIR folder's training split, by
+default a query-side linear adapter on the frozen model (``core.adapter``): no document is
+re-embedded. The result is a new stamped identity (the base model's, with the adapter's
+fingerprint in its revision) whose weights go to the canonical store, and it goes through
+the one re-index / gate / swap path of ``services.versions``: a new version is built (its
+passage vectors all from the embedding cache), gated on the **test** split (never on the
+pairs it trained on), and swapped in if it holds; ``semsearch rollback`` undoes it. Only the
+collection adapted changes: the identity is stamped on its new version alone."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from importlib import util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semsearch.core.adapter import (
+    AdapterConfig,
+    LinearAdapter,
+    TrainReport,
+    adapted_identity,
+    artifact_key,
+    split_adapted,
+    train_linear_adapter,
+)
+from semsearch.core.types import InputType, Mode
+from semsearch.errors import InputError, SemsearchError
+from semsearch.runtime.adaptation import AdaptedCachedEmbedder
+from semsearch.runtime.embedding import CachedEmbedder
+from semsearch.runtime.engine import Engine
+from semsearch.runtime.indexes import doc_vector
+from semsearch.services.versions import ReindexReport, reindex
+
+METHODS = ("linear", "finetune")
+FINETUNE_INSTALL = "pip install torch==2.13.0 sentence-transformers"
+
+
+@dataclass
+class AdaptReport:
+    collection: str
+    method: str
+    base_identity: dict[str, Any]
+    identity: dict[str, Any]
+    fingerprint: str
+    train: TrainReport
+    reindex: ReindexReport | None = None
+    seconds: float = 0.0
+
+    @property
+    def swapped(self) -> bool:
+        return bool(self.reindex and self.reindex.swapped)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"collection": self.collection, "method": self.method,
+                "base_identity": self.base_identity, "identity": self.identity,
+                "fingerprint": self.fingerprint, "train": self.train.to_dict(),
+                "reindex": self.reindex.to_dict() if self.reindex else None,
+                "swapped": self.swapped, "seconds": self.seconds}
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The training split as vectors: queries (base model), the collection's documents (the
+    mean of their chunks' cached passage vectors) and each query's relevant documents."""
+
+    query_ids: list[str]
+    queries: np.ndarray
+    doc_ids: list[str]
+    docs: np.ndarray
+    positives: list[list[int]]
+
+
+def base_embedder(engine: Engine, collection: str) -> CachedEmbedder:
+    """The embedder of the model under the collection's active version (an adapted version's
+    base: a new adapter replaces the old one, it is not stacked on it)."""
+    handle = engine.collection(collection)
+    split = split_adapted(handle.info.identity)
+    if split is None:
+        return handle.embedder
+    return engine.embedder_for(replace(handle.info, identity=split[0]))
+
+
+def document_vectors(engine: Engine, version: str, embedder: CachedEmbedder,
+                     ) -> tuple[list[str], np.ndarray]:
+    """Each document's vector (renormalized mean of its chunks' passage vectors, read through
+    the cache: the vectors the collection's index holds), in chunk-label order."""
+    by_doc: dict[str, list[np.ndarray]] = {}
+    for batch in engine.store.iter_chunks(version, batch=512):
+        vecs = embedder.embed([s.chunk.embed_text for s in batch], InputType.PASSAGE)
+        for s, v in zip(batch, vecs, strict=True):
+            by_doc.setdefault(s.chunk.doc_id, []).append(v)
+    ids = list(by_doc)
+    if not ids:
+        raise InputError(f"collection {version!r} holds no documents to adapt to")
+    return ids, np.stack([doc_vector(np.stack(by_doc[d])) for d in ids])
+
+
+def training_data(engine: Engine, collection: str, train: Path, split: str,
+                  embedder: CachedEmbedder) -> TrainingData:
+    """Pairs of ``split`` whose documents are in the collection, as vectors."""
+    queries, qrels = _training_split(engine, train, split)
+    version = engine.collection(collection).version
+    doc_ids, docs = document_vectors(engine, version, embedder)
+    index = {d: i for i, d in enumerate(doc_ids)}
+    qids: list[str] = []
+    positives: list[list[int]] = []
+    for qid, judged in qrels.items():
+        pos = [index[d] for d, grade in judged.items() if grade > 0 and d in index]
+        if pos and qid in queries:
+            qids.append(qid)
+            positives.append(pos)
+    if not qids:
+        judged_docs = {d for j in qrels.values() for d in j}
+        raise InputError(
+            f"{train}: no labelled pairs for collection {collection!r}: none of the "
+            f"{len(judged_docs)} documents judged relevant in qrels/{split}.tsv is in the "
+            "collection (was it indexed from this corpus?)")
+    qvecs = embedder.embed([queries[q] for q in qids], InputType.QUERY)
+    return TrainingData(qids, qvecs, doc_ids, docs, positives)
+
+
+def _training_split(engine: Engine, train: Path, split: str,
+                    ) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    try:
+        return engine.corpora.queries(train, split), engine.corpora.qrels(train, split)
+    except SemsearchError as exc:
+        raise InputError(f"{train}: no training split {split!r} to adapt on ({exc})") from exc
+
+
+def _check_gate(engine: Engine, train: Path, split: str, gate: Path, gate_split: str) -> None:
+    """The gate must judge on queries the adapter never saw."""
+    if gate.resolve() == train.resolve() and gate_split == split:
+        raise InputError(f"the gate split {gate_split!r} is the training split: an adapter "
+                         "gated on the pairs it learned from always passes; gate on another "
+                         "split (--gate-split test)")
+    try:
+        gate_queries = engine.corpora.queries(gate, gate_split)
+    except SemsearchError as exc:
+        raise InputError(f"{gate}: no gate split {gate_split!r} ({exc})") from exc
+    train_texts = set(_training_split(engine, train, split)[0].values())
+    shared = [t for t in gate_queries.values() if t in train_texts]
+    if shared:
+        raise InputError(f"{len(shared)} of the gate split's queries are in the training "
+                         f"split too (e.g. {shared[0][:60]!r}): the gate would not be fair")
+
+
+def adapt(engine: Engine, collection: str, train: Path, *, split: str = "train",
+          method: str = "linear", gate: Path | None = None, gate_split: str = "test",
+          tolerance: float = 0.01, gate_modes: Sequence[Mode] = tuple(Mode),
+          swap: bool = True, config: AdapterConfig | None = None,
+          on_progress: Callable[[int], None] | None = None) -> AdaptReport:
+    """Train an adapter for ``collection`` on ``train``'s ``split`` pairs, then re-index to
+    its identity, gate on ``gate`` (default: the same folder) split ``gate_split``, and swap
+    if the gate holds."""
+    started = time.perf_counter()
+    if method not in METHODS:
+        raise InputError(f"unknown adaptation method {method!r}; known: {', '.join(METHODS)}")
+    if "@" in collection:
+        raise InputError("adapt a collection by its name, not a version")
+    if method == "finetune":
+        _require_torch()
+        raise InputError("--method finetune is not available in this build yet; use the "
+                         "default linear adapter (--method linear)")
+    engine.collection(collection)  # NotFoundError, naming the known ones, before any work
+    gate_dir = gate or train
+    _training_split(engine, train, split)  # the training data's errors come first
+    _check_gate(engine, train, split, gate_dir, gate_split)
+    base = base_embedder(engine, collection)
+    data = training_data(engine, collection, train, split, base)
+    cfg = config or AdapterConfig()
+    weight, report = train_linear_adapter(data.queries, data.positives, data.docs, cfg)
+    adapter = LinearAdapter(weight=weight, base=base.identity.key(), meta={
+        "collection": collection, "train": str(train), "split": split,
+        "config": cfg.to_dict(), "report": {k: v for k, v in asdict(report).items()
+                                            if k != "history"}})
+    blob = adapter.to_bytes()
+    fp = adapter.fingerprint()
+    engine.store.put_artifact(artifact_key(fp), blob)
+    identity = adapted_identity(base.identity, fp)
+    embedder = AdaptedCachedEmbedder(base, adapter, identity)
+    out = AdaptReport(collection=collection, method=method,
+                      base_identity=base.identity.to_dict(), identity=identity.to_dict(),
+                      fingerprint=fp, train=report)
+    out.reindex = reindex(engine, collection, embedder=embedder, gate=gate_dir,
+                          tolerance=tolerance, gate_modes=gate_modes, gate_split=gate_split,
+                          swap=swap, on_progress=on_progress)
+    out.seconds = round(time.perf_counter() - started, 3)
+    return out
+
+
+def _require_torch() -> None:
+    missing = [m for m in ("torch", "sentence_transformers") if util.find_spec(m) is None]
+    if missing:
+        raise InputError(f"--method finetune needs {' and '.join(missing)}, which are not "
+                         f"installed: {FINETUNE_INSTALL}")
