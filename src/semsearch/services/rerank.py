@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from semsearch.core.types import ComponentScore, Hit
 from semsearch.errors import BackendError, InputError
+from semsearch.ports import Attributes
 from semsearch.runtime.engine import Engine
 
 MAX_RERANK = 1000
@@ -44,10 +45,12 @@ def rerank_hits(engine: Engine, query: str, hits: list[Hit], top: int) -> list[H
         raise InputError("re-ranking needs a query text to score the hits against")
     head, tail = hits[:top], hits[top:]
     started = time.perf_counter()
-    with engine.telemetry.span("semsearch.rerank", {"rerank.candidates": len(head)}):
+    attrs: Attributes = {"semsearch.rerank.candidates": len(head),
+             "semsearch.reranker": str(reranker.identity.get("provider", ""))}
+    with engine.telemetry.span("semsearch.rerank", attrs):
         scores = reranker.rerank(query, [hit_text(h) for h in head])
     engine.telemetry.observe("semsearch.rerank.duration", time.perf_counter() - started,
-                             description="time to re-rank one search's top hits")
+                             attrs, description="time to re-rank one search's top hits")
     if len(scores) != len(head):
         raise BackendError(f"the re-ranker returned {len(scores)} scores for {len(head)} "
                            "hits")
