@@ -175,3 +175,18 @@ def test_replicas_on_postgresql_serve_the_adapter_from_the_store(
     finally:
         for engine in replicas:
             engine.close()
+
+
+def test_training_queries_the_gate_also_asks_are_left_out(
+        fake_engine: Engine, tmp_path: Path) -> None:
+    """SciFact's train split repeats two of its test claims under other ids: training on
+    them would let the gate judge the adapter on what it learned."""
+    data = write_beir(tmp_path)
+    with (data / "queries.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write('{"_id": "dup", "text": "what about zx0 today"}\n')
+    with (data / "qrels" / "train.tsv").open("a", encoding="utf-8") as fh:
+        fh.write("dup\tdoc0\t1\n")
+    index_documents(fake_engine, "acr", documents())
+    report = adapt(fake_engine, "acr", data, gate_modes=(Mode.DENSE,),
+                   config=AdapterConfig(learning_rate=0.02, max_steps=20, eval_every=5))
+    assert report.train.excluded == 1 and report.train.queries == 2 * TOPICS

@@ -88,6 +88,7 @@ class TrainReport:
     train_loss: float = 0.0
     stopped: str = ""
     history: list[dict[str, float]] = field(default_factory=list)
+    excluded: int = 0  # training queries left out because the gate asks them (the caller's)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
