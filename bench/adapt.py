@@ -135,7 +135,9 @@ def main() -> None:
             print(f"  {mode:<7} before {m['old_ndcg@10']:.4f}  after {m['new_ndcg@10']:.4f}  "
                   f"delta {m['delta']:+.4f}  ratio {m['new_ndcg@10'] / m['old_ndcg@10']:.3f}")
         if report.swapped:
-            _breakdown(engine, args.data, r.previous, r.version)
+            # the name now points at the new version: the old one by its version name
+            old = r.previous if "@" in r.previous else f"{r.previous}@v1"
+            _breakdown(engine, args.data, old, r.version)
         rollback(engine, args.collection)
     finally:
         engine.close()
