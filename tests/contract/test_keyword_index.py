@@ -234,6 +234,78 @@ def test_compact_keeps_results(make: Callable[..., KeywordIndex]) -> None:
     assert [idx.search(q, 10) for q in queries] == before
 
 
+# -- the title field ---------------------------------------------------------------------------
+
+TITLED = [
+    (1, "Foxes in the body: a fox, another fox, foxes everywhere.", "Forest animals"),
+    (2, "A short note on animals of the forest.", "The fox"),
+    (3, "Solar panels convert sunlight into electricity.", "Energy"),
+    (4, "Grind beans, then pour hot water.", ""),
+]
+
+
+def test_unweighted_title_and_text_rank_as_one_text(make: Callable[..., KeywordIndex]) -> None:
+    titled, joined = make("titled"), make("joined")
+    titled.add(TITLED)
+    joined.add([(label, f"{title}\n{text}") for label, text, title in TITLED])
+    for query in ("fox", "forest animals", "energy sunlight", "beans", "the fox forest"):
+        want = joined.search(query, 10)
+        assert titled.search(query, 10) == want
+        assert titled.search(query, 10, title_weight=1.0) == want
+        assert titled.search(query, 10, title_weight=None) == want
+
+
+def test_a_title_weight_lifts_documents_whose_title_matches(
+        make: Callable[..., KeywordIndex]) -> None:
+    idx = make()
+    idx.add(TITLED)
+    assert labels_of(idx.search("fox", 10)) == [1, 2]  # the body says fox four times
+    lifted = idx.search("fox", 10, title_weight=5.0)
+    assert labels_of(lifted) == [2, 1]
+    assert_ranked(lifted)
+    plain = dict(idx.search("fox", 10))
+    assert dict(lifted)[2] > plain[2] and dict(lifted)[1] == pytest.approx(plain[1])
+    # weighted search keeps filters and k
+    assert labels_of(idx.search("fox", 10, allowed={1}, title_weight=5.0)) == [1]
+    assert len(idx.search("fox forest", 1, title_weight=3.0)) == 1
+    # a weight below 1 does the opposite: the title counts for less
+    assert dict(idx.search("forest", 10, title_weight=0.5))[1] < \
+        dict(idx.search("forest", 10))[1]
+
+
+def test_title_weighted_scores_are_bm25f(make: Callable[..., KeywordIndex]) -> None:
+    """The oracle: BM25 with tf = tf_text + w x tf_title, lengths unweighted (FTS5's
+    bm25() column weights), the idf floored as everywhere."""
+    idx = make()
+    idx.add(TITLED)
+    analyzer = Analyzer()
+    body = {label: analyzer.terms(text) for label, text, _ in TITLED}
+    title = {label: analyzer.terms(t) for label, _, t in TITLED}
+    n = len(TITLED)
+    avgdl = sum(len(body[x]) + len(title[x]) for x in body) / n
+    w = 3.0
+    for query in ("fox", "forest animals", "fox energy"):
+        terms = list(dict.fromkeys(analyzer.terms(query)))
+        want: dict[int, float] = {}
+        for label in body:
+            dl = len(body[label]) + len(title[label])
+            score = 0.0
+            for t in terms:
+                df = sum(1 for x in body if t in body[x] or t in title[x])
+                if not df:
+                    continue
+                idf = float(np.log((n - df + 0.5) / (df + 0.5)))
+                idf = idf if idf > 0 else 1e-6
+                tf = body[label].count(t) + w * title[label].count(t)
+                score += idf * tf * 2.2 / (tf + 1.2 * (1 - 0.75 + 0.75 * dl / avgdl))
+            if score > 0:
+                want[label] = score
+        got = dict(idx.search(query, 10, title_weight=w))
+        assert set(got) == set(want), query
+        for label, score in want.items():
+            assert got[label] == pytest.approx(score, rel=1e-9), (query, label)
+
+
 # -- BM25 oracle on real text ------------------------------------------------------------------
 
 def _scifact() -> tuple[list[str], list[str]]:

@@ -23,6 +23,7 @@ from semsearch.ports import (
     ChunkPayload,
     DocumentStore,
     KeywordIndex,
+    KeywordItem,
     VectorIndex,
     Vectors,
     WriteResult,
@@ -34,6 +35,12 @@ log = logging.getLogger(__name__)
 
 def keyword_text(chunk: Chunk) -> str:
     return chunk.embed_text
+
+
+def keyword_item(label: int, chunk: Chunk) -> KeywordItem:
+    """What the keyword index holds for a chunk: its text and its title as two fields (a
+    search may weight the title; unweighted they score as ``keyword_text`` would)."""
+    return (label, chunk.text, chunk.title)
 
 
 Opener = Callable[[], tuple[VectorIndex, KeywordIndex]]
@@ -87,7 +94,7 @@ class CollectionIndexes:
                     payloads = [ChunkPayload(ch.doc_id, meta.get(ch.doc_id, {}))
                                 for _, ch in result.added]
                 self.vectors.add(labels, vectors, payloads)
-                self.keyword.add([(label, keyword_text(ch)) for label, ch in result.added])
+                self.keyword.add([keyword_item(label, ch) for label, ch in result.added])
             if self.durable:
                 # Under writing(): every earlier commit is applied and stamped already. A
                 # stamp only records the generation; a full save (statistics, vacuum) is
@@ -146,7 +153,7 @@ class CollectionIndexes:
             payloads = [ChunkPayload(s.chunk.doc_id, s.metadata) for s in batch] \
                 if self.vectors.filters else None
             self.vectors.add(labels, vecs, payloads)
-            self.keyword.add([(s.label, keyword_text(s.chunk)) for s in batch])
+            self.keyword.add([keyword_item(s.label, s.chunk) for s in batch])
             if on_progress is not None:
                 on_progress(len(batch))
         try:

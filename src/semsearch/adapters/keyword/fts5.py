@@ -5,6 +5,16 @@ terms, space-joined, are indexed with ``unicode61``; ``rowid`` is the chunk labe
 an OR of the quoted, de-duplicated query terms, ranked by FTS5's ``bm25()`` (k1=1.2, b=0.75);
 the returned score is ``-bm25()`` so that higher is better.
 
+The text and the title are two columns (``body``, ``title``). ``bm25()``'s column weights
+multiply each column's term frequency before saturation, while the document length and the
+average length stay unweighted: with weight 1 (the default) the score is bit for bit the
+one of a single column holding title and text, as before; ``title_weight`` > 1 lifts title
+matches. Weights need per-column frequencies: with ``detail=none`` they have no effect.
+A file written before the title had its own column (one ``body`` column) is emptied and
+its generation forgotten when opened writable, so the engine rebuilds it from the store;
+opened read-only (a full disk) it reports generation -1 and answers from the old column
+until then.
+
 Writes (``add``/``remove``/``clear``) run inside one open transaction that ``save(generation)``
 commits together with the generation; closing without ``save`` discards them, so the file
 always holds a state matching its recorded generation.
@@ -24,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -32,7 +43,8 @@ from pathlib import Path
 
 from semsearch.adapters.storage import open_sqlite, write_error
 from semsearch.core.analysis import Analyzer
-from semsearch.errors import BackendError, StorageFullError
+from semsearch.errors import BackendError, InputError, StorageFullError
+from semsearch.ports import KeywordItem
 
 # Allowed-label sets up to this size are bound as SQL parameters (under SQLite's historical
 # 999-variable limit); larger ones travel as one JSON array through json_each().
@@ -40,6 +52,24 @@ _INLINE_ALLOWED = 900
 _WHAT = "the keyword index"
 
 log = logging.getLogger(__name__)
+
+
+def _has_title_column(db: sqlite3.Connection) -> bool:
+    return any(row[1] == "title" for row in db.execute("PRAGMA table_info(terms)"))
+
+
+def title_of(item: KeywordItem) -> str:
+    """The title of a (label, text[, title]) item ("" when it has none)."""
+    return item[2] if len(item) > 2 else ""
+
+
+def _weight(value: float) -> float:
+    """A column weight bm25() can take: finite and above 0 (callers validate; this keeps a
+    bad value from reaching SQL as NaN)."""
+    w = float(value)
+    if not math.isfinite(w) or w <= 0:
+        raise InputError(f"title_weight must be a finite number above 0, got {value!r}")
+    return w
 
 
 def match_expression(terms: Iterable[str]) -> str:
@@ -68,14 +98,26 @@ class Fts5KeywordIndex:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA temp_store=MEMORY")
-            db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS terms USING fts5("
-                       f"body, tokenize='unicode61', detail={self._detail})")
-            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)")
+            self._create(db)
 
         db, read_only = open_sqlite(self._path, _WHAT, setup)
         if read_only is not None:
             db.execute("PRAGMA temp_store=MEMORY")
+        self._titled = _has_title_column(db)
         return db, read_only
+
+    def _create(self, db: sqlite3.Connection) -> None:
+        """The tables, in the two-column layout; a one-column file (written before titles
+        had a field) is dropped and its generation forgotten: derived data, rebuilt from
+        the store by whoever opens it."""
+        if not _has_title_column(db) and db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'terms'").fetchone():
+            log.info("%s %s predates the title field; it will be rebuilt", _WHAT, self._path)
+            db.execute("DROP TABLE terms")
+            db.execute("DELETE FROM meta WHERE key = 'generation'")
+        db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS terms USING fts5("
+                   f"body, title, tokenize='unicode61', detail={self._detail})")
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)")
 
     def _writable(self, *, memory: bool = True) -> None:
         """Reopen read-write if the file was opened read-only (full disk). If it still cannot
@@ -91,8 +133,11 @@ class Fts5KeywordIndex:
             raise read_only
         mem = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         self._db.backup(mem)
-        self._file_generation = self._stored_generation()
+        self._file_generation = self._stored_generation() if self._titled else -1
         self._db.close()
+        if not self._titled:  # the copy gets the new layout: it is rebuilt from the store
+            self._create(mem)
+            self._titled = True
         self._db, self._in_memory = mem, True
         log.info("%s; changes to it are kept in memory until then", read_only)
 
@@ -151,7 +196,7 @@ class Fts5KeywordIndex:
     @property
     def generation(self) -> int:
         with self._lock:
-            if self._lost is not None:
+            if self._lost is not None or not self._titled:
                 return -1
             return self._file_generation if self._in_memory else self._stored_generation()
 
@@ -163,13 +208,16 @@ class Fts5KeywordIndex:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM terms").fetchone()[0])
 
-    def add(self, items: Sequence[tuple[int, str]]) -> None:
-        """Index texts under their labels, replacing any existing entry (last one wins)."""
-        latest = {int(label): text for label, text in items}
-        rows = [(label, " ".join(self._analyzer.terms(text))) for label, text in latest.items()]
+    def add(self, items: Sequence[KeywordItem]) -> None:
+        """Index (label, text[, title]) under their labels, replacing any existing entry
+        (last one wins)."""
+        latest = {int(item[0]): item for item in items}
+        terms = self._analyzer.terms
+        rows = [(label, " ".join(terms(item[1])), " ".join(terms(title_of(item))))
+                for label, item in latest.items()]
         with self._write() as db:
             db.executemany("DELETE FROM terms WHERE rowid = ?", [(r[0],) for r in rows])
-            db.executemany("INSERT INTO terms (rowid, body) VALUES (?, ?)", rows)
+            db.executemany("INSERT INTO terms (rowid, body, title) VALUES (?, ?, ?)", rows)
 
     def remove(self, labels: Iterable[int]) -> None:
         with self._write() as db:
@@ -199,13 +247,18 @@ class Fts5KeywordIndex:
             if self._in_memory:
                 self._persist()
 
-    def search(self, query: str, k: int,
-               allowed: set[int] | None = None) -> list[tuple[int, float]]:
+    def search(self, query: str, k: int, allowed: set[int] | None = None,
+               title_weight: float | None = None) -> list[tuple[int, float]]:
         expr = match_expression(self._analyzer.terms(query))
         if not expr or k <= 0 or (allowed is not None and not allowed):
             return []
-        sql = "SELECT rowid, bm25(terms) AS s FROM terms WHERE terms MATCH ?"
-        params: list[object] = [expr]
+        params: list[object] = []
+        rank = "bm25(terms)"
+        if title_weight is not None and title_weight != 1.0 and self._titled:
+            rank = "bm25(terms, 1.0, ?)"
+            params.append(_weight(title_weight))
+        sql = f"SELECT rowid, {rank} AS s FROM terms WHERE terms MATCH ?"
+        params.append(expr)
         # "+rowid" keeps the filter away from FTS5's xBestIndex: pushed down, FTS5 re-runs the
         # whole query once per allowed rowid (~100x slower); here SQLite scans the matches and
         # probes an ephemeral index of the allowed labels before bm25() and LIMIT apply.

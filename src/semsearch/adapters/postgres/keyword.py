@@ -8,6 +8,14 @@ b=0.75, avgdl = total / documents) with FTS5's idf, ln((N - n + 0.5) / (n + 0.5)
 1e-6 for terms in half the documents or more, summed over the query's distinct terms; the
 score is the positive sum (higher is better), as the FTS5 backend returns it.
 
+The title is a field of its own: a posting keeps the term's frequency in the whole chunk
+(``tf``: title and text, as one text) and in its title (``ttf``). A search with a
+``title_weight`` w scores with tf + (w - 1) x ttf in place of tf, the title's frequency
+multiplied by w before saturation, lengths unweighted: BM25F as FTS5's ``bm25()`` column
+weights compute it, so both backends agree. Without a weight (or 1) the query is the
+unweighted one, unchanged. Tables made before ``ttf`` existed are dropped when opened, with
+their generation, so the engine rebuilds them from the store.
+
 Writes of one collection are serialized by a transaction-level advisory lock (they adjust
 the stats row and replace postings). They are durable when they return, but ``generation``
 stays the one the last ``save`` recorded, as for the vector index."""
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -25,6 +34,8 @@ from psycopg import sql
 from semsearch.adapters.postgres import derived
 from semsearch.adapters.postgres.db import Database
 from semsearch.core.analysis import Analyzer
+from semsearch.errors import InputError
+from semsearch.ports import KeywordItem
 
 log = logging.getLogger(__name__)
 KIND = "keyword"
@@ -63,14 +74,26 @@ class PgKeywordIndex:
         derived.run(self._db, self._setup, "creating a keyword index")
         self._search_sql = self._scoring_sql(filtered=False)
         self._filtered_sql = self._scoring_sql(filtered=True)
+        self._weighted_sql = self._scoring_sql(filtered=False, weighted=True)
+        self._weighted_filtered_sql = self._scoring_sql(filtered=True, weighted=True)
 
     def _setup(self, conn: Any) -> None:
         derived.ddl_lock(conn)
         derived.ensure_state_table(conn)
         postings_name = self.tables[0]
+        if derived.table_exists_in(conn, postings_name) and not conn.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = "
+                "current_schema() AND table_name = %s AND column_name = 'ttf'",
+                (postings_name,)).fetchone():
+            log.info("the keyword index of %r predates the title field; rebuilding it",
+                     self._collection)
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}, {}").format(
+                self._postings, self._lengths, self._stats))
+            derived.forget_generation(conn, self._collection, KIND)
         conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (term TEXT NOT NULL, "
-                             "label BIGINT NOT NULL, tf INT NOT NULL, "
-                             "PRIMARY KEY (term, label) INCLUDE (tf))").format(self._postings))
+                             "label BIGINT NOT NULL, tf INT NOT NULL, ttf INT NOT NULL, "
+                             "PRIMARY KEY (term, label) INCLUDE (tf, ttf))").format(
+                                 self._postings))
         conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (label)").format(
             derived.ident(f"{postings_name}_label"), self._postings))
         conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (label BIGINT PRIMARY KEY, "
@@ -81,9 +104,12 @@ class PgKeywordIndex:
         conn.execute(sql.SQL("INSERT INTO {} (docs, total) VALUES (0, 0) "
                              "ON CONFLICT DO NOTHING").format(self._stats))
 
-    def _scoring_sql(self, *, filtered: bool) -> sql.Composed:
-        """Parameters: terms (text[]), [allowed (bigint[])], k."""
+    def _scoring_sql(self, *, filtered: bool, weighted: bool = False) -> sql.Composed:
+        """Parameters: terms (text[]), [title weight - 1 (float8)], [allowed (bigint[])], k.
+        Unweighted, the frequency is ``tf``; weighted, tf + (w - 1) x ttf."""
         label_filter = sql.SQL("AND p.label = ANY(%s::bigint[])" if filtered else "")
+        tf = sql.SQL("(p.tf + x.extra * p.ttf)" if weighted else "p.tf")
+        extra = sql.SQL("CROSS JOIN (SELECT %s::float8 AS extra) x" if weighted else "")
         # Shaped so that any plan is a good one, statistics or not: document frequencies
         # and postings are read per query term through the (term, label) primary key. The
         # terms are summed in one order, so a score never changes in its last bit with the
@@ -99,12 +125,12 @@ class PgKeywordIndex:
                      FROM q WHERE q.df > 0)
             SELECT p.label,
                    sum(CASE WHEN w.idf > 0 THEN w.idf ELSE {floor} END
-                       * p.tf * {k1p1}
-                       / (p.tf + {k1} * (1 - {b} + {b} * l.len / (
+                       * {tf} * {k1p1}
+                       / ({tf} + {k1} * (1 - {b} + {b} * l.len / (
                            SELECT total::float8 / greatest(docs, 1) FROM {stats})))
                        ORDER BY w.term) AS score
-            FROM w CROSS JOIN LATERAL (SELECT label, tf FROM {postings}
-                                       WHERE term = w.term) p
+            FROM w {extra} CROSS JOIN LATERAL (SELECT label, tf, ttf FROM {postings}
+                                               WHERE term = w.term) p
                  JOIN {lengths} l ON l.label = p.label
             WHERE TRUE {label_filter}
             GROUP BY p.label
@@ -112,7 +138,7 @@ class PgKeywordIndex:
             LIMIT %s""").format(
             stats=self._stats, postings=self._postings, lengths=self._lengths,
             floor=_float(IDF_FLOOR), k1=_float(K1), k1p1=_float(K1 + 1), b=_float(B),
-            label_filter=label_filter)
+            label_filter=label_filter, tf=tf, extra=extra)
 
     @property
     def generation(self) -> int:
@@ -139,13 +165,17 @@ class PgKeywordIndex:
             conn.execute(sql.SQL("UPDATE {} SET docs = docs - %s, total = total - %s").format(
                 self._stats), (int(row[0]), int(row[1])))
 
-    def add(self, items: Sequence[tuple[int, str]]) -> None:
-        """Index texts under their labels, replacing any existing entry (last one wins)."""
-        latest = {int(label): text for label, text in items}
+    def add(self, items: Sequence[KeywordItem]) -> None:
+        """Index (label, text[, title]) under their labels, replacing any existing entry
+        (last one wins)."""
+        latest = {int(item[0]): item for item in items}
         if not latest:
             return
-        docs = {label: [term_key(t) for t in self._analyzer.terms(text)]
-                for label, text in latest.items()}
+        terms = self._analyzer.terms
+        titles = {label: Counter(term_key(t) for t in terms(item[2] if len(item) > 2 else ""))
+                  for label, item in latest.items()}
+        docs = {label: [term_key(t) for t in terms(item[1])] + list(titles[label].elements())
+                for label, item in latest.items()}
         labels = list(docs)
         total = sum(len(t) for t in docs.values())
 
@@ -157,11 +187,12 @@ class PgKeywordIndex:
                     self._lengths)) as copy:
                 for label, terms in docs.items():
                     copy.write_row((label, len(terms)))
-            with cur.copy(sql.SQL("COPY {} (term, label, tf) FROM STDIN").format(
+            with cur.copy(sql.SQL("COPY {} (term, label, tf, ttf) FROM STDIN").format(
                     self._postings)) as copy:
-                for label, terms in docs.items():
-                    for term, tf in Counter(terms).items():
-                        copy.write_row((term, label, tf))
+                for label, found in docs.items():
+                    in_title = titles[label]
+                    for term, tf in Counter(found).items():
+                        copy.write_row((term, label, tf, in_title.get(term, 0)))
             conn.execute(sql.SQL("UPDATE {} SET docs = docs + %s, total = total + %s").format(
                 self._stats), (len(docs), total))
 
@@ -204,16 +235,25 @@ class PgKeywordIndex:
         except Exception as exc:  # only a speed-up: the save itself is done
             log.warning("VACUUM of the keyword index of %r failed: %s", self._collection, exc)
 
-    def search(self, query: str, k: int,
-               allowed: set[int] | None = None) -> list[tuple[int, float]]:
+    def search(self, query: str, k: int, allowed: set[int] | None = None,
+               title_weight: float | None = None) -> list[tuple[int, float]]:
         terms = list(dict.fromkeys(term_key(t) for t in self._analyzer.terms(query)))
         if not terms or k <= 0 or (allowed is not None and not allowed):
             return []
+        weight: tuple[Any, ...] = ()
+        if title_weight is not None and title_weight != 1.0:
+            w = float(title_weight)
+            if not math.isfinite(w) or w <= 0:
+                raise InputError(f"title_weight must be a finite number above 0, "
+                                 f"got {title_weight!r}")
+            weight = (w - 1.0,)
         params: tuple[Any, ...]
         if allowed is None:
-            stmt, params = self._search_sql, (terms, k)
+            stmt = self._weighted_sql if weight else self._search_sql
+            params = (terms, *weight, k)
         else:
-            stmt, params = self._filtered_sql, (terms, [int(x) for x in allowed], k)
+            stmt = self._weighted_filtered_sql if weight else self._filtered_sql
+            params = (terms, *weight, [int(x) for x in allowed], k)
         with derived.connection(self._db, "using a derived index") as conn:
             rows = conn.execute(stmt, params).fetchall()
         return [(int(label), float(score)) for label, score in rows]
