@@ -169,6 +169,13 @@ class DocumentStore(Protocol):
 
     def iter_chunks(self, collection: str, batch: int = 1000) -> Iterator[list[StoredChunk]]: ...
 
+    def doc_vectors(self, collection: str, doc_ids: Sequence[str]) -> dict[str, Vectors]:
+        """The vector stored with each document that exists (the renormalized mean of its
+        chunk vectors, ``runtime.indexes.doc_vector``, written in the same transaction as
+        its chunks): similar items, recommendations and deduplication read these, so they
+        never call the model nor depend on the embedding cache still holding the chunks."""
+        ...
+
     def labels_matching(self, collection: str, filt: Filter) -> set[int]: ...
 
 
@@ -202,7 +209,53 @@ class RunLog(Protocol):
                   limit: int = 1000) -> list[dict[str, Any]]: ...
 
 
-class Store(CollectionCatalog, DocumentStore, SyncLedger, RunLog, Protocol):
+@dataclass(frozen=True)
+class SettingsRevision:
+    """One revision of a collection name's search defaults (``semsearch tune``): what was
+    stored, why (``note``: who tuned it, on what, with what score), and whether it has been
+    reverted since. The live revision is the newest one not reverted."""
+
+    collection: str
+    revision: int
+    settings: Mapping[str, Any]
+    note: Mapping[str, Any]
+    created_at: str
+    reverted_at: str | None = None
+
+
+class SearchSettingsLog(Protocol):
+    """Search defaults per collection name, as revisions that are kept: a new one is
+    appended, a revert marks the live one reverted (the one before it is live again, or
+    none: the built-in defaults)."""
+
+    def search_settings(self, collection: str) -> list[SettingsRevision]:
+        """Every revision of ``collection``'s defaults, oldest first ([] if never tuned)."""
+        ...
+
+    def add_search_settings(self, collection: str, settings: Mapping[str, Any],
+                            note: Mapping[str, Any]) -> SettingsRevision: ...
+
+    def revert_search_settings(self, collection: str) -> SettingsRevision | None:
+        """Mark the live revision reverted and return the one live now (None: the built-in
+        defaults); ``InputError`` if none is live (nothing to revert)."""
+        ...
+
+
+class ArtifactStore(Protocol):
+    """Small binary artifacts by content-addressed key (a collection's query adapter:
+    ``core.adapter``), in the canonical store so every process and replica serving a
+    collection finds what its stamped identity names. A key's bytes never change: putting
+    a key again with the same bytes is a no-op."""
+
+    def put_artifact(self, key: str, data: bytes) -> None: ...
+
+    def get_artifact(self, key: str) -> bytes | None:
+        """The bytes stored under ``key``, or None."""
+        ...
+
+
+class Store(CollectionCatalog, DocumentStore, SyncLedger, RunLog, SearchSettingsLog,
+            ArtifactStore, Protocol):
     """The canonical store: every role above, over one database, plus its upkeep."""
 
     def disk_usage(self) -> dict[str, int]: ...
@@ -278,20 +331,28 @@ class VectorIndex(Protocol):
     def compact(self) -> None: ...
 
 
+# What a keyword index holds per chunk: (label, text) or (label, text, title). The title is
+# a field of its own that a search can weight; unweighted, the two count as one text.
+KeywordItem = tuple[int, str] | tuple[int, str, str]
+
+
 class KeywordIndex(Protocol):
-    """Derived BM25 index over chunk texts of one collection."""
+    """Derived BM25 index over chunk texts of one collection, with the title as a second
+    field. ``title_weight`` multiplies a title's term frequencies before BM25 saturation
+    (BM25F-style; lengths are not weighted): None or 1.0 ranks as if title and text were
+    one text."""
 
     @property
     def generation(self) -> int: ...
 
     def __len__(self) -> int: ...
 
-    def add(self, items: Sequence[tuple[int, str]]) -> None: ...
+    def add(self, items: Sequence[KeywordItem]) -> None: ...
 
     def remove(self, labels: Iterable[int]) -> None: ...
 
-    def search(self, query: str, k: int,
-               allowed: set[int] | None = None) -> list[tuple[int, float]]: ...
+    def search(self, query: str, k: int, allowed: set[int] | None = None,
+               title_weight: float | None = None) -> list[tuple[int, float]]: ...
 
     def save(self, generation: int) -> None: ...
 
@@ -562,6 +623,20 @@ class ChatModel(Protocol):
 
     def stream(self, messages: Sequence[ChatMessage],
                max_tokens: int) -> Iterator[str | Completion]: ...
+
+    def close(self) -> None: ...
+
+
+class Reranker(Protocol):
+    """Scores candidates against a query after retrieval: a cross-encoder behind an HTTP
+    ``/rerank`` API (TEI, Infinity, Cohere, Jina) or a stronger local bi-encoder. ``rerank``
+    returns one score per text, in the order given, higher meaning more relevant; scores
+    are comparable within one call only."""
+
+    @property
+    def identity(self) -> Mapping[str, str]: ...
+
+    def rerank(self, query: str, texts: Sequence[str]) -> list[float]: ...
 
     def close(self) -> None: ...
 

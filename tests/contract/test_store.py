@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -158,6 +159,23 @@ def test_documents_metadata_and_chunks_round_trip(store: Store) -> None:
     assert listed[1] == doc
     info = store.get_collection("c")
     assert (info.documents, info.chunks) == (2, 4)
+
+
+def test_doc_vectors_are_the_stored_vectors_of_the_ids_that_exist(store: Store) -> None:
+    a, b = Document("a/1", "alpha text"), Document("b", "beta text")
+    store.create_collection("other", IDENT, CHUNKER)
+    store.write("c", [doc_write(a), doc_write(b, 1)])
+    store.write("other", [doc_write(Document("b", "another b"))])
+    got = store.doc_vectors("c", ["a/1", "b", "missing", "a/1"])
+    assert set(got) == {"a/1", "b"}
+    for d in (a, b):
+        assert got[d.id].dtype == np.float32
+        np.testing.assert_array_equal(got[d.id], EMBEDDER.embed([d.text])[0])
+    store.write("c", [doc_write(Document("b", "changed text"), 1)], deletes=["a/1"])
+    got = store.doc_vectors("c", ["a/1", "b"])
+    assert set(got) == {"b"}
+    np.testing.assert_array_equal(got["b"], EMBEDDER.embed(["changed text"])[0])
+    assert store.doc_vectors("c", []) == {}
 
 
 def test_iteration_pages_through_everything_in_order(store: Store) -> None:
@@ -739,3 +757,18 @@ def test_two_store_objects_see_each_others_commits(open_store: Callable[[], Stor
     a.drop_collection("c")
     with pytest.raises(NotFoundError):
         b.get_collection("c")
+
+
+# -- artifacts (content-addressed blobs: a collection's query adapter) ---------------------------
+
+def test_artifacts_round_trip_and_every_store_object_sees_them(
+        open_store: Callable[[], Store]) -> None:
+    store = open_store()
+    assert store.get_artifact("linear-adapter/abc") is None
+    blob = bytes(range(256)) * 2400  # ~600 KB, the size of a 384 x 384 float32 adapter
+    store.put_artifact("linear-adapter/abc", blob)
+    store.put_artifact("linear-adapter/abc", blob)  # the same key again: nothing changes
+    store.put_artifact("linear-adapter/empty", b"")
+    assert store.get_artifact("linear-adapter/abc") == blob
+    assert store.get_artifact("linear-adapter/empty") == b""
+    assert open_store().get_artifact("linear-adapter/abc") == blob  # another process's view

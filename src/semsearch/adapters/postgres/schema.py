@@ -114,6 +114,28 @@ MIGRATIONS: list[list[str]] = [
     PRIMARY KEY (collection, doc_id)
 )""",
     ],
+    # 4: `semsearch tune`: a collection name's search defaults, one row per revision (kept,
+    # so a tuning can be reverted); the live one is the newest not reverted.
+    [
+        """CREATE TABLE IF NOT EXISTS semsearch_search_settings (
+    collection text COLLATE "C" NOT NULL,
+    revision integer NOT NULL,
+    settings jsonb NOT NULL,
+    note jsonb NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    reverted_at timestamptz,
+    PRIMARY KEY (collection, revision)
+)""",
+    ],
+    # 5: `semsearch adapt`: content-addressed artifacts (a collection's query adapter), so
+    # every replica serving an adapted collection finds the weights its identity names.
+    [
+        """CREATE TABLE IF NOT EXISTS semsearch_artifacts (
+    key text PRIMARY KEY,
+    data bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+)""",
+    ],
 ]
 LATEST = len(MIGRATIONS)
 

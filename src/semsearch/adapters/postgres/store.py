@@ -49,8 +49,10 @@ from semsearch.ports import (
     CollectionInfo,
     DocumentWrite,
     LedgerUpdate,
+    SettingsRevision,
     StoredChunk,
     SyncState,
+    Vectors,
     WriteResult,
 )
 
@@ -65,6 +67,7 @@ _TABLES = (_C, _D, _K, "semsearch_runs", "semsearch_sync_state", "semsearch_alia
 # Alias swaps lock (schema.LOCK_CLASS + 2, hashtext(alias)): the two-key advisory space,
 # apart from the single-key locks of the collection locks and the derived indexes.
 _LOCK_ALIAS = 2
+_LOCK_SETTINGS = 3  # search-default revisions of one name (schema.LOCK_CLASS + 3)
 
 
 def _iso(value: datetime) -> str:
@@ -388,6 +391,13 @@ class PostgresStore:
             last = chunks[-1].label
             yield chunks
 
+    def doc_vectors(self, collection: str, doc_ids: Sequence[str]) -> dict[str, Vectors]:
+        if not doc_ids:
+            return {}
+        return {r[0]: np.frombuffer(bytes(r[1]), dtype=np.float32).copy() for r in self._all(
+            f"SELECT id, doc_vector FROM {_D} WHERE collection = %s AND id = ANY(%s::text[])",
+            (collection, list(dict.fromkeys(doc_ids)))) if r[1] is not None}
+
     def labels_matching(self, collection: str, filt: Filter) -> set[int]:
         where, params = compile_filter(filt)
         rows = self._all(f"SELECT c.label FROM {_K} c JOIN {_D} d ON d.collection = "
@@ -450,6 +460,58 @@ class PostgresStore:
                          [*params, limit])
         return [{"id": r[0], "collection": r[1], "kind": r[2], "started_at": r[3],
                  "finished_at": r[4], "status": r[5], "stats": r[6]} for r in rows]
+
+    # -- search defaults (semsearch tune) -----------------------------------------------------
+    def search_settings(self, collection: str) -> list[SettingsRevision]:
+        rows = self._all("SELECT collection, revision, settings, note, created_at, "
+                         "reverted_at FROM semsearch_search_settings WHERE collection = %s "
+                         "ORDER BY revision", (collection,), "reading search defaults")
+        return [SettingsRevision(r[0], int(r[1]), r[2], r[3], _iso(r[4]),
+                                 None if r[5] is None else _iso(r[5])) for r in rows]
+
+    def add_search_settings(self, collection: str, settings: Mapping[str, Any],
+                            note: Mapping[str, Any]) -> SettingsRevision:
+        """A new revision, numbered after every earlier one; two at once serialize on a
+        transaction-level advisory lock on the name (the first has no row to lock)."""
+        def tx(c: Any) -> SettingsRevision:
+            c.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                      (schema.LOCK_CLASS + _LOCK_SETTINGS, collection))
+            row = c.execute(
+                "INSERT INTO semsearch_search_settings (collection, revision, settings, note) "
+                "SELECT %s, coalesce(max(revision), 0) + 1, %s::jsonb, %s::jsonb FROM "
+                "semsearch_search_settings WHERE collection = %s "
+                "RETURNING revision, settings, note, created_at",
+                (collection, _json(dict(settings)), _json(dict(note)), collection)).fetchone()
+            return SettingsRevision(collection, int(row[0]), row[1], row[2], _iso(row[3]))
+
+        return self._run(tx, "storing search defaults")
+
+    def revert_search_settings(self, collection: str) -> SettingsRevision | None:
+        def tx(c: Any) -> None:
+            c.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                      (schema.LOCK_CLASS + _LOCK_SETTINGS, collection))
+            done = c.execute(
+                "UPDATE semsearch_search_settings SET reverted_at = now() WHERE collection = "
+                "%s AND revision = (SELECT max(revision) FROM semsearch_search_settings "
+                "WHERE collection = %s AND reverted_at IS NULL)",
+                (collection, collection)).rowcount
+            if not done:
+                raise InputError(f"collection {collection!r} has no tuned search defaults to "
+                                 "revert: it uses the built-in ones")
+
+        self._run(tx, "reverting search defaults")
+        live = [r for r in self.search_settings(collection) if r.reverted_at is None]
+        return live[-1] if live else None
+
+    # -- artifacts (content-addressed: a query adapter) -------------------------------------
+    def put_artifact(self, key: str, data: bytes) -> None:
+        self._run(lambda c: c.execute(
+            "INSERT INTO semsearch_artifacts (key, data) VALUES (%s, %s) "
+            "ON CONFLICT (key) DO NOTHING", (key, data)), "storing an artifact")
+
+    def get_artifact(self, key: str) -> bytes | None:
+        row = self._one("SELECT data FROM semsearch_artifacts WHERE key = %s", (key,))
+        return None if row is None else bytes(row[0])
 
     # -- upkeep ----------------------------------------------------------------------------
     def disk_usage(self) -> dict[str, int]:

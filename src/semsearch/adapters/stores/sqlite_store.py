@@ -41,8 +41,10 @@ from semsearch.ports import (
     CollectionInfo,
     DocumentWrite,
     LedgerUpdate,
+    SettingsRevision,
     StoredChunk,
     SyncState,
+    Vectors,
     WriteResult,
 )
 
@@ -116,6 +118,20 @@ CREATE TABLE IF NOT EXISTS event_versions (
     doc_id TEXT NOT NULL,
     version INTEGER NOT NULL,
     PRIMARY KEY (collection, doc_id)
+);
+CREATE TABLE IF NOT EXISTS search_settings (
+    collection TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    settings TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL,
+    reverted_at TEXT,
+    PRIMARY KEY (collection, revision)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    key TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    created_at TEXT NOT NULL
 );
 """
 
@@ -513,6 +529,17 @@ class SqliteDocumentStore:
             last = chunks[-1].label
             yield chunks
 
+    def doc_vectors(self, collection: str, doc_ids: Sequence[str]) -> dict[str, Vectors]:
+        out: dict[str, Vectors] = {}
+        with self._lock:
+            for marks, part in _in_batches(list(dict.fromkeys(doc_ids))):
+                for doc_id, blob in self._conn.execute(
+                        f"SELECT id, doc_vector FROM documents WHERE collection = ? "
+                        f"AND id IN ({marks})", [collection, *part]):
+                    if blob is not None:
+                        out[doc_id] = np.frombuffer(blob, dtype=np.float32).copy()
+        return out
+
     def labels_matching(self, collection: str, filt: Filter) -> set[int]:
         where, params = compile_filter(filt)
         with self._lock:
@@ -607,6 +634,58 @@ class SqliteDocumentStore:
             raise NotFoundError(f"no document {doc_id!r} in collection {collection!r}")
         return {"id": row[0], "title": row[1], "text": row[2], "metadata": json.loads(row[3]),
                 "content_hash": row[4]}
+
+    # -- search defaults (semsearch tune) ---------------------------------------------------
+    def search_settings(self, collection: str) -> list[SettingsRevision]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT collection, revision, settings, note, created_at, reverted_at FROM "
+                "search_settings WHERE collection = ? ORDER BY revision",
+                (collection,)).fetchall()
+        return [SettingsRevision(r[0], int(r[1]), json.loads(r[2]), json.loads(r[3]), r[4],
+                                 r[5]) for r in rows]
+
+    def add_search_settings(self, collection: str, settings: Mapping[str, Any],
+                            note: Mapping[str, Any]) -> SettingsRevision:
+        """A new revision, numbered after every earlier one (reverted ones included)."""
+        now = _now()
+        with self._transaction() as c:
+            row = c.execute("SELECT coalesce(max(revision), 0) FROM search_settings WHERE "
+                            "collection = ?", (collection,)).fetchone()
+            revision = int(row[0]) + 1
+            c.execute("INSERT INTO search_settings (collection, revision, settings, note, "
+                      "created_at) VALUES (?, ?, ?, ?, ?)",
+                      (collection, revision, json.dumps(dict(settings)),
+                       json.dumps(dict(note), default=str), now))
+        return SettingsRevision(collection, revision, json.loads(json.dumps(dict(settings))),
+                                json.loads(json.dumps(dict(note), default=str)), now)
+
+    def revert_search_settings(self, collection: str) -> SettingsRevision | None:
+        with self._transaction() as c:
+            row = c.execute("SELECT max(revision) FROM search_settings WHERE collection = ? "
+                            "AND reverted_at IS NULL", (collection,)).fetchone()
+            if row is None or row[0] is None:
+                raise InputError(f"collection {collection!r} has no tuned search defaults to "
+                                 "revert: it uses the built-in ones")
+            c.execute("UPDATE search_settings SET reverted_at = ? WHERE collection = ? AND "
+                      "revision = ?", (_now(), collection, int(row[0])))
+        live = [r for r in self.search_settings(collection) if r.reverted_at is None]
+        return live[-1] if live else None
+
+    # -- artifacts (content-addressed: a query adapter) ----------------------------------
+    def put_artifact(self, key: str, data: bytes) -> None:
+        with self._transaction() as c:
+            c.execute("INSERT OR IGNORE INTO artifacts (key, data, created_at) VALUES "
+                      "(?, ?, ?)", (key, sqlite3.Binary(data), _now()))
+
+    def get_artifact(self, key: str) -> bytes | None:
+        with self._lock:
+            try:
+                row = self._conn.execute("SELECT data FROM artifacts WHERE key = ?",
+                                         (key,)).fetchone()
+            except sqlite3.OperationalError:  # an old store opened read-only (a full disk)
+                return None
+        return None if row is None else bytes(row[0])
 
     def ping(self) -> bool:
         return True  # a local file: open while the process is
