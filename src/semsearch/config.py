@@ -136,6 +136,23 @@ class Settings(BaseSettings):
                                             "million prompt tokens, for cost")
     llm_price_per_mtok_output: float = Field(default=0.0, ge=0, description="LLM: USD per "
                                              "million completion tokens")
+    reranker: str = Field(default="", description="re-ranking after fusion: '' = none, "
+                          "http (a /rerank API: SEMSEARCH_RERANKER_URL and _FORMAT), local "
+                          "(all-mpnet-base-v2 re-scoring; its five part packages installed)")
+    reranker_url: str = Field(default="", description="re-ranker: the server's base URL, "
+                              "e.g. http://127.0.0.1:8080 (TEI) or https://api.cohere.com")
+    reranker_format: Literal["tei", "infinity", "cohere", "jina"] = Field(
+        default="tei", description="re-ranker: the /rerank wire format the server speaks")
+    reranker_model: str = Field(default="", description="re-ranker: the model name sent "
+                                "(Infinity, Cohere, Jina; TEI serves one model)")
+    reranker_api_key: SecretStr | None = Field(default=None)
+    reranker_api_key_file: Path | None = Field(default=None, description="re-ranker: file "
+                                               "holding the API key (sent as a Bearer token)")
+    reranker_timeout: float = Field(default=30.0, gt=0, description="re-ranker: seconds per "
+                                    "call")
+    reranker_max_retries: int = Field(default=3, ge=0, le=100)
+    rerank_top: int = Field(default=0, ge=0, le=1000, description="re-rank the first N hits "
+                            "of every search by default; 0 = only when a request asks")
     ask_context_tokens: int = Field(default=2000, ge=64, description="ask: most tokens of "
                                     "sources in a prompt (less if the window is smaller)")
     ask_k: int = Field(default=8, ge=1, le=100, description="ask: chunks retrieved")
@@ -192,6 +209,11 @@ class Settings(BaseSettings):
     def llm_key(self) -> str | None:
         """The key from SEMSEARCH_LLM_API_KEY, else from its secret file."""
         return _secret(self.llm_api_key, self.llm_api_key_file, "SEMSEARCH_LLM_API_KEY_FILE")
+
+    def reranker_key(self) -> str | None:
+        """The key from SEMSEARCH_RERANKER_API_KEY, else from its secret file."""
+        return _secret(self.reranker_api_key, self.reranker_api_key_file,
+                       "SEMSEARCH_RERANKER_API_KEY_FILE")
 
     def milvus_secret(self) -> str:
         """The Milvus token from SEMSEARCH_MILVUS_TOKEN, else from its file, else ''."""

@@ -24,6 +24,7 @@ from semsearch.ports import (
     IndexStorage,
     KeyStorage,
     NoTelemetry,
+    Reranker,
     Store,
     SyncSource,
     Telemetry,
@@ -386,6 +387,62 @@ def make_llm(settings: Settings, count_tokens: Callable[[str], int]) -> ChatMode
         temperature=settings.llm_temperature, api_key_header=settings.llm_api_key_header)
 
 
+def _http_reranker(settings: Settings, cache: EmbeddingCache | None) -> Reranker:
+    from semsearch.adapters.rerankers.http import HttpReranker
+
+    if not settings.reranker_url:
+        raise InputError("SEMSEARCH_RERANKER=http needs SEMSEARCH_RERANKER_URL (e.g. "
+                         "http://127.0.0.1:8080 for TEI) and SEMSEARCH_RERANKER_FORMAT "
+                         "(tei, infinity, cohere or jina)")
+    return HttpReranker(base_url=settings.reranker_url, wire_format=settings.reranker_format,
+                        model=settings.reranker_model, api_key=settings.reranker_key(),
+                        timeout=settings.reranker_timeout,
+                        max_retries=settings.reranker_max_retries)
+
+
+def _local_reranker(settings: Settings, cache: EmbeddingCache | None) -> Reranker:
+    """all-mpnet-base-v2 re-scoring, behind the engine's embedding cache when given (a
+    passage's vector is computed once, whichever query brings it back)."""
+    from semsearch.adapters.rerankers.local import BiEncoderReranker
+    from semsearch.adapters.rerankers.mpnet import MpnetEmbedder, part_files
+
+    part_files()  # the parts missing: an InputError naming the pip command, now
+    model = MpnetEmbedder(settings.models_dir, threads=settings.embedder_threads,
+                          batch_size=settings.embed_batch_size)
+    scorer: Any = model if cache is None else CachedEmbedder(model, cache)
+    return BiEncoderReranker(scorer, on_close=model.close)
+
+
+RERANKERS: dict[str, Callable[[Settings, EmbeddingCache | None], Reranker]] = {
+    "http": _http_reranker, "local": _local_reranker}
+
+
+def make_reranker(settings: Settings, cache: EmbeddingCache | None = None) -> Reranker | None:
+    """The configured re-ranker, or None when SEMSEARCH_RERANKER is unset. Nothing is
+    contacted or loaded here: the first re-ranked search is the first request."""
+    kind = settings.reranker.strip().lower()
+    if kind in ("", "none"):
+        return None
+    try:
+        factory = RERANKERS[kind]
+    except KeyError:
+        raise InputError(f"unknown SEMSEARCH_RERANKER {settings.reranker!r}; known: "
+                         f"{', '.join(sorted(RERANKERS))} (or empty for none)") from None
+    return factory(settings, cache)
+
+
+def reranker_factory(settings: Settings, cache: EmbeddingCache | None
+                     ) -> Callable[[], Reranker | None] | None:
+    """What the engine builds its re-ranker with on first use; None when none is
+    configured. An unknown name fails now, before anything opens."""
+    kind = settings.reranker.strip().lower()
+    if kind in ("", "none"):
+        return None
+    if kind not in RERANKERS:
+        make_reranker(settings)  # raises the error that lists the known names
+    return lambda: make_reranker(settings, cache)
+
+
 def make_telemetry(settings: Settings) -> Telemetry:
     """OTLP export when SEMSEARCH_OTLP_ENDPOINT is set (the otel extra); otherwise nothing,
     and no OpenTelemetry module is imported."""
@@ -415,6 +472,7 @@ def open_engine(settings: Settings | None = None, executor: str = "local") -> En
                                   make_cache(settings),
                                   price_per_mtok=settings.embedder_price_per_mtok)
         llm = make_llm(settings, lambda text: TokenEstimate(embedder.tokenizer)(text))
+        rerankers = reranker_factory(settings, embedder.cache)
     except BaseException:
         if store is not None:
             store.close()
@@ -423,7 +481,8 @@ def open_engine(settings: Settings | None = None, executor: str = "local") -> En
     return Engine(settings=settings, store=store, embedder=embedder,
                   index_storage=index_storage, locks=locks,
                   embedders=SettingsEmbedders(settings), corpora=FileCorpora(),
-                  telemetry=telemetry, llm=llm)
+                  telemetry=telemetry, llm=llm,
+                  reranker_factory=rerankers)
 
 
 def _state_backends(settings: Settings) -> tuple[Store, IndexStorage, CollectionLocks]:

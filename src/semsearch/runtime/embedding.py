@@ -85,6 +85,11 @@ class CachedEmbedder:
     def tokenizer(self) -> Tokenizer:
         return self.embedder.tokenizer
 
+    def cache_key(self, input_type: InputType, text: str) -> str:
+        """The key ``text``'s vector is cached under (what a re-index plan looks up to count
+        the chunks already cached); an adapted embedder keys by its base model's identity."""
+        return cache_key(self.embedder.identity, input_type, text)
+
     def count_tokens(self, text: str) -> int:
         """Tokens the model sees for ``text``: special tokens added, clamped to its window."""
         return min(self.embedder.tokenizer.count_tokens(text) + 2,

@@ -10,11 +10,13 @@ one way in: it resolves the name to the version it points at now and returns a
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NoReturn
 
 from semsearch.config import Settings
+from semsearch.core.adapter import split_adapted
 from semsearch.core.chunking import ChunkerConfig
 from semsearch.core.types import InputType
 from semsearch.errors import (
@@ -32,6 +34,7 @@ from semsearch.ports import (
     IndexStorage,
     KeywordIndex,
     NoTelemetry,
+    Reranker,
     Store,
     Telemetry,
     VectorIndex,
@@ -60,10 +63,14 @@ class Engine:
     # spans and metrics of searches and writes; exported only when wiring configures it
     telemetry: Telemetry = field(default_factory=NoTelemetry)
     llm: ChatModel | None = None  # answers `ask`; None: extractive answers
+    # builds the re-ranker on first use (wiring's make_reranker); None: none configured
+    reranker_factory: Callable[[], Reranker | None] | None = None
     _indexes: dict[str, CollectionIndexes] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _executor: ThreadPoolExecutor | None = None
     _adopted: dict[str, CachedEmbedder] = field(default_factory=dict)
+    _reranker: Reranker | None = None
+    _reranker_built: bool = False
 
     # -- collections -------------------------------------------------------------------
     def collection(self, name: str, *, create: bool = False) -> Collection:
@@ -122,12 +129,28 @@ class Engine:
             adopted = self._adopted.get(info.identity.key())
         if adopted is not None and adopted.identity == info.identity:
             return adopted
+        if split_adapted(info.identity) is not None:  # a query adapter (semsearch adapt)
+            return self._adapted_embedder(info)
         explicit = self.settings.model_fields_set & EXPLICIT_EMBEDDER_FIELDS
         built = None if explicit or info.identity.provider != "local" \
             else self.embedders.for_identity(info.identity)
         if built is None:
             self._mismatch(info)
         cached = CachedEmbedder(built, self.embedder.cache, price_per_mtok=0.0)
+        self.adopt_embedder(cached)
+        return cached
+
+    def _adapted_embedder(self, info: CollectionInfo) -> CachedEmbedder:
+        """A collection ``semsearch adapt`` stamped: its base model's embedder, chosen by
+        the rules above, with the query adapter its identity names, read from the store
+        (so every process and replica serving the collection finds it)."""
+        from semsearch.runtime.adaptation import AdaptedCachedEmbedder, load_adapter
+
+        split = split_adapted(info.identity)
+        assert split is not None
+        base = self.embedder_for(replace(info, identity=split[0]))
+        cached = AdaptedCachedEmbedder(base, load_adapter(self.store, info.identity),
+                                       info.identity)
         self.adopt_embedder(cached)
         return cached
 
@@ -213,8 +236,21 @@ class Engine:
                                                     thread_name_prefix="semsearch")
             return self._executor
 
+    @property
+    def reranker(self) -> Reranker | None:
+        """The configured re-ranker, built on first use (a local model loads only when a
+        search asks to re-rank); None when SEMSEARCH_RERANKER is unset."""
+        with self._lock:
+            if not self._reranker_built:
+                factory = self.reranker_factory
+                self._reranker = factory() if factory is not None else None
+                self._reranker_built = True
+            return self._reranker
+
     def close(self) -> None:
         try:
+            if self._reranker is not None:
+                self._reranker.close()
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
             for name in list(self._indexes):
