@@ -41,9 +41,11 @@ def test_public_api_does_not_drift() -> None:
     assert semsearch.__all__ == [
         "BackendError", "Chunk", "Document", "EmbedderIdentity", "Engine", "Filter", "Hit",
         "IdentityMismatchError", "IndexReport", "InputError", "InputType", "Mode",
-        "NotFoundError", "SearchRequest", "SearchResult", "SemsearchError", "Settings",
-        "SourceError", "delete_documents", "evaluate_collection", "index_documents",
-        "open_engine", "parse_filter", "search",
+        "NotFoundError", "Rated", "RecommendRequest", "SearchRequest", "SearchResult",
+        "SemsearchError", "Settings", "SourceError", "adapt", "delete_documents",
+        "evaluate_collection", "evaluate_collections", "find_duplicates", "index_documents",
+        "open_engine", "parse_filter", "recommend", "search", "search_defaults", "similar",
+        "tune",
     ]
     for name in semsearch.__all__:
         assert getattr(semsearch, name) is not None

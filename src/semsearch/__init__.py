@@ -25,6 +25,10 @@ _EXPORTS = {
     "SemsearchError": "semsearch.errors",
     "SourceError": "semsearch.errors",
     "evaluate_collection": "semsearch.services.evaluate",
+    "evaluate_collections": "semsearch.services.evaluate",
+    "adapt": "semsearch.services.adapt",
+    "tune": "semsearch.services.tune",
+    "search_defaults": "semsearch.services.tune",
     "IndexReport": "semsearch.services.ingest",
     "delete_documents": "semsearch.services.ingest",
     "index_documents": "semsearch.services.ingest",
@@ -32,6 +36,11 @@ _EXPORTS = {
     "SearchResult": "semsearch.services.search",
     "search": "semsearch.services.search",
     "Engine": "semsearch.runtime.engine",
+    "find_duplicates": "semsearch.services.dedupe",
+    "similar": "semsearch.services.neighbours",
+    "Rated": "semsearch.services.recommend",
+    "RecommendRequest": "semsearch.services.recommend",
+    "recommend": "semsearch.services.recommend",
     "open_engine": "semsearch.wiring",
 }
 
@@ -49,17 +58,26 @@ __all__ = [
     "InputType",
     "Mode",
     "NotFoundError",
+    "Rated",
+    "RecommendRequest",
     "SearchRequest",
     "SearchResult",
     "SemsearchError",
     "Settings",
     "SourceError",
+    "adapt",
     "delete_documents",
     "evaluate_collection",
+    "evaluate_collections",
+    "find_duplicates",
     "index_documents",
     "open_engine",
     "parse_filter",
+    "recommend",
     "search",
+    "search_defaults",
+    "similar",
+    "tune",
 ]
 
 if TYPE_CHECKING:
@@ -75,9 +93,14 @@ if TYPE_CHECKING:
         SourceError,
     )
     from semsearch.runtime.engine import Engine
-    from semsearch.services.evaluate import evaluate_collection
+    from semsearch.services.adapt import adapt
+    from semsearch.services.dedupe import find_duplicates
+    from semsearch.services.evaluate import evaluate_collection, evaluate_collections
     from semsearch.services.ingest import IndexReport, delete_documents, index_documents
+    from semsearch.services.neighbours import similar
+    from semsearch.services.recommend import Rated, RecommendRequest, recommend
     from semsearch.services.search import SearchRequest, SearchResult, search
+    from semsearch.services.tune import search_defaults, tune
     from semsearch.wiring import open_engine
 
 

@@ -4,6 +4,7 @@ bad options are 4xx with the standard error body."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -55,3 +56,25 @@ def test_bad_search_options_are_4xx(live: LiveServer) -> None:
             r = c.post("/search", json=body)
             assert r.status_code == status, (body, r.text)
             assert text in json.dumps(r.json()["error"]), (body, r.text)
+
+
+def test_rerank_over_http(live_factory: Callable[..., LiveServer], live: LiveServer) -> None:
+    from tests.fakes.rerank_server import FakeRerankServer
+
+    with FakeRerankServer("infinity") as fake:
+        srv = live_factory(reranker="http", reranker_url=fake.url, reranker_format="infinity")
+        with srv.client() as c:
+            _load_words(c, "words3")
+            r = c.post("/search", json={"collection": "words3", "query": "queen", "k": 3,
+                                        "rerank": 5})
+            assert r.status_code == 200, r.text
+            assert all("rerank" in h["components"] for h in r.json()["hits"])
+            assert fake.requests and fake.requests[-1].path == "/rerank"
+            r = c.get("/search", params={"collection": "words3", "q": "queen", "rerank": 0})
+            assert r.status_code == 200 and len(fake.requests) == 1
+    # A server with no re-ranker: asking for one is a 4xx that says what to set.
+    with live.client() as c:
+        _load_words(c, "words4")
+        r = c.post("/search", json={"collection": "words4", "query": "queen", "rerank": 5})
+        assert r.status_code == 422, r.text
+        assert "SEMSEARCH_RERANKER" in r.json()["error"]["message"]

@@ -34,3 +34,19 @@ def test_bad_options_exit_with_a_message(settings: Settings) -> None:
         out = run(settings, "search", "-c", "words", *args)
         assert out.returncode != 0, (args, out.stdout)
         assert text in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+
+
+def test_search_rerank_from_the_command_line(settings: Settings) -> None:
+    from tests.fakes.rerank_server import FakeRerankServer
+
+    assert run(settings, "index", str(WORDS), "-c", "words").returncode == 0
+    with FakeRerankServer("tei") as fake:
+        out = run(settings, "search", "queen", "-c", "words", "--rerank", "4", "--json",
+                  SEMSEARCH_RERANKER="http", SEMSEARCH_RERANKER_URL=fake.url)
+        assert out.returncode == 0, out.stderr
+        hits = json.loads(out.stdout)["hits"]
+        assert all("rerank" in h["components"] for h in hits[:4])
+        assert len(fake.requests) == 1
+    out = run(settings, "search", "queen", "-c", "words", "--rerank", "4")
+    assert out.returncode != 0 and "SEMSEARCH_RERANKER" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -150,3 +150,49 @@ def test_an_unknown_reranker_fails_when_the_engine_opens(tmp_path: Path) -> None
 def test_the_default_path_loads_no_reranker(tmp_path: Path) -> None:
     picked = "m.startswith('semsearch.adapters.rerankers')"
     assert modules_loaded_by_default(tmp_path, picked) == "[]"
+
+
+def test_search_rerank_n_reorders_the_top_n_of_the_search(engine: Engine,
+                                                          server: FakeRerankServer) -> None:
+    plain = _hits(engine)
+    out = search(engine, "bread", SearchRequest(query=QUERY, k=6, rerank=4)).hits
+    assert out == rerank_hits(engine, QUERY, plain, top=4)
+    assert all("rerank" in h.components for h in out[:4])
+    # Asked for fewer than the window: the window is still searched, then cut to k.
+    top2 = search(engine, "bread", SearchRequest(query=QUERY, k=2, rerank=4)).hits
+    assert [h.doc_id for h in top2] == [h.doc_id for h in out[:2]]
+    # 0 turns it off; re-ranking then MMR works on the re-ranked order.
+    n = len(server.requests)
+    assert search(engine, "bread", SearchRequest(query=QUERY, k=6, rerank=0)).hits == plain
+    assert len(server.requests) == n
+    both = search(engine, "bread", SearchRequest(query=QUERY, k=3, rerank=4, mmr=1.0)).hits
+    assert [h.doc_id for h in both] == [h.doc_id for h in out[:3]]
+    assert all({"rerank", "mmr"} <= set(h.components) for h in both)
+
+
+def test_rerank_top_setting_reranks_every_search_unless_told_zero(
+        tmp_path: Path, server: FakeRerankServer) -> None:
+    eng = _engine(tmp_path, reranker="http", reranker_url=server.url, reranker_api_key="rk",
+                  rerank_top=3)
+    try:
+        index_documents(eng, "bread", DOCS)
+        hits = search(eng, "bread", SearchRequest(query=QUERY, k=5)).hits
+        assert all("rerank" in h.components for h in hits[:3])
+        assert "rerank" not in hits[3].components
+        off = search(eng, "bread", SearchRequest(query=QUERY, k=5, rerank=0)).hits
+        assert not any("rerank" in h.components for h in off)
+        # A pure vector sum has no query text to re-rank against: the default skips it.
+        pure = search(eng, "bread", SearchRequest(plus=("sourdough",), k=3)).hits
+        assert pure and not any("rerank" in h.components for h in pure)
+    finally:
+        eng.close()
+
+
+def test_search_rerank_without_a_reranker_says_how_to_configure_it(tmp_path: Path) -> None:
+    eng = _engine(tmp_path)
+    try:
+        index_documents(eng, "bread", DOCS)
+        with pytest.raises(InputError, match="SEMSEARCH_RERANKER=http"):
+            search(eng, "bread", SearchRequest(query=QUERY, rerank=3))
+    finally:
+        eng.close()

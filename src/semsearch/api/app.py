@@ -132,10 +132,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     from semsearch.api.ask import router as ask_router
+    from semsearch.api.relevance import router as relevance_router
     from semsearch.api.routes import router
 
+    app.include_router(relevance_router)  # first: its .../{doc_id:path}/similar is more specific
     app.include_router(router)
     app.include_router(ask_router)
+    from semsearch.api.tuning import router as tuning_router
+
+    app.include_router(tuning_router)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:

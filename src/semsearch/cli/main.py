@@ -9,12 +9,15 @@ from typing import Any
 
 import click
 
+from semsearch.cli.adapt import adapt
 from semsearch.cli.ask import ask
 from semsearch.cli.common import _echo_json, _engine, _progress, executor_option
 from semsearch.cli.consume import consume
+from semsearch.cli.relevance import dedupe, recommend, similar
 from semsearch.cli.run_metrics import emf_line, metrics_format_option, record_run, run_span
 from semsearch.cli.serve import keys, serve
 from semsearch.cli.sync import runs, sync
+from semsearch.cli.tune import tune
 from semsearch.cli.versions import activate, compact, reindex, rollback
 from semsearch.errors import BusyError, SemsearchError
 
@@ -226,25 +229,47 @@ def embed(texts: tuple[str, ...], as_query: bool) -> None:
 @click.option("--collection", "-c", required=True)
 @click.option("--modes", default="keyword,dense,hybrid", show_default=True)
 @click.option("--split", default="test", show_default=True)
-@click.option("--fusion", type=click.Choice(["rrf", "minmax", "zscore"]), default="rrf")
+@click.option("--fusion", type=click.Choice(["rrf", "minmax", "zscore"]),
+              help="hybrid fusion  [default: the collection's tuned one, else rrf]")
+@click.option("--compare", "compare", metavar="OTHER",
+              help="also evaluate OTHER (a collection or a version such as NAME@v1) the same "
+                   "way, as the 'before' of -c")
+@click.option("--report", "report", type=click.Path(path_type=Path), metavar="FILE",
+              help="write a self-contained HTML page: charts, per-query wins and losses")
+@click.option("--per-query", "with_queries", is_flag=True,
+              help="with --json: every query's text and scores by mode")
 @click.option("--json", "as_json", is_flag=True)
-def eval_(dataset: Path, collection: str, modes: str, split: str, fusion: str,
+def eval_(dataset: Path, collection: str, modes: str, split: str, fusion: str | None,
+          compare: str | None, report: Path | None, with_queries: bool,
           as_json: bool) -> None:
     """Measure nDCG@10, MRR@10, Recall@100 and MAP@100 on a BEIR dataset."""
+    from semsearch.cli.eval_report import check_report_path, write_report
     from semsearch.core.types import Mode
     from semsearch.errors import InputError
-    from semsearch.services.evaluate import count_queries, evaluate_collection
+    from semsearch.services.evaluate import count_queries, evaluate_collections
 
     try:
         mode_list = [Mode(m.strip()) for m in modes.split(",") if m.strip()]
     except ValueError:
         raise InputError(f"--modes {modes!r}: use a comma list of {', '.join(MODES)}") from None
+    target = check_report_path(report) if report is not None else None
+    names = [collection] + ([compare] if compare else [])
     with _engine() as engine, _progress(None, "evaluating", "query") as tick:
-        tick.set_total(count_queries(engine, dataset, split) * len(mode_list))
-        reports = evaluate_collection(engine, collection, dataset, mode_list, split=split,
-                                      fusion=fusion, on_progress=tick)
+        tick.set_total(count_queries(engine, dataset, split) * len(mode_list) * len(names))
+        runs = evaluate_collections(engine, names, dataset, mode_list, split=split,
+                                    fusion=fusion, on_progress=tick)
+    after, before = runs[0], (runs[1] if len(runs) > 1 else None)
+    if target is not None:
+        write_report(target, after, before)
+        click.echo(f"report written to {target}", err=True)
+    reports = after.modes
     if as_json:
-        _echo_json({r.mode: {k: round(v, 4) for k, v in r.metrics.items()} for r in reports})
+        if before is None and not with_queries:
+            _echo_json({r.mode: {k: round(v, 4) for k, v in r.metrics.items()}
+                        for r in reports})
+        else:
+            _echo_json({"evaluation": after.to_dict(with_queries),
+                        "compare": before.to_dict(with_queries) if before else None})
         return
     click.echo(f"{'mode':<8} {'nDCG@10':>8} {'MRR@10':>8} {'R@100':>8} {'MAP@100':>8} "
                f"{'p50 ms':>8} {'p99 ms':>8}")
@@ -254,6 +279,13 @@ def eval_(dataset: Path, collection: str, modes: str, split: str, fusion: str,
                    f"{m['recall@100']:>8.4f} {m['map@100']:>8.4f} "
                    f"{r.latency_ms['p50']:>8.2f} {r.latency_ms['p99']:>8.2f}")
     click.echo(f"{reports[0].queries if reports else 0} queries, split {split!r}")
+    if before is not None:
+        click.echo(f"against {before.collection} ({before.version}), nDCG@10 before -> after:")
+        for r in reports:
+            b = next((x for x in before.modes if x.mode == r.mode), None)
+            if b is not None:
+                old, new = b.metrics["ndcg@10"], r.metrics["ndcg@10"]
+                click.echo(f"{r.mode:<8} {old:.4f} -> {new:.4f} ({new - old:+.4f})")
 
 
 @cli.command()
@@ -416,6 +448,7 @@ def quickstart() -> None:
                "  semsearch eval <BEIR folder> --collection <name>   # measure quality")
 
 
+cli.add_command(adapt)
 cli.add_command(ask)
 cli.add_command(serve)
 cli.add_command(sync)
@@ -424,6 +457,9 @@ cli.add_command(runs)
 for _command in (reindex, rollback, activate, compact):
     cli.add_command(_command)
 cli.add_command(keys)
+for _command in (similar, dedupe, recommend):
+    cli.add_command(_command)
+cli.add_command(tune)
 
 
 def main(argv: list[str] | None = None) -> None:

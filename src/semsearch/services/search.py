@@ -144,8 +144,8 @@ def _retrieve(engine: Engine, idx: CollectionIndexes, req: SearchRequest, qv: Ve
     def keyword() -> Ranked:
         t = time.perf_counter()
         with tel.span("semsearch.keyword", attrs):
-            found = idx.keyword.search(req.query, n, allowed.labels, **(  # INTEGRATION-TEMP
-                {"title_weight": req.title_weight} if req.title_weight is not None else {}))
+            found = idx.keyword.search(req.query, n, allowed.labels,
+                                       title_weight=req.title_weight)
         timings["keyword"] = time.perf_counter() - t
         return found
 
@@ -197,14 +197,10 @@ def search(engine: Engine, collection: str | Collection, req: SearchRequest) -> 
 
 def _resolved(engine: Engine, handle: Collection, req: SearchRequest) -> SearchRequest:
     """The request with what it left unset taken from the collection's defaults."""
-    try:  # INTEGRATION-TEMP until services/tune.py lands
-        from semsearch.services.tune import search_defaults  # tune imports this module
-        d = search_defaults(engine, handle)
-    except ImportError:
-        from types import SimpleNamespace
-        d = SimpleNamespace(fusion="rrf", rrf_k=None, candidates=None, weights=None,
-                            title_weight=None)
-    rerank = req.rerank if req.rerank is not None else getattr(engine.settings, "rerank_top", 0)
+    from semsearch.services.tune import search_defaults  # tune imports this module
+
+    d = search_defaults(engine, handle)
+    rerank = req.rerank if req.rerank is not None else engine.settings.rerank_top
     if req.arithmetic and not req.query.strip() and req.rerank is None:
         rerank = 0  # the configured default re-ranks query texts; a pure sum has none
     return replace(
@@ -313,7 +309,7 @@ def _arithmetic(engine: Engine, handle: Collection,
     ids = list(dict.fromkeys((*req.plus_ids, *req.minus_ids)))
     docs: dict[str, Vectors] = {}
     if ids:
-        from semsearch.services.doc_vectors import document_vectors  # INTEGRATION: H4's name
+        from semsearch.services.doc_vectors import document_vectors
 
         docs = document_vectors(engine, handle, ids)
     missing = [i for i in ids if i not in docs]

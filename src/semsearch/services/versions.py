@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from semsearch.core.cache_keys import cache_key
 from semsearch.core.chunking import ChunkerConfig, chunk_document
 from semsearch.core.types import Document, InputType, Mode
 from semsearch.errors import InputError, NotFoundError
@@ -134,7 +133,7 @@ def plan_reindex(engine: Engine, collection: str, model: str | None = None,
     for docs in engine.store.iter_documents(active):
         plan.documents += len(docs)
         texts = [c.embed_text for d in docs for c in chunk_document(d, tokenizer, cfg)]
-        keys = [cache_key(ident, InputType.PASSAGE, t) for t in texts]
+        keys = [emb.cache_key(InputType.PASSAGE, t) for t in texts]  # adapted: the base keys
         hits = emb.cache.get_many(keys)
         for text, key in zip(texts, keys, strict=True):
             n = emb.count_tokens(text)
