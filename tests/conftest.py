@@ -29,6 +29,20 @@ SHARED = Path(os.environ.get("SEMSEARCH_SHARED", REPO.parent / "shared"))
 DATA = SHARED / "data"
 
 
+def persistent_model_cache(fallback: Path) -> Path:
+    """A model cache kept between runs for models that take long to build (the mpnet
+    re-ranker's 440 MB ONNX graph: ~30-60 s on 2 cores), like the container's base image:
+    SEMSEARCH_TEST_MODEL_CACHE names it ('' or an unwritable place: ``fallback``)."""
+    path = os.environ.get("SEMSEARCH_TEST_MODEL_CACHE", "/var/cache/semsearch-ci/models")
+    if not path:
+        return fallback
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return fallback
+    return Path(path)
+
+
 def shared_embedding_cache() -> str:
     """A ``cache_url`` for tests that embed a whole real corpus only to test what comes
     after (evaluation, recall): an embedding cache kept between runs, like the built model

@@ -39,8 +39,9 @@ def needs_parts(test):  # type: ignore[no-untyped-def]
 def reranker(models_dir: Path):  # type: ignore[no-untyped-def]
     from semsearch.adapters.rerankers.local import BiEncoderReranker
     from semsearch.adapters.rerankers.mpnet import MpnetEmbedder
+    from tests.conftest import persistent_model_cache
 
-    r = BiEncoderReranker(MpnetEmbedder(models_dir))
+    r = BiEncoderReranker(MpnetEmbedder(persistent_model_cache(models_dir)))
     yield r
     r.close()
 
@@ -139,7 +140,10 @@ def test_wired_from_settings_passage_vectors_come_from_the_cache(
     from semsearch.wiring import make_reranker
 
     cache = SqliteEmbeddingCache(tmp_path / "cache.db")
-    settings = Settings(home=tmp_path, reranker="local", model_cache_dir=models_dir)
+    from tests.conftest import persistent_model_cache
+
+    settings = Settings(home=tmp_path, reranker="local",
+                        model_cache_dir=persistent_model_cache(models_dir))
     reranker = make_reranker(settings, cache)
     assert reranker is not None and reranker.identity["model"].endswith("all-mpnet-base-v2")
     try:
