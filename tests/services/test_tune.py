@@ -167,3 +167,17 @@ def test_bad_tuning_input_is_refused_clearly(engine: Engine, codes: Path,
     with pytest.raises(InputError, match="passes"):
         svc.tune(engine, "codes", codes, passes=0)
     assert svc.defaults_history(engine, "codes").revisions == []
+
+
+def test_a_dropped_name_leaves_no_defaults_to_a_new_collection(engine: Engine, codes: Path,
+                                                               labelled: Path) -> None:
+    from semsearch.services.collections import drop_collection
+
+    svc.store_defaults(engine, "codes", {"rrf_k": 10})
+    svc.store_defaults(engine, "codes", {"fusion": "minmax"})
+    drop_collection(engine, "codes")
+    index_path(engine, "codes", labelled)  # other documents may come under the old name
+    assert svc.search_defaults(engine, "codes") == svc.builtin_defaults(engine)
+    history = svc.defaults_history(engine, "codes").to_dict()["history"]
+    assert [r["revision"] for r in history] == [1, 2]  # kept, as an audit trail
+    assert all(r["reverted_at"] for r in history)

@@ -165,6 +165,9 @@ def drop_collection(engine: Engine, name: str) -> list[str]:
         _drop_physical(engine, info.name)
     engine.store.drop_alias(name)
     engine.index_storage.unpoint(name)
+    from semsearch.services.tune import retire_defaults  # tune imports search, this not
+
+    retire_defaults(engine, name)
     return [i.name for i in infos]
 
 

@@ -226,6 +226,20 @@ def revert_defaults(engine: Engine, collection: str) -> tuple[SettingsRevision,
     return before, search_defaults(engine, key)
 
 
+def retire_defaults(engine: Engine, name: str) -> int:
+    """Revert every live revision of a collection name that is being dropped, so a new
+    collection created under the name starts from the built-ins instead of inheriting
+    settings tuned for other documents; the history stays, as an audit trail. Returns how
+    many were reverted."""
+    key = collection_key(name)
+    count = 0
+    while _live(engine.store.search_settings(key)) is not None:
+        engine.store.revert_search_settings(key)
+        count += 1
+    _forget(engine, key)
+    return count
+
+
 @dataclass(frozen=True)
 class DefaultsHistory:
     collection: str
