@@ -16,6 +16,7 @@ from semsearch.core.sources import SourceSpec
 from semsearch.core.types import EmbedderIdentity
 from semsearch.errors import BackendError, InputError
 from semsearch.ports import (
+    ArtifactStore,
     ChatModel,
     CollectionLocks,
     Embedder,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from semsearch.adapters.index_storage import LocalIndexStorage
     from semsearch.adapters.milvus.client import Milvus
     from semsearch.adapters.postgres.index_storage import PgIndexStorage
+    from semsearch.core.adapter import FineTuner
 
 
 def _local_embedder(settings: Settings) -> Embedder:
@@ -278,14 +280,52 @@ class SettingsEmbedders:
     """``EmbedderFactory`` from the settings: other local models, or the configured API's
     other models."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, artifacts: ArtifactStore | None = None) -> None:
         self._settings = settings
+        self._artifacts = artifacts  # where fine-tuned weights are (semsearch adapt)
 
     def for_identity(self, identity: EmbedderIdentity) -> Embedder | None:
+        from semsearch.core.adapter import split_finetuned
+
+        if split_finetuned(identity) is not None:
+            return _finetuned_for_identity(self._settings, identity, self._artifacts)
         return _local_for_identity(self._settings, identity)
 
     def for_model(self, model: str) -> Embedder:
         return make_embedder(settings_for_model(self._settings, model))
+
+
+def _finetuned_for_identity(settings: Settings, identity: EmbedderIdentity,
+                            artifacts: ArtifactStore | None) -> Embedder | None:
+    """The local embedder of a fine-tuned identity (``semsearch adapt --method finetune``),
+    its weights materialized from the store into the model cache now (so a missing or
+    corrupt artifact fails here, naming the way out); None if its base model is not local."""
+    from semsearch.adapters.embedders.finetuned_onnx import FinetunedOnnxEmbedder
+    from semsearch.core.adapter import finetune_artifact_key, split_finetuned
+
+    split = split_finetuned(identity)
+    if split is None or artifacts is None:
+        return None
+    base, fp = split
+    if _local_for_identity(settings, base) is None:
+        return None
+    key = finetune_artifact_key(fp)
+    embedder = FinetunedOnnxEmbedder(
+        settings.models_dir, fp, lambda: artifacts.get_artifact(key),
+        precision=base.revision.rsplit("/", 1)[-1], threads=settings.embedder_threads,
+        batch_size=settings.embed_batch_size, max_tokens=identity.max_tokens)
+    if embedder.identity != identity:
+        return None
+    embedder.weights_path()
+    return embedder
+
+
+def make_finetuner() -> FineTuner:
+    """The fine-tuner of ``semsearch adapt --method finetune`` (torch; the
+    ``sentence-transformers`` extra): imported only when asked for."""
+    from semsearch.adapters.embedders.finetune_torch import SentenceTransformersFineTuner
+
+    return SentenceTransformersFineTuner()
 
 
 def make_store(settings: Settings, db: Any = None) -> Store:
@@ -480,7 +520,7 @@ def open_engine(settings: Settings | None = None, executor: str = "local") -> En
         raise
     return Engine(settings=settings, store=store, embedder=embedder,
                   index_storage=index_storage, locks=locks,
-                  embedders=SettingsEmbedders(settings), corpora=FileCorpora(),
+                  embedders=SettingsEmbedders(settings, store), corpora=FileCorpora(),
                   telemetry=telemetry, llm=llm,
                   reranker_factory=rerankers)
 

@@ -7,6 +7,7 @@ Thin: parse, call ``services.adapt.adapt``, print. Exit 0 when the adapted versi
 from __future__ import annotations
 
 import sys
+from importlib import util
 from pathlib import Path
 
 import click
@@ -43,11 +44,13 @@ MODES = ("hybrid", "dense", "keyword")
               show_default=True)
 @click.option("--holdout", type=click.FloatRange(0.0, 0.9), default=0.2, show_default=True,
               help="share of the training queries held out for early stopping")
+@click.option("--epochs", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="finetune: passes over the training pairs")
 @click.option("--json", "as_json", is_flag=True)
 def adapt(collection: str, train: Path, split: str, method: str, gate: Path | None,
           gate_split: str, tolerance: float, gate_modes: str, no_swap: bool,
           temperature: float, l2: float, max_steps: int, learning_rate: float, holdout: float,
-          as_json: bool) -> None:
+          epochs: int, as_json: bool) -> None:
     """Adapt a collection's queries to its domain from labelled pairs (--train), as a new
     version that must pass the gate on held-out queries before it serves; `semsearch
     rollback` undoes it."""
@@ -59,20 +62,36 @@ def adapt(collection: str, train: Path, split: str, method: str, gate: Path | No
     modes = [Mode(m.strip()) for m in gate_modes.split(",") if m.strip()]
     config = AdapterConfig(temperature=temperature, l2=l2, max_steps=max_steps,
                            learning_rate=learning_rate, holdout=holdout)
+    finetuner, finetune_config = None, None
+    if method == "finetune":
+        from semsearch.core.adapter import FinetuneConfig
+        from semsearch.wiring import make_finetuner
+
+        finetune_config = FinetuneConfig(epochs=epochs, holdout=holdout)
+        if util.find_spec("torch") and util.find_spec("sentence_transformers"):
+            finetuner = make_finetuner()
+
+    def train_step(done: int, total: int) -> None:
+        if not as_json and (done == 1 or done == total or done % 10 == 0):
+            click.echo(f"fine-tuning: step {done}/{total}", err=True)
+
     with _engine() as engine:
         total = document_count(engine, collection)
         with _progress(total, "re-indexing", "doc") as tick:
             report = run_adapt(engine, collection, train, split=split, method=method,
                                gate=gate, gate_split=gate_split, tolerance=tolerance,
                                gate_modes=modes, swap=not no_swap, config=config,
-                               on_progress=tick)
+                               on_progress=tick, finetuner=finetuner,
+                               finetune_config=finetune_config, on_train_step=train_step)
     rep = report.reindex
     assert rep is not None
     if as_json:
         _echo_json(report.to_dict())
     else:
         t = report.train
-        click.echo(f"trained a query adapter ({report.fingerprint}) on {t.pairs} pairs of "
+        what = "fine-tuned the model" if report.method == "finetune" else \
+            "trained a query adapter"
+        click.echo(f"{what} ({report.fingerprint}) on {t.pairs} pairs of "
                    f"{t.queries} queries ({t.holdout_queries} held out), {t.documents} "
                    f"documents: held-out nDCG@10 {t.holdout_ndcg_before:.4f} -> "
                    f"{t.holdout_ndcg_after:.4f} at step {t.best_step} of {t.steps}")

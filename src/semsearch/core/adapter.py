@@ -24,9 +24,9 @@ import hashlib
 import json
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -295,3 +295,88 @@ def _gradient(w: NDArray[np.float64], q: NDArray[np.float64], positives: Sequenc
     if not math.isfinite(loss):
         raise InputError("training diverged (loss is not finite); lower the learning rate")
     return grad, loss
+
+
+# -- full fine-tune (``semsearch adapt --method finetune``) --------------------------------------
+# A fine-tuned model is stamped ``<base revision>+finetune:<fingerprint>``, the fingerprint
+# being that of its weights' bytes (safetensors), kept in the store under FINETUNE_PREFIX.
+# Unlike the linear adapter, its passage vectors are its own: a re-index re-embeds them.
+FINETUNE_TAG = "+finetune:"
+FINETUNE_PREFIX = "finetuned-model/"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How the model is fine-tuned (MultipleNegativesRankingLoss: every other pair's
+    document in a batch is a negative). ``max_steps`` caps the optimizer steps (tests);
+    ``holdout`` is the share of training queries kept aside to report on."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 2e-5
+    warmup: float = 0.1  # share of the steps the learning rate ramps up over
+    max_steps: int | None = None
+    max_seq_length: int = 256
+    holdout: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise InputError("epochs must be >= 1 and batch_size >= 2 (in-batch negatives)")
+        if not self.learning_rate > 0:
+            raise InputError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise InputError("max_steps must be >= 1")
+        if not 0 <= self.holdout < 1:
+            raise InputError(f"holdout must be in [0, 1), got {self.holdout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class FineTuner(Protocol):
+    """Fine-tunes a local model on (query, relevant passage) pairs and returns its weights
+    as safetensors bytes, in the layout its weights package ships (an adapter: torch)."""
+
+    model: str  # the identity.model it fine-tunes
+
+    def train(self, pairs: Sequence[tuple[str, str]], config: FinetuneConfig,
+              on_step: Callable[[int, int], None] | None = None) -> bytes: ...
+
+
+def finetuned_identity(base: EmbedderIdentity, fp: str) -> EmbedderIdentity:
+    """The identity of the model fine-tuned from ``base`` whose weights have fingerprint
+    ``fp``."""
+    if FINETUNE_TAG in base.revision or ADAPTER_TAG in base.revision:
+        raise InputError(f"{base.key()} is adapted already; fine-tune its base model")
+    return replace(base, revision=f"{base.revision}{FINETUNE_TAG}{fp}")
+
+
+def split_finetuned(identity: EmbedderIdentity) -> tuple[EmbedderIdentity, str] | None:
+    """(base identity, fingerprint) of a fine-tuned identity (not adapted on top); None
+    otherwise."""
+    if FINETUNE_TAG not in identity.revision or ADAPTER_TAG in identity.revision:
+        return None
+    revision, fp = identity.revision.rsplit(FINETUNE_TAG, 1)
+    return replace(identity, revision=revision), fp
+
+
+def original_identity(identity: EmbedderIdentity) -> EmbedderIdentity:
+    """The model's own identity under any adapter and fine-tune."""
+    split = split_adapted(identity)
+    if split is not None:
+        identity = split[0]
+    tuned = split_finetuned(identity)
+    return tuned[0] if tuned is not None else identity
+
+
+def finetune_artifact_key(fp: str) -> str:
+    """Where the store keeps the fine-tuned weights with fingerprint ``fp``."""
+    return f"{FINETUNE_PREFIX}{fp}"
+
+
+def holdout_split(n: int, holdout: float, seed: int) -> tuple[list[int], list[int]]:
+    """(held-out, training) query indexes: the same split ``train_linear_adapter`` makes."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_hold = round(n * holdout) if n >= 10 else 0
+    return [int(i) for i in order[:n_hold]], [int(i) for i in order[n_hold:]]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import NoReturn
 
 from semsearch.config import Settings
-from semsearch.core.adapter import split_adapted
+from semsearch.core.adapter import split_adapted, split_finetuned
 from semsearch.core.chunking import ChunkerConfig
 from semsearch.core.types import InputType
 from semsearch.errors import (
@@ -131,6 +131,8 @@ class Engine:
             return adopted
         if split_adapted(info.identity) is not None:  # a query adapter (semsearch adapt)
             return self._adapted_embedder(info)
+        if split_finetuned(info.identity) is not None:  # a fine-tune (semsearch adapt)
+            return self._finetuned_embedder(info)
         explicit = self.settings.model_fields_set & EXPLICIT_EMBEDDER_FIELDS
         built = None if explicit or info.identity.provider != "local" \
             else self.embedders.for_identity(info.identity)
@@ -151,6 +153,21 @@ class Engine:
         base = self.embedder_for(replace(info, identity=split[0]))
         cached = AdaptedCachedEmbedder(base, load_adapter(self.store, info.identity),
                                        info.identity)
+        self.adopt_embedder(cached)
+        return cached
+
+    def _finetuned_embedder(self, info: CollectionInfo) -> CachedEmbedder:
+        """A collection ``semsearch adapt --method finetune`` stamped: the base model must be
+        servable here by the rules above; the fine-tuned weights its identity names come
+        from the store (through the embedder factory), built into the local ONNX model, so
+        every process and replica serves it without torch."""
+        split = split_finetuned(info.identity)
+        assert split is not None
+        self.embedder_for(replace(info, identity=split[0]))  # refuses a disagreeing config
+        built = self.embedders.for_identity(info.identity)
+        if built is None:
+            self._mismatch(info)
+        cached = CachedEmbedder(built, self.embedder.cache, price_per_mtok=0.0)
         self.adopt_embedder(cached)
         return cached
 

@@ -22,10 +22,18 @@ import numpy as np
 
 from semsearch.core.adapter import (
     AdapterConfig,
+    FinetuneConfig,
+    FineTuner,
     LinearAdapter,
     TrainReport,
     adapted_identity,
     artifact_key,
+    finetune_artifact_key,
+    finetuned_identity,
+    fingerprint,
+    holdout_split,
+    ndcg_at_10,
+    original_identity,
     split_adapted,
     train_linear_adapter,
 )
@@ -157,7 +165,9 @@ def adapt(engine: Engine, collection: str, train: Path, *, split: str = "train",
           method: str = "linear", gate: Path | None = None, gate_split: str = "test",
           tolerance: float = 0.01, gate_modes: Sequence[Mode] = tuple(Mode),
           swap: bool = True, config: AdapterConfig | None = None,
-          on_progress: Callable[[int], None] | None = None) -> AdaptReport:
+          on_progress: Callable[[int], None] | None = None,
+          finetuner: FineTuner | None = None, finetune_config: FinetuneConfig | None = None,
+          on_train_step: Callable[[int, int], None] | None = None) -> AdaptReport:
     """Train an adapter for ``collection`` on ``train``'s ``split`` pairs, then re-index to
     its identity, gate on ``gate`` (default: the same folder) split ``gate_split``, and swap
     if the gate holds."""
@@ -168,8 +178,13 @@ def adapt(engine: Engine, collection: str, train: Path, *, split: str = "train",
         raise InputError("adapt a collection by its name, not a version")
     if method == "finetune":
         _require_torch()
-        raise InputError("--method finetune is not available in this build yet; use the "
-                         "default linear adapter (--method linear)")
+        if finetuner is None:
+            raise InputError("--method finetune needs a fine-tuner (wiring.make_finetuner)")
+        return _finetune(engine, collection, train, split=split, gate=gate,
+                         gate_split=gate_split, tolerance=tolerance, gate_modes=gate_modes,
+                         swap=swap, config=finetune_config or FinetuneConfig(),
+                         finetuner=finetuner, on_progress=on_progress,
+                         on_train_step=on_train_step, started=started)
     engine.collection(collection)  # NotFoundError, naming the known ones, before any work
     gate_dir = gate or train
     _training_split(engine, train, split)  # the training data's errors come first
@@ -196,6 +211,83 @@ def adapt(engine: Engine, collection: str, train: Path, *, split: str = "train",
                           swap=swap, on_progress=on_progress)
     out.seconds = round(time.perf_counter() - started, 3)
     return out
+
+
+def _finetune(engine: Engine, collection: str, train: Path, *, split: str, gate: Path | None,
+              gate_split: str, tolerance: float, gate_modes: Sequence[Mode], swap: bool,
+              config: FinetuneConfig, finetuner: FineTuner,
+              on_progress: Callable[[int], None] | None,
+              on_train_step: Callable[[int, int], None] | None,
+              started: float) -> AdaptReport:
+    """``--method finetune``: the same pairs, held-out split and gate exclusion as the
+    linear adapter's; the whole model is trained on (query, document text) pairs, stored,
+    and re-embeds the corpus under its own identity before the gate."""
+    handle = engine.collection(collection)
+    gate_dir = gate or train
+    _training_split(engine, train, split)
+    gate_texts = _check_gate(engine, train, split, gate_dir, gate_split)
+    base_id = original_identity(handle.info.identity)
+    if base_id.provider != "local" or base_id.model != finetuner.model:
+        raise InputError(f"--method finetune fine-tunes the local {finetuner.model}; "
+                         f"collection {collection!r} is served by {base_id.key()} (use "
+                         "--method linear)")
+    base = engine.embedder_for(replace(handle.info, identity=base_id))
+    data = training_data(engine, collection, train, split, base, exclude=gate_texts)
+    query_texts = engine.corpora.queries(train, split)
+    doc_texts = _document_texts(engine, handle.version)
+    hold, fit = holdout_split(len(data.query_ids), config.holdout, config.seed)
+    pairs = [(query_texts[data.query_ids[i]], doc_texts[data.doc_ids[j]])
+             for i in fit for j in data.positives[i]]
+    report = TrainReport(queries=len(data.query_ids),
+                         pairs=sum(len(p) for p in data.positives), train_queries=len(fit),
+                         holdout_queries=len(hold), documents=len(data.doc_ids),
+                         excluded=data.excluded)
+    pos_hold = [data.positives[i] for i in hold]
+    if hold:
+        report.holdout_ndcg_before = round(
+            ndcg_at_10(data.queries[hold].astype(np.float64), pos_hold,
+                       data.docs.astype(np.float64)), 4)
+    steps: list[int] = []
+
+    def step(done: int, total: int) -> None:
+        steps.append(done)
+        if on_train_step is not None:
+            on_train_step(done, total)
+
+    blob = finetuner.train(pairs, config, step)
+    report.steps = report.best_step = steps[-1] if steps else 0
+    report.stopped = f"{config.epochs} epoch(s)" if config.max_steps is None \
+        else f"max_steps ({config.max_steps}) or {config.epochs} epoch(s)"
+    fp = fingerprint(blob)
+    engine.store.put_artifact(finetune_artifact_key(fp), blob)
+    identity = finetuned_identity(base.identity, fp)
+    # Resolved as any process resolves it: from the store, through the embedder factory.
+    embedder = engine.embedder_for(replace(handle.info, identity=identity))
+    if hold:  # embeds every chunk under the new identity: the re-index reads the cache
+        doc_ids, docs = document_vectors(engine, handle.version, embedder)
+        order = {d: k for k, d in enumerate(doc_ids)}
+        qv = embedder.embed([query_texts[data.query_ids[i]] for i in hold], InputType.QUERY)
+        remapped = [[order[data.doc_ids[j]] for j in p] for p in pos_hold]
+        report.holdout_ndcg_after = round(
+            ndcg_at_10(qv.astype(np.float64), remapped, docs.astype(np.float64)), 4)
+    out = AdaptReport(collection=collection, method="finetune",
+                      base_identity=base.identity.to_dict(), identity=identity.to_dict(),
+                      fingerprint=fp, train=report)
+    out.reindex = reindex(engine, collection, embedder=embedder, gate=gate_dir,
+                          tolerance=tolerance, gate_modes=gate_modes, gate_split=gate_split,
+                          swap=swap, on_progress=on_progress)
+    out.seconds = round(time.perf_counter() - started, 3)
+    return out
+
+
+def _document_texts(engine: Engine, version: str) -> dict[str, str]:
+    """Each document's text as the model sees it: its first chunk's embedded text (the
+    model's window cuts a longer one there anyway)."""
+    texts: dict[str, str] = {}
+    for batch in engine.store.iter_chunks(version, batch=512):
+        for s in batch:
+            texts.setdefault(s.chunk.doc_id, s.chunk.embed_text)
+    return texts
 
 
 def _require_torch() -> None:
