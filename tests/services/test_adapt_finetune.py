@@ -57,7 +57,9 @@ def _top(engine: Engine, query: str) -> list[str]:
             search(engine, "acr", SearchRequest(query, mode=Mode.DENSE, k=3)).hits]
 
 
-@pytest.mark.slow  # ~30 s: a real fine-tune, ONNX build and a second process
+# ~30 s (a real fine-tune, an ONNX build and a second process), kept in the default run:
+# it is the only check of the fine-tune path, and CI installs torch for it.
+@pytest.mark.model
 def test_finetune_reindexes_gates_swaps_serves_without_torch_and_rolls_back(
         engine: Engine, settings: Settings, tmp_path: Path) -> None:
     data = write_beir(tmp_path)
