@@ -206,9 +206,15 @@ def adapt(engine: Engine, collection: str, train: Path, *, split: str = "train",
     out = AdaptReport(collection=collection, method=method,
                       base_identity=base.identity.to_dict(), identity=identity.to_dict(),
                       fingerprint=fp, train=report)
-    out.reindex = reindex(engine, collection, embedder=embedder, gate=gate_dir,
-                          tolerance=tolerance, gate_modes=gate_modes, gate_split=gate_split,
-                          swap=swap, on_progress=on_progress)
+    return _reindexed(engine, out, embedder, started, gate=gate_dir, tolerance=tolerance,
+                      gate_modes=gate_modes, gate_split=gate_split, swap=swap,
+                      on_progress=on_progress)
+
+
+def _reindexed(engine: Engine, out: AdaptReport, embedder: CachedEmbedder, started: float,
+               **gating: Any) -> AdaptReport:
+    """The model change's common end: re-index to the new identity, gate, maybe swap."""
+    out.reindex = reindex(engine, out.collection, embedder=embedder, **gating)
     out.seconds = round(time.perf_counter() - started, 3)
     return out
 
@@ -273,11 +279,9 @@ def _finetune(engine: Engine, collection: str, train: Path, *, split: str, gate:
     out = AdaptReport(collection=collection, method="finetune",
                       base_identity=base.identity.to_dict(), identity=identity.to_dict(),
                       fingerprint=fp, train=report)
-    out.reindex = reindex(engine, collection, embedder=embedder, gate=gate_dir,
-                          tolerance=tolerance, gate_modes=gate_modes, gate_split=gate_split,
-                          swap=swap, on_progress=on_progress)
-    out.seconds = round(time.perf_counter() - started, 3)
-    return out
+    return _reindexed(engine, out, embedder, started, gate=gate_dir, tolerance=tolerance,
+                      gate_modes=gate_modes, gate_split=gate_split, swap=swap,
+                      on_progress=on_progress)
 
 
 def _document_texts(engine: Engine, version: str) -> dict[str, str]:

@@ -59,6 +59,18 @@ class Retryable(Exception):
         self.retry_after = retry_after
 
 
+def post_once(client: httpx.Client, url: str, body: Mapping[str, Any],
+              timeout: float) -> httpx.Response:
+    """POST once; a timeout or a dropped connection is ``Retryable`` (the HTTP clients of
+    embeddings and re-ranking classify the same transport failures)."""
+    try:
+        return client.post(url, json=body)
+    except httpx.TimeoutException:
+        raise Retryable(f"timed out after {timeout:g}s (timeout)") from None
+    except httpx.TransportError as exc:
+        raise Retryable(f"connection error ({type(exc).__name__}: {exc})") from None
+
+
 class HttpEmbedder:
     """Thread-safe. ``close()`` (or ``with``) releases the pooled connections.
 
@@ -295,12 +307,7 @@ class HttpEmbedder:
 
     def _attempt(self, body: Mapping[str, Any], n: int) -> tuple[Vectors, int | None]:
         """Send once; classify the outcome as success, retryable or final."""
-        try:
-            resp = self._client.post(self._url, json=body)
-        except httpx.TimeoutException:
-            raise Retryable(f"timed out after {self._timeout:g}s (timeout)") from None
-        except httpx.TransportError as exc:
-            raise Retryable(f"connection error ({type(exc).__name__}: {exc})") from None
+        resp = post_once(self._client, self._url, body, self._timeout)
         status = resp.status_code
         if 200 <= status < 300:
             return self._parse(resp, n)

@@ -301,31 +301,43 @@ class LocalOnnxEmbedder:
 
     def embed(self, texts: Sequence[str], input_type: InputType = InputType.PASSAGE) -> Vectors:
         """Mean-pooled, L2-normalized vectors in the order given."""
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise InputError(f"text #{i} is empty; nothing to embed")
-        out = np.zeros((len(texts), self.model.dimension), dtype=np.float32)
-        if not texts:
-            return out
-        session = self._load()
-        encoded = self.tokenizer.encode_for_model(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-        for start in range(0, len(order), self._batch_size):
-            idx = order[start:start + self._batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            ids = np.zeros((len(idx), width), dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for row, i in enumerate(idx):
-                ids[row, :len(encoded[i])] = encoded[i]
-                mask[row, :len(encoded[i])] = 1
-            started = time.perf_counter()
-            feed = {"input_ids": ids, "attention_mask": mask}
-            if self._feeds_token_types:
-                feed["token_type_ids"] = np.zeros_like(ids)
-            hidden = session.run([self.model.hidden_output], feed)[0]
-            self.meter.record_call(len(idx), int(mask.sum()), time.perf_counter() - started)
-            m = mask[..., None].astype(np.float32)
-            pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
-            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-            out[idx] = pooled
+        return mean_pooled(self._load, self.tokenizer, self.meter, texts,
+                           dimension=self.model.dimension, batch_size=self._batch_size,
+                           output=self.model.hidden_output,
+                           token_types=lambda: self._feeds_token_types)
+
+
+def mean_pooled(load: Callable[[], Any], tokenizer: HfTokenizer, meter: ProviderMeter,
+                texts: Sequence[str], *, dimension: int, batch_size: int, output: str,
+                pad_id: int = 0, token_types: Callable[[], bool] = lambda: False) -> Vectors:
+    """Mean-pooled, L2-normalized vectors of a transformer graph, in the order given: texts
+    sorted by length and batched, each batch padded to its own longest member (shared by
+    the default model and the mpnet re-ranker, which differ only in graph and padding)."""
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise InputError(f"text #{i} is empty; nothing to embed")
+    out = np.zeros((len(texts), dimension), dtype=np.float32)
+    if not texts:
         return out
+    session = load()
+    encoded = tokenizer.encode_for_model(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(idx), width), dtype=np.int64)
+        for row, i in enumerate(idx):
+            ids[row, :len(encoded[i])] = encoded[i]
+            mask[row, :len(encoded[i])] = 1
+        started = time.perf_counter()
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if token_types():
+            feed["token_type_ids"] = np.zeros_like(ids)
+        hidden = session.run([output], feed)[0]
+        meter.record_call(len(idx), int(mask.sum()), time.perf_counter() - started)
+        m = mask[..., None].astype(np.float32)
+        pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+        pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        out[idx] = pooled
+    return out

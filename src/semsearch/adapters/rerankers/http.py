@@ -33,6 +33,7 @@ from semsearch.adapters.embedders.http_base import (
     MALFORMED,
     Retryable,
     backoff_delay,
+    post_once,
     retry_after_seconds,
     server_message,
 )
@@ -208,12 +209,7 @@ class HttpReranker:
             return scores
 
     def _attempt(self, body: Mapping[str, Any], n: int) -> list[float]:
-        try:
-            resp = self._client.post(self._url, json=body)
-        except httpx.TimeoutException:
-            raise Retryable(f"timed out after {self._timeout:g}s (timeout)") from None
-        except httpx.TransportError as exc:
-            raise Retryable(f"connection error ({type(exc).__name__}: {exc})") from None
+        resp = post_once(self._client, self._url, body, self._timeout)
         status = resp.status_code
         if 200 <= status < 300:
             try:

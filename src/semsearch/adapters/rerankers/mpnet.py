@@ -24,7 +24,6 @@ import math
 import os
 import shutil
 import threading
-import time
 import zipfile
 from collections.abc import Sequence
 from importlib import metadata
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from semsearch.adapters.embedders.onnx_local import HfTokenizer, _build_once
+from semsearch.adapters.embedders.onnx_local import HfTokenizer, _build_once, mean_pooled
 from semsearch.core.metering import ProviderMeter
 from semsearch.core.types import EmbedderIdentity, InputType
 from semsearch.errors import BackendError, InputError
@@ -376,32 +375,9 @@ class MpnetEmbedder:
     def embed(self, texts: Sequence[str], input_type: InputType = InputType.PASSAGE) -> Vectors:
         """Vectors in the order given; texts are batched by length (a batch pads to its own
         longest member)."""
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise InputError(f"text #{i} is empty; nothing to embed")
-        out = np.zeros((len(texts), DIMENSION), dtype=np.float32)
-        if not texts:
-            return out
-        session = self._load()
-        encoded = self.tokenizer.encode_for_model(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-        for start in range(0, len(order), self._batch_size):
-            idx = order[start:start + self._batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            ids = np.full((len(idx), width), PAD_ID, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for row, i in enumerate(idx):
-                ids[row, :len(encoded[i])] = encoded[i]
-                mask[row, :len(encoded[i])] = 1
-            started = time.perf_counter()
-            hidden = session.run(["last_hidden_state"],
-                                 {"input_ids": ids, "attention_mask": mask})[0]
-            self.meter.record_call(len(idx), int(mask.sum()), time.perf_counter() - started)
-            m = mask[..., None].astype(np.float32)
-            pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
-            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-            out[idx] = pooled
-        return out
+        return mean_pooled(self._load, self.tokenizer, self.meter, texts, dimension=DIMENSION,
+                           batch_size=self._batch_size, output="last_hidden_state",
+                           pad_id=PAD_ID)
 
     def close(self) -> None:
         with self._lock:
