@@ -53,6 +53,12 @@ SAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/collections/{name}/rollback"): {},
     ("POST", "/collections/{name}/activate/{version}"): {},
     ("POST", "/collections/{name}/compact"): {},
+    ("GET", "/collections/{name}/documents/{doc_id:path}/similar"): {},
+    ("GET", "/collections/{name}/duplicates"): {},
+    ("POST", "/recommend"): {"json": {"collection": "docs"}},
+    ("GET", "/collections/{name}/search-defaults"): {},
+    ("PUT", "/collections/{name}/search-defaults"): {"json": {"fusion": "minmax"}},
+    ("POST", "/collections/{name}/search-defaults/revert"): {},
 }
 
 
