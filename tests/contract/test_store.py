@@ -176,6 +176,8 @@ def test_doc_vectors_are_the_stored_vectors_of_the_ids_that_exist(store: Store) 
     assert set(got) == {"b"}
     np.testing.assert_array_equal(got["b"], EMBEDDER.embed(["changed text"])[0])
     assert store.doc_vectors("c", []) == {}
+    # An id no store can hold (PostgreSQL text takes no NUL) is simply not there.
+    assert set(store.doc_vectors("c", ["b", "b\x00"])) == {"b"}
 
 
 def test_iteration_pages_through_everything_in_order(store: Store) -> None:

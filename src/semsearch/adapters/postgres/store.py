@@ -392,11 +392,13 @@ class PostgresStore:
             yield chunks
 
     def doc_vectors(self, collection: str, doc_ids: Sequence[str]) -> dict[str, Vectors]:
-        if not doc_ids:
+        # An id holding NUL was never stored (writes refuse it) and cannot be a parameter.
+        ids = [i for i in dict.fromkeys(doc_ids) if "\x00" not in i]
+        if not ids:
             return {}
         return {r[0]: np.frombuffer(bytes(r[1]), dtype=np.float32).copy() for r in self._all(
             f"SELECT id, doc_vector FROM {_D} WHERE collection = %s AND id = ANY(%s::text[])",
-            (collection, list(dict.fromkeys(doc_ids)))) if r[1] is not None}
+            (collection, ids)) if r[1] is not None}
 
     def labels_matching(self, collection: str, filt: Filter) -> set[int]:
         where, params = compile_filter(filt)
