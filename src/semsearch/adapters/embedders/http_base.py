@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Self
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import httpx
 import numpy as np
@@ -57,6 +57,17 @@ class Retryable(Exception):
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+
+
+def http_url(url: str) -> tuple[SplitResult, str] | None:
+    """The parts of an ``http(s)://host[:port]...`` URL and its ``host[:port]``, or None when
+    it has no host, another scheme, or a port that is not a number."""
+    parts = urlsplit(url)
+    try:
+        host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    except ValueError:  # a non-numeric port
+        return None
+    return (parts, host) if parts.scheme in ("http", "https") and host else None
 
 
 def post_once(client: httpx.Client, url: str, body: Mapping[str, Any],
@@ -97,13 +108,10 @@ class HttpEmbedder:
                  extra_headers: Mapping[str, str] | None = None,
                  api_key_header: str = "Authorization",
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        parts = urlsplit(base_url)
-        try:
-            host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-        except ValueError:  # a non-numeric port
-            host = ""
-        if parts.scheme not in ("http", "https") or not host:
+        found = http_url(base_url)
+        if found is None:
             raise InputError(f"embedder base URL {base_url!r} must look like {self.URL_EXAMPLE}")
+        parts, host = found
         max_input_tokens = (self._default_max_input_tokens(model) if max_input_tokens is None
                             else max_input_tokens)
         batch_size = self.DEFAULT_BATCH_SIZE if batch_size is None else batch_size

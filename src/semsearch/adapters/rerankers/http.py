@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -33,6 +32,7 @@ from semsearch.adapters.embedders.http_base import (
     MALFORMED,
     Retryable,
     backoff_delay,
+    http_url,
     post_once,
     retry_after_seconds,
     server_message,
@@ -127,14 +127,11 @@ class HttpReranker:
         except KeyError:
             raise InputError(f"unknown SEMSEARCH_RERANKER_FORMAT {wire_format!r}; known: "
                              f"{', '.join(sorted(FORMATS))}") from None
-        parts = urlsplit(base_url)
-        try:
-            host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-        except ValueError:  # a non-numeric port
-            host = ""
-        if parts.scheme not in ("http", "https") or not host:
+        found = http_url(base_url)
+        if found is None:
             raise InputError(f"SEMSEARCH_RERANKER_URL {base_url!r} must look like "
                              "http://host:port")
+        parts, host = found
         if self._format.needs_model and not model:
             raise InputError(f"the {wire_format} re-rank API needs SEMSEARCH_RERANKER_MODEL "
                              "(e.g. rerank-v3.5 for Cohere, jina-reranker-v2-base-multilingual "

@@ -17,6 +17,7 @@ dynamic int8 was measured to break mpnet's vectors."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -25,10 +26,10 @@ import os
 import shutil
 import threading
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -131,33 +132,38 @@ class SpannedFile(io.RawIOBase):
         super().close()
 
 
-def extract(member: str, out: Path) -> None:
-    """Copy ``all-mpnet-base-v2/<member>`` out of the reassembled archive to ``out``."""
+@contextlib.contextmanager
+def _member(member: str) -> Iterator[IO[bytes]]:
+    """``all-mpnet-base-v2/<member>`` of the reassembled archive, open for reading; a part
+    missing from the archive or a broken archive says to reinstall the parts."""
     with SpannedFile(part_files()) as raw, \
             zipfile.ZipFile(io.BufferedReader(raw, 1 << 20)) as archive:
         try:
-            with archive.open(f"all-mpnet-base-v2/{member}") as src, out.open("wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            src = archive.open(f"all-mpnet-base-v2/{member}")
         except KeyError:
             raise BackendError(f"the all-mpnet-base-v2 parts hold no {member}; reinstall "
                                f"them: {INSTALL}") from None
         except zipfile.BadZipFile as exc:
             raise BackendError(f"the all-mpnet-base-v2 parts do not form a valid zip ({exc}); "
                                f"reinstall them: {INSTALL}") from None
+        with src:
+            try:
+                yield src
+            except zipfile.BadZipFile as exc:  # a corrupt member shows while it is read
+                raise BackendError(f"the all-mpnet-base-v2 parts do not form a valid zip "
+                                   f"({exc}); reinstall them: {INSTALL}") from None
+
+
+def extract(member: str, out: Path) -> None:
+    """Copy ``all-mpnet-base-v2/<member>`` out of the reassembled archive to ``out``."""
+    with _member(member) as src, out.open("wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def read_member(member: str) -> bytes:
     """``all-mpnet-base-v2/<member>`` of the reassembled archive, in memory."""
-    with SpannedFile(part_files()) as raw, \
-            zipfile.ZipFile(io.BufferedReader(raw, 1 << 20)) as archive:
-        try:
-            return archive.read(f"all-mpnet-base-v2/{member}")
-        except KeyError:
-            raise BackendError(f"the all-mpnet-base-v2 parts hold no {member}; reinstall "
-                               f"them: {INSTALL}") from None
-        except zipfile.BadZipFile as exc:
-            raise BackendError(f"the all-mpnet-base-v2 parts do not form a valid zip ({exc}); "
-                               f"reinstall them: {INSTALL}") from None
+    with _member(member) as src:
+        return src.read()
 
 
 def read_weights() -> dict[str, npt.NDArray[Any]]:
