@@ -79,6 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from semsearch.wiring import open_engine
 
         engine = open_engine(settings)
+        # Concurrent requests share model calls (SEMSEARCH_BATCH_MAX_TEXTS=0: off).
+        engine.batch_embeddings(settings.batch_wait_ms, settings.batch_max_texts)
         state.engine = engine
         try:
             engine.warm_up()  # load the model now: /readyz turns true only after

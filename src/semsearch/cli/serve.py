@@ -24,18 +24,29 @@ APP_FACTORY = "semsearch.api.app:create_app"
               help="worker processes; each loads its own copy of the model")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(host: str | None, port: int | None, workers: int, log_level: str) -> None:
+@click.option("--batching/--no-batching", default=None,
+              help="gather concurrent requests' texts into shared model calls  [default: on; "
+                   "SEMSEARCH_BATCH_MAX_TEXTS=0 turns it off]")
+def serve(host: str | None, port: int | None, workers: int, log_level: str,
+          batching: bool | None) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs; probes at /healthz and /readyz).
 
     With any API key created (semsearch keys create) every data endpoint needs one; only the
     probes, the search page at /, /docs and /openapi.json stay open. Running servers pick up
     keys created or revoked without a restart."""
+    import os
+
     import uvicorn
 
     from semsearch.api.auth import KeyStore
     from semsearch.config import Settings
     from semsearch.wiring import make_key_storage
 
+    if batching is False:  # the app factory (in every worker) reads the settings anew
+        os.environ["SEMSEARCH_BATCH_MAX_TEXTS"] = "0"
+    elif batching and Settings().batch_max_texts == 0:  # on, at the default size
+        os.environ["SEMSEARCH_BATCH_MAX_TEXTS"] = str(
+            Settings.model_fields["batch_max_texts"].default)
     settings = Settings()
     host = host or settings.host
     # Read the keys once here too: a broken file (or an unreachable database) fails now,

@@ -9,6 +9,7 @@ one way in: it resolves the name to the version it points at now and returns a
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ from semsearch.ports import (
     Telemetry,
     VectorIndex,
 )
+from semsearch.runtime.batching import BatchingEmbedder
 from semsearch.runtime.collection import Collection
 from semsearch.runtime.embedding import CachedEmbedder
 from semsearch.runtime.indexes import CollectionIndexes
@@ -71,6 +73,7 @@ class Engine:
     _adopted: dict[str, CachedEmbedder] = field(default_factory=dict)
     _reranker: Reranker | None = None
     _reranker_built: bool = False
+    _batcher: BatchingEmbedder | None = None
 
     # -- collections -------------------------------------------------------------------
     def collection(self, name: str, *, create: bool = False) -> Collection:
@@ -240,6 +243,24 @@ class Engine:
         self.index_storage.remove(name)
 
     # -- lifecycle ---------------------------------------------------------------------
+    def batch_embeddings(self, wait_ms: float, max_texts: int) -> None:
+        """Gather concurrent callers of the configured embedder (a server's /embed,
+        /v1/embeddings and search queries) into shared model calls, under the cache so only
+        misses are gathered (``runtime.batching``). ``max_texts`` 0 or 1: leave it off. A
+        server turns it on; the CLI's bulk paths batch by themselves and do not."""
+        if max_texts <= 1 or self._batcher is not None:
+            return
+        batcher = BatchingEmbedder(self.embedder.embedder, wait_ms=wait_ms,
+                                   max_texts=max_texts)
+        served = copy.copy(self.embedder)  # the same cache and price, the batcher inside
+        served.embedder = batcher
+        self.embedder, self._batcher = served, batcher
+
+    @property
+    def batcher(self) -> BatchingEmbedder | None:
+        """The batcher ``batch_embeddings`` put in place, if any (its counters)."""
+        return self._batcher
+
     def warm_up(self) -> None:
         """Load the configured model now (a server's readiness), not on the first query:
         the cache is bypassed so the model really runs."""
@@ -266,6 +287,8 @@ class Engine:
 
     def close(self) -> None:
         try:
+            if self._batcher is not None:  # serve what is queued before the cache closes
+                self._batcher.close()
             if self._reranker is not None:
                 self._reranker.close()
             if self._executor is not None:
