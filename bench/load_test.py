@@ -3,14 +3,21 @@
     python bench/load_test.py                                   # sample corpus, 8 clients, 60 s
     python bench/load_test.py --seconds 30
     python bench/load_test.py --corpus ../shared/data/scifact --clients 8 --seconds 60
+    python bench/load_test.py --compare --seconds 20 --rounds 3  # batching off vs on
+
+``--compare`` measures dynamic batching (``runtime.batching``) before and after in one run:
+two servers on the same corpus, one with SEMSEARCH_BATCH_MAX_TEXTS=0 (off) and one with
+batching on, loaded in turn (the order alternates each round, the same seed for both sides
+of a round), each with --clients clients and then with one client (low load, for p99); it
+prints both tables and the ratios on/off.
 
 Starts the real server in this process (``create_app`` under uvicorn on 127.0.0.1, a free
 port, a temporary SEMSEARCH_HOME), indexes the corpus through the API, then runs N client
 threads (one ``httpx.Client`` each) for D seconds, each mixing ``GET /search`` (hybrid, a
 random SciFact or sample query) and ``POST /embed`` (1-8 short texts of random query words,
-so most miss the embedding cache). Prints requests, errors (non-2xx, malformed answers or
-exceptions: must be 0), throughput and p50/p95/p99 latency per endpoint and overall, as a
-markdown table. Exits 1 if any request failed.
+so most miss the embedding cache; --embed-texts changes the 8). Prints requests, errors
+(non-2xx, malformed answers or exceptions: must be 0), throughput and p50/p95/p99 latency
+per endpoint and overall, as a markdown table. Exits 1 if any request failed.
 
 Everything is bounded: server start-up and shutdown have timeouts, every client stops at the
 deadline or after --max-requests, every request has a timeout. Clients and server share the
@@ -21,7 +28,9 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -72,7 +81,8 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port,
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
                                 log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
@@ -94,6 +104,52 @@ class Server:
         self.server.should_exit = True
         if self.thread.is_alive():
             self.thread.join(timeout=timeout)
+
+
+# `semsearch serve` (one worker) as a separate process, loading onnxruntime before anything
+# imports usearch (see main).
+SERVE = ("import sys, onnxruntime, uvicorn; uvicorn.run('semsearch.api.app:create_app', "
+         "factory=True, host='127.0.0.1', port=int(sys.argv[1]), log_level='warning')")
+
+
+class ServerProcess:
+    """The server in its own process, configured by SEMSEARCH_* variables: its Python work
+    no longer shares a GIL with the client threads (as in production)."""
+
+    app = None  # nothing to inspect in this process
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env, self.log = {**os.environ, **env}, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 180.0) -> ServerProcess:
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-c", SERVE, str(self.port)],
+                                         env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server at {self.url} did not become ready in {timeout:.0f} s:\n"
+                           f"{self.log.read_text(errors='replace')[-2000:]}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def load_corpus(corpus: Path | None, limit: int) -> tuple[list[Document], list[str]]:
@@ -160,7 +216,8 @@ def _short_text(rng: random.Random, words: Sequence[str]) -> str:
 
 def client_loop(url: str, seed: int, queries: Sequence[str], words: Sequence[str],
                 embed_share: float, start: threading.Barrier, stop_at: list[float],
-                max_requests: int, timeout: float, out: Results) -> None:
+                max_requests: int, timeout: float, out: Results,
+                embed_texts: int = 8) -> None:
     rng = random.Random(seed)
     with httpx.Client(base_url=url, timeout=timeout) as c:
         start.wait(timeout=60)
@@ -170,7 +227,7 @@ def client_loop(url: str, seed: int, queries: Sequence[str], words: Sequence[str
                 break
             if rng.random() < embed_share:
                 endpoint = EMBED
-                texts = [_short_text(rng, words) for _ in range(rng.randint(1, 8))]
+                texts = [_short_text(rng, words) for _ in range(rng.randint(1, embed_texts))]
                 kwargs: dict[str, Any] = {"json": {"texts": texts,
                                                    "input_type": rng.choice(["query",
                                                                              "passage"])}}
@@ -201,14 +258,15 @@ def client_loop(url: str, seed: int, queries: Sequence[str], words: Sequence[str
 
 def run_load(url: str, clients: int, seconds: float, queries: Sequence[str],
              embed_share: float, max_requests: int, timeout: float,
-             seed: int) -> tuple[Results, float]:
+             seed: int, embed_texts: int = 8) -> tuple[Results, float]:
     words = sorted({w.strip(".,;:?!()\"'") for q in queries for w in q.split()} - {""})
     start = threading.Barrier(clients + 1)
     stop_at = [float("inf")]
     parts = [Results() for _ in range(clients)]
     threads = [threading.Thread(target=client_loop, name=f"client-{i}", daemon=True,
                                 args=(url, seed + i, queries, words, embed_share, start,
-                                      stop_at, max_requests, timeout, parts[i]))
+                                      stop_at, max_requests, timeout, parts[i],
+                                      embed_texts))
                for i in range(clients)]
     for th in threads:
         th.start()
@@ -244,6 +302,155 @@ def table(res: Results, elapsed: float) -> str:
     return "\n".join(rows)
 
 
+SIDES = ("off", "on")
+
+
+def _start(make: Server | ServerProcess, docs: Sequence[Document], batch: int,
+           warm_query: str, timeout: float,
+           ) -> tuple[Server | ServerProcess, float, dict[str, Any]]:
+    """Start ``make``, index the corpus through it and warm it with one search."""
+    t = time.perf_counter()
+    server = make.start()
+    started = time.perf_counter() - t
+    try:
+        built = index(server.url, docs, batch, timeout=600)
+        with httpx.Client(base_url=server.url, timeout=timeout) as c:
+            c.get("/search", params={"q": warm_query, "collection": COLLECTION})
+    except BaseException:
+        server.stop()
+        raise
+    return server, started, built
+
+
+def _batch_counters(server: Server | ServerProcess) -> Any:
+    from semsearch.api.state import state_of
+
+    if server.app is None:
+        return None
+    engine = state_of(server.app).engine
+    return None if engine is None or engine.batcher is None else engine.batcher.counters
+
+
+def _model_seconds(server: Server | ServerProcess) -> float:
+    """Seconds the model has run in this server so far (its meter's call latencies; calls
+    that overlap count twice, so with batching off this can exceed the wall time)."""
+    from semsearch.api.state import state_of
+    from semsearch.core.metering import MeterSnapshot
+
+    if server.app is None:
+        return 0.0
+    engine = state_of(server.app).engine
+    if engine is None:
+        return 0.0
+    model = engine.batcher.inner if engine.batcher is not None else engine.embedder.embedder
+    return sum(model.meter.latencies_since(MeterSnapshot())) / 1000
+
+
+def _rate(res: Results, elapsed: float, endpoint: str) -> float:
+    return len(res.latencies[endpoint]) / elapsed if elapsed else 0.0
+
+
+def _p99(res: Results, endpoint: str) -> float:
+    lat = res.latencies[endpoint]
+    return float(np.percentile(np.asarray(lat) * 1000, 99)) if lat else float("nan")
+
+
+def compare(args: argparse.Namespace, docs: Sequence[Document], queries: Sequence[str]) -> int:
+    """Batching off vs on, alternating, in one run: see the module docstring."""
+    loads = {"high": args.clients, "low": 1}
+    totals = {(side, load): (Results(), [0.0]) for side in SIDES for load in loads}
+    busy = {key: 0.0 for key in totals}  # model seconds (see _model_seconds)
+    with tempfile.TemporaryDirectory(prefix="semsearch-load-") as tmp:
+        servers: dict[str, Server | ServerProcess] = {}
+        try:
+            for side in SIDES:
+                home = Path(tmp) / side
+                extra: dict[str, Any] = {"batch_max_texts": 0} if side == "off" else {
+                    "batch_wait_ms": args.wait_ms, "batch_max_texts": args.max_texts}
+                make: Server | ServerProcess
+                if args.server_process:
+                    env = {"SEMSEARCH_HOME": str(home),
+                           "SEMSEARCH_EMBEDDER_THREADS": str(args.threads),
+                           **{f"SEMSEARCH_{k.upper()}": str(v) for k, v in extra.items()}}
+                    make = ServerProcess(env, Path(tmp) / f"{side}.log")
+                else:
+                    os.environ["SEMSEARCH_HOME"] = str(home)
+                    make = Server(Settings(home=home, embedder_threads=args.threads, **extra))
+                servers[side], started, built = _start(make, docs, args.batch, queries[0],
+                                                       args.timeout)
+                print(f"batching {side}: server ready in {started:.1f} s; indexed "
+                      f"{built['documents']} documents ({built['chunks']} chunks) in "
+                      f"{built['seconds']:.1f} s", flush=True)
+            for r in range(args.rounds):
+                order = SIDES if r % 2 == 0 else SIDES[::-1]
+                for load, clients in loads.items():
+                    for side in order:
+                        seconds = args.seconds if load == "high" else args.low_seconds
+                        model_before = _model_seconds(servers[side])
+                        res, elapsed = run_load(servers[side].url, clients, seconds, queries,
+                                                args.embed_share, args.max_requests,
+                                                args.timeout, args.seed + 1000 * r,
+                                                args.embed_texts)
+                        model = _model_seconds(servers[side]) - model_before
+                        total, spent = totals[(side, load)]
+                        total.merge(res)
+                        spent[0] += elapsed
+                        busy[(side, load)] += model
+                        print(f"round {r + 1}/{args.rounds} {load} load ({clients} clients) "
+                              f"batching {side}: {_rate(res, elapsed, EMBED):.1f} /embed req/s, "
+                              f"{_rate(res, elapsed, SEARCH):.1f} /search req/s"
+                              + ("" if args.server_process else
+                                 f", model calls {model / elapsed:.0%} of the time"),
+                              flush=True)
+            counters = _batch_counters(servers["on"])
+        finally:
+            for server in servers.values():
+                server.stop()
+
+    print(f"\n{args.rounds} rounds, alternating; {args.embed_share:.0%} POST /embed "
+          f"(1-{args.embed_texts} texts) / "
+          f"{1 - args.embed_share:.0%} GET /search (hybrid, k=10); high load {args.clients} "
+          f"clients x {args.seconds:.0f} s, low load 1 client x {args.low_seconds:.0f} s per "
+          f"side and round; batching on: wait {args.wait_ms:g} ms, max {args.max_texts} texts; "
+          f"servers {'in their own processes' if args.server_process else 'in this process'}")
+    for load, clients in loads.items():
+        for side in SIDES:
+            res, spent = totals[(side, load)]
+            print(f"\n### {load} load ({clients} client{'s' if clients > 1 else ''}), "
+                  f"batching {side}\n")
+            print(table(res, spent[0]))
+            if not args.server_process:
+                print(f"\nmodel calls: {busy[(side, load)]:.1f} s in {spent[0]:.1f} s")
+    if counters is not None and counters.batches:
+        print(f"\nbatcher: {counters.requests} requests ({counters.texts} texts) in "
+              f"{counters.batches} model calls, {counters.requests / counters.batches:.2f} "
+              f"requests per call on average, at most {counters.largest}; "
+              f"{counters.bypassed} too large to gather, {counters.retried} retried alone")
+    ratio_rows = ["| ratio on/off | value |", "| --- | ---: |"]
+    for load in loads:
+        (on, on_s), (off, off_s) = totals[("on", load)], totals[("off", load)]
+        for endpoint in (EMBED, SEARCH):
+            rate_off = _rate(off, off_s[0], endpoint)
+            if rate_off:
+                ratio_rows.append(f"| {load} load {endpoint} req/s | "
+                                  f"{_rate(on, on_s[0], endpoint) / rate_off:.2f} |")
+            p99_off = _p99(off, endpoint)
+            if p99_off == p99_off and p99_off > 0:
+                ratio_rows.append(f"| {load} load {endpoint} p99 | "
+                                  f"{_p99(on, endpoint) / p99_off:.2f} |")
+    print("\n" + "\n".join(ratio_rows))
+    failed = False
+    for key, (res, _) in totals.items():
+        errors = sum(res.errors.values())
+        if errors or res.samples:
+            failed = True
+            print(f"\nbatching {key[0]}, {key[1]} load: {errors} failed requests; first ones:",
+                  file=sys.stderr)
+            for sample in res.samples:
+                print("  " + sample, file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", type=Path, default=None,
@@ -253,16 +460,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--embed-share", type=float, default=0.5,
                     help="fraction of requests that are POST /embed (the rest: GET /search)")
+    ap.add_argument("--embed-texts", type=int, default=8,
+                    help="each POST /embed sends 1 to this many texts")
     ap.add_argument("--max-requests", type=int, default=100_000, help="per client")
     ap.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = cores)")
     ap.add_argument("--batch", type=int, default=64, help="documents per upsert request")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compare", action="store_true",
+                    help="batching off vs on in this run (alternating rounds, same corpus)")
+    ap.add_argument("--rounds", type=int, default=2, help="--compare: rounds per side")
+    ap.add_argument("--server-process", action="store_true",
+                    help="--compare: run each server in its own process (`semsearch serve`), "
+                         "not in threads of this one: the clients' Python work no longer "
+                         "competes with the server's for one GIL")
+    ap.add_argument("--low-seconds", type=float, default=10.0,
+                    help="--compare: seconds of the one-client (low load) run per round")
+    ap.add_argument("--wait-ms", type=float, default=Settings.model_fields[
+        "batch_wait_ms"].default, help="--compare: batching on's SEMSEARCH_BATCH_WAIT_MS")
+    ap.add_argument("--max-texts", type=int, default=Settings.model_fields[
+        "batch_max_texts"].default, help="--compare: batching on's SEMSEARCH_BATCH_MAX_TEXTS")
     args = ap.parse_args(argv)
-    if not (args.clients >= 1 and args.seconds > 0 and 0 <= args.embed_share <= 1):
-        ap.error("need --clients >= 1, --seconds > 0 and 0 <= --embed-share <= 1")
+    if not (args.clients >= 1 and args.seconds > 0 and 0 <= args.embed_share <= 1
+            and args.embed_texts >= 1):
+        ap.error("need --clients >= 1, --seconds > 0, 0 <= --embed-share <= 1 and "
+                 "--embed-texts >= 1")
+    if args.compare and not (args.rounds >= 1 and args.low_seconds > 0 and args.max_texts >= 2
+                             and args.wait_ms >= 0):
+        ap.error("--compare needs --rounds >= 1, --low-seconds > 0, --max-texts >= 2 and "
+                 "--wait-ms >= 0")
+
+    # Load onnxruntime before anything imports usearch (the local vector index): in the
+    # other order the import crashed the process (SIGSEGV) on 2026-12-01.
+    import onnxruntime  # noqa: F401
 
     docs, queries = load_corpus(args.corpus, args.limit)
+    if args.compare:
+        return compare(args, docs, queries)
     with tempfile.TemporaryDirectory(prefix="semsearch-load-") as tmp:
         home = Path(tmp) / "home"
         os.environ["SEMSEARCH_HOME"] = str(home)
@@ -276,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 c.get("/search", params={"q": queries[0], "collection": COLLECTION})
             res, elapsed = run_load(server.url, args.clients, args.seconds, queries,
                                     args.embed_share, args.max_requests, args.timeout,
-                                    args.seed)
+                                    args.seed, args.embed_texts)
         finally:
             server.stop()
 
@@ -284,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({built['chunks']} chunks) from {args.corpus or 'the sample corpus'} in "
           f"{built['seconds']:.1f} s")
     print(f"{args.clients} clients for {elapsed:.1f} s, {args.embed_share:.0%} POST /embed "
-          f"(1-8 texts) / {1 - args.embed_share:.0%} GET /search (hybrid, k=10, "
+          f"(1-{args.embed_texts} texts) / {1 - args.embed_share:.0%} GET /search (hybrid, k=10, "
           f"{len(queries)} queries)\n")
     print(table(res, elapsed))
     errors = sum(res.errors.values())
