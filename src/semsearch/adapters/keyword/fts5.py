@@ -15,6 +15,12 @@ its generation forgotten when opened writable, so the engine rebuilds it from th
 opened read-only (a full disk) it reports generation -1 and answers from the old column
 until then.
 
+Searches are answered from an in-memory copy of the postings (``postings``) when it is
+current and the collection is small enough (``MEMORY_MAX_ROWS``): the same hits and scores as
+``bm25()``, bit for bit, 20-30x faster than FTS5 on SciFact claims. The file stays the
+durable index and the answer whenever the copy is missing or stale: after any write it is
+rebuilt from the rows, on a worker thread by default, while FTS5 answers.
+
 Writes (``add``/``remove``/``clear``) run inside one open transaction that ``save(generation)``
 commits together with the generation; closing without ``save`` discards them, so the file
 always holds a state matching its recorded generation.
@@ -41,6 +47,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from semsearch.adapters.keyword.postings import Cancelled, Postings, Unicode61
 from semsearch.adapters.storage import open_sqlite, write_error
 from semsearch.core.analysis import Analyzer
 from semsearch.errors import BackendError, InputError, StorageFullError
@@ -50,6 +57,11 @@ from semsearch.ports import KeywordItem
 # 999-variable limit); larger ones travel as one JSON array through json_each().
 _INLINE_ALLOWED = 900
 _WHAT = "the keyword index"
+# Collections up to this many chunks are also searched from postings kept in memory
+# (``postings``: ~20 bytes a posting, ~2 MB per 1,000 SciFact-sized chunks); larger ones
+# only through FTS5.
+MEMORY_MAX_ROWS = 100_000
+_BUILD_BATCH = 2000  # rows read per lock hold while building the postings
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +92,27 @@ def match_expression(terms: Iterable[str]) -> str:
 
 
 class Fts5KeywordIndex:
+    """``memory`` says how searches use the in-memory postings (``postings``): "background"
+    (the default) builds them on a worker thread after the first search that finds them
+    missing or stale, FTS5 answering meanwhile; "sync" builds them inside that search;
+    "off" never. They are rebuilt after any write, by this index (its pending transaction
+    included) or by another connection to the file (``PRAGMA data_version``)."""
+
     def __init__(self, path: Path, analyzer: Analyzer | None = None, *,
-                 detail: str = "full") -> None:
+                 detail: str = "full", memory: str = "background",
+                 memory_max_rows: int = MEMORY_MAX_ROWS) -> None:
         if detail not in ("full", "column", "none"):
             raise ValueError(f"invalid FTS5 detail option: {detail!r}")
+        if memory not in ("background", "sync", "off"):
+            raise ValueError(f"invalid memory option: {memory!r}")
+        self._memory = memory if detail == "full" else "off"  # weights need columns
+        self._memory_max_rows = memory_max_rows
+        self._changes = 0  # bumped by every write: postings built before it are stale
+        self._postings: tuple[int, int, Postings] | None = None  # (changes, data_version, p)
+        self._builder: threading.Thread | None = None
+        self._closed = False
+        self._tokenizer = Unicode61()
+        self._too_big: tuple[int, int] | None = None
         self._analyzer = analyzer or Analyzer()
         self._lock = threading.RLock()
         self._path = Path(path)
@@ -159,7 +188,7 @@ class Fts5KeywordIndex:
     @contextmanager
     def _write(self, *, after_loss: bool = False) -> Iterator[sqlite3.Connection]:
         """Atomic step inside the pending transaction (opened on first write)."""
-        with self._lock:
+        with self._lock, self._changing():
             if self._lost is not None and not after_loss:
                 raise BackendError(f"{_WHAT} {self._path} lost its unsaved writes "
                                    f"({self._lost}); reopen it to rebuild from the store")
@@ -185,6 +214,18 @@ class Fts5KeywordIndex:
                 self._db.execute("RELEASE step")
             except sqlite3.Error as e:
                 raise self._failed(e, pending) from e
+
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Marks the in-memory postings stale before and after a change, whatever becomes
+        of it (a rolled-back step, a transaction SQLite threw away, a swapped connection)."""
+        self._changes += 1
+        self._postings = None
+        try:
+            yield
+        finally:
+            self._changes += 1
+            self._postings = None
 
     def _failed(self, exc: sqlite3.Error, pending: bool) -> BackendError:
         """The error to raise for a failed write. If SQLite threw away the whole transaction
@@ -245,20 +286,33 @@ class Fts5KeywordIndex:
             except sqlite3.Error as e:
                 raise self._failed(e, pending=True) from e
             if self._in_memory:
-                self._persist()
+                with self._changing():
+                    self._persist()
 
     def search(self, query: str, k: int, allowed: set[int] | None = None,
                title_weight: float | None = None) -> list[tuple[int, float]]:
-        expr = match_expression(self._analyzer.terms(query))
-        if not expr or k <= 0 or (allowed is not None and not allowed):
+        terms = list(dict.fromkeys(t for t in self._analyzer.terms(query) if t))
+        if not terms or k <= 0 or (allowed is not None and not allowed):
             return []
+        weight = None
+        if title_weight is not None and title_weight != 1.0 and self._titled:
+            weight = _weight(title_weight)
+        postings = self._current_postings()
+        if postings is not None:
+            tokens = self._tokenizer.tokens(terms)
+            if all(len(tokens[t]) == 1 for t in terms):  # else FTS5 reads it as a phrase
+                return postings.search([tokens[t][0] for t in terms], k, allowed, weight)
+        return self._fts5_search(terms, k, allowed, weight)
+
+    def _fts5_search(self, terms: list[str], k: int, allowed: set[int] | None,
+                     weight: float | None) -> list[tuple[int, float]]:
         params: list[object] = []
         rank = "bm25(terms)"
-        if title_weight is not None and title_weight != 1.0 and self._titled:
+        if weight is not None:
             rank = "bm25(terms, 1.0, ?)"
-            params.append(_weight(title_weight))
+            params.append(weight)
         sql = f"SELECT rowid, {rank} AS s FROM terms WHERE terms MATCH ?"
-        params.append(expr)
+        params.append(match_expression(terms))
         # "+rowid" keeps the filter away from FTS5's xBestIndex: pushed down, FTS5 re-runs the
         # whole query once per allowed rowid (~100x slower); here SQLite scans the matches and
         # probes an ephemeral index of the allowed labels before bm25() and LIMIT apply.
@@ -276,6 +330,88 @@ class Fts5KeywordIndex:
                 raise BackendError(f"keyword search failed: {e}") from e
         return [(int(label), -float(score)) for label, score in rows]
 
+    # -- in-memory postings ----------------------------------------------------------------
+
+    def _state(self) -> tuple[int, int]:
+        """What postings must have been built from to be current: this index's change
+        count and the file's data version (moved by commits of other connections)."""
+        return self._changes, int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def _current_postings(self) -> Postings | None:
+        """The postings if they are current; else None, after starting a build."""
+        if self._memory == "off":
+            return None
+        with self._lock:
+            if self._closed or self._lost is not None or not self._titled:
+                return None
+            try:
+                state = self._state()
+            except sqlite3.Error:
+                return None
+            if self._postings is not None and self._postings[:2] == state:
+                return self._postings[2]
+            self._postings = None
+            if self._too_big == state:
+                return None
+            if self._memory == "sync":
+                return self._build_postings()
+            if self._builder is None:
+                self._builder = threading.Thread(target=self._build_in_background,
+                                                 name="keyword-postings", daemon=True)
+                self._builder.start()
+        return None
+
+    def _build_in_background(self) -> None:
+        try:
+            self._build_postings()
+        except Exception:  # the searches carry on with FTS5
+            log.warning("building the in-memory keyword postings of %s failed", self._path,
+                        exc_info=True)
+        finally:
+            with self._lock:
+                self._builder = None
+
+    def _build_postings(self) -> Postings | None:
+        """Read every row, a batch per lock hold, and install the postings built from them
+        unless the index changed (or closed) meanwhile."""
+        with self._lock:
+            if self._closed:
+                return None
+            start = self._state()
+            if int(self._db.execute("SELECT count(*) FROM terms").fetchone()[0]) \
+                    > self._memory_max_rows:
+                self._too_big = start
+                return None
+
+        def check() -> None:
+            if self._closed or self._changes != start[0]:
+                raise Cancelled
+
+        rows: list[tuple[int, str, str]] = []
+        last = None
+        try:
+            while True:
+                with self._lock:
+                    if self._closed or self._state() != start:
+                        raise Cancelled
+                    batch = self._db.execute(
+                        "SELECT rowid, body, title FROM terms WHERE rowid > ? ORDER BY rowid "
+                        "LIMIT ?", (-(2**63) if last is None else last, _BUILD_BATCH)).fetchall()
+                if not batch:
+                    break
+                rows += batch
+                last = batch[-1][0]
+            postings = Postings.build(rows, self._tokenizer, check)
+        except (Cancelled, sqlite3.Error):
+            return None
+        with self._lock:
+            if self._closed or self._state() != start:
+                return None
+            self._postings = (*start, postings)
+        log.debug("%s: %d rows in memory (%.1f MB)", self._path, postings.rows,
+                  postings.nbytes / 1e6)
+        return postings
+
     def disk_bytes(self) -> int:
         with self._lock:
             page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
@@ -288,16 +424,26 @@ class Fts5KeywordIndex:
         with self._lock:
             if self._db.in_transaction or self._in_memory:
                 raise BackendError("keyword index has unsaved writes; save before compacting")
-            self._writable(memory=False)
-            try:
-                self._db.execute("INSERT INTO terms(terms) VALUES ('optimize')")
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                self._db.execute("VACUUM")
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error as e:
-                raise write_error(_WHAT, self._path, e, "compact") from e
+            with self._changing():
+                self._compact()
+
+    def _compact(self) -> None:
+        self._writable(memory=False)
+        try:
+            self._db.execute("INSERT INTO terms(terms) VALUES ('optimize')")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            raise write_error(_WHAT, self._path, e, "compact") from e
 
     def close(self) -> None:
         """Close the file; writes not yet ``save``d are rolled back."""
         with self._lock:
+            self._closed = True
+            self._postings = None
+            builder = self._builder
             self._db.close()
+        if builder is not None:
+            builder.join()
+        self._tokenizer.close()
