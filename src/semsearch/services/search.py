@@ -251,7 +251,8 @@ def _search(engine: Engine, handle: Collection, idx: CollectionIndexes,
     with idx.rw.read():  # a concurrent batch upsert is seen whole or not at all
         found = _search_locked(engine, version, idx, req, qv if req.mode != Mode.KEYWORD
                                else None, Allowed(allowed, where), timings, attrs, pool)
-    found = [f for f in found if not excluded.covers(f.hit)]
+    if excluded:
+        found = [f for f in found if not excluded.covers(f.hit)]
     hits = [f.hit for f in found]
     if req.rerank:
         from semsearch.services.rerank import rerank_hits  # the stage is optional
@@ -360,8 +361,7 @@ def _search_locked(engine: Engine, version: str, idx: CollectionIndexes,
     while True:
         lists = _retrieve(engine, idx, req, qv, n, allowed, timings, attrs)
         with tel.span("semsearch.store", {**attrs, "semsearch.op": "doc_ids_by_label"}):
-            doc_of = engine.store.doc_ids_by_label(
-                version, list({label for ranked in lists.values() for label, _ in ranked}))
+            doc_of = _doc_ids(engine, version, lists, req, pool)
         # A label can vanish between retrieval and lookup under a concurrent delete.
         lists = {name: [(lb, s) for lb, s in ranked if lb in doc_of]
                  for name, ranked in lists.items()}
@@ -383,6 +383,25 @@ def _search_locked(engine: Engine, version: str, idx: CollectionIndexes,
                        metadata=sc.metadata, ordinal=sc.chunk.ordinal, start=sc.chunk.start,
                        end=sc.chunk.end), sc)
             for label, score, comps in fused if (sc := stored.get(label)) is not None]
+
+
+def _doc_ids(engine: Engine, version: str, lists: dict[str, Ranked], req: SearchRequest,
+             pool: int) -> dict[int, str]:
+    """The documents of the candidates that can matter. One list (keyword or dense mode),
+    grouped, needs only a head holding ``pool`` documents: the head's grouping is the
+    whole list's, up to there. So look the head up first (it usually holds them: chunks of
+    one document are few) and cut the list to it, instead of looking up every candidate
+    (a keyword search fetches 100 to answer 10); else look them all up."""
+    if req.group and len(lists) == 1:
+        ((name, ranked),) = lists.items()
+        head = ranked[: 2 * pool]
+        if len(head) < len(ranked):
+            doc_of = engine.store.doc_ids_by_label(version, [lb for lb, _ in head])
+            if len({doc_of[lb] for lb, _ in head if lb in doc_of}) >= pool:
+                lists[name] = head  # the rest cannot reach the first ``pool`` documents
+                return doc_of
+    return engine.store.doc_ids_by_label(
+        version, list({label for ranked in lists.values() for label, _ in ranked}))
 
 
 def _fuse(lists: dict[str, Ranked], doc_of: Mapping[int, str], req: SearchRequest,
