@@ -1,0 +1,175 @@
+"""Keyword search latency against LanceDB's native full-text search, same chunks, same run.
+
+    SEMSEARCH_HOME=<home with scifact indexed> python bench/keyword_latency.py \
+        ../shared/data/scifact --collection scifact
+
+LanceDB (``pip install lancedb``; a bench-only comparison, never a semsearch dependency) gets
+the collection's own chunks (title + text, read from the store) in a temporary table with its
+native FTS index (``FTS()``: its default English analysis, stemming and stop words on).
+Both sides answer the 300 SciFact test queries with k=10: semsearch through the library entry
+point the CLI and the API use (``services.search.search``, mode keyword: analysis, BM25, store
+look-ups and hit hydration), LanceDB through ``table.search(q, query_type="fts").limit(10)``
+materialised to a list. Each side runs in its own process (pyarrow and onnxruntime in one
+process have crashed), warmed up first (50 queries, 2 s for background work such as the
+keyword postings, then every query once); then the two alternate, round by round (the order
+flips every round), each round every query once, and the table gives each side's median
+p50 / p99 over the rounds and the ratio semsearch / LanceDB, so machine noise hits both
+alike."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _queries(data: Path) -> list[str]:
+    qrels = data / "qrels" / "test.tsv"
+    wanted = {line.split("\t")[0] for line in qrels.open().readlines()[1:]}
+    rows = [json.loads(line) for line in (data / "queries.jsonl").open() if line.strip()]
+    return [r["text"] for r in rows if r["_id"] in wanted]
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _chunks(collection: str) -> tuple[list[int], list[str]]:
+    """The collection's chunks as the keyword index sees them (title, then text)."""
+    from semsearch.config import Settings
+    from semsearch.wiring import open_engine
+
+    engine = open_engine(Settings(cache_url="none"))
+    labels: list[int] = []
+    texts: list[str] = []
+    try:
+        version = engine.collection(collection).version
+        for batch in engine.store.iter_chunks(version):
+            for sc in batch:
+                labels.append(sc.label)
+                texts.append(f"{sc.chunk.title}\n{sc.chunk.text}" if sc.chunk.title
+                             else sc.chunk.text)
+    finally:
+        engine.close()
+    return labels, texts
+
+
+def _lance_side(args: argparse.Namespace) -> Callable[[str], object]:
+    import lancedb  # type: ignore[import-not-found, unused-ignore]
+    import pyarrow as pa
+    from lancedb.index import FTS  # type: ignore[import-not-found, unused-ignore]
+
+    labels, texts = _chunks(args.collection)
+    tmp = tempfile.mkdtemp(prefix="lance-kw-")
+    table = lancedb.connect(tmp).create_table(
+        "chunks", pa.table({"label": labels, "text": texts}))
+    table.create_index("text", config=FTS())
+    print(f"LanceDB {lancedb.__version__}: {len(labels)} chunks, native FTS index",
+          file=sys.stderr)
+
+    def lance(q: str) -> object:
+        return table.search(q, query_type="fts").limit(args.k).to_list()
+
+    return lance
+
+
+def _semsearch_side(args: argparse.Namespace) -> Callable[[str], object]:
+    from semsearch.config import Settings
+    from semsearch.core.types import Mode
+    from semsearch.services.search import SearchRequest, search
+    from semsearch.wiring import open_engine
+
+    engine = open_engine(Settings(cache_url="none"))
+
+    def ours(q: str) -> object:
+        return search(engine, args.collection,
+                      SearchRequest(q, mode=Mode.KEYWORD, k=args.k)).hits
+
+    return ours
+
+
+def _timed(run: Callable[[str], object], queries: list[str]) -> list[float]:
+    lat = []
+    for q in queries:
+        t = time.perf_counter()
+        run(q)
+        lat.append((time.perf_counter() - t) * 1000)
+    return lat
+
+
+def _serve(args: argparse.Namespace) -> None:
+    """A child: one side, warmed up, timing every query once per line read from stdin.
+    (Each side has its own process: LanceDB's pyarrow and onnxruntime in one process
+    crash.)"""
+    queries = _queries(args.data)
+    run = _lance_side(args) if args.child == "lancedb" else _semsearch_side(args)
+    _timed(run, queries[:50])  # open, load, start any background work
+    time.sleep(2.0)
+    _timed(run, queries)
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        lat = _timed(run, queries)
+        print(json.dumps([_pct(lat, 50), _pct(lat, 99)]), flush=True)
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown of native threads
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--collection", default="scifact")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--child", choices=["semsearch", "lancedb"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        _serve(args)
+        return
+    sides = ("semsearch", "lancedb")
+    children = {}
+    for name in sides:
+        children[name] = subprocess.Popen(
+            [sys.executable, __file__, str(args.data), "--collection", args.collection,
+             "--k", str(args.k), "--child", name],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = children[name].stdout.readline()  # type: ignore[union-attr]
+        if ready.strip() != "ready":
+            raise SystemExit(f"the {name} side did not start")
+    rounds: dict[str, list[list[float]]] = {name: [] for name in sides}
+    try:
+        for r in range(args.rounds):
+            for name in sides if r % 2 == 0 else sides[::-1]:
+                child = children[name]
+                child.stdin.write("go\n")  # type: ignore[union-attr]
+                child.stdin.flush()  # type: ignore[union-attr]
+                rounds[name].append(json.loads(child.stdout.readline()))  # type: ignore[union-attr]
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    finally:
+        for child in children.values():
+            child.stdin.close()  # type: ignore[union-attr]
+            child.wait()
+    print(f"{len(_queries(args.data))} SciFact test queries, k={args.k}, median of "
+          f"{args.rounds} alternating rounds, each side in its own process")
+    print("| side | p50 ms | p99 ms |")
+    print("| --- | --- | --- |")
+    med = {name: (_median([x[0] for x in v]), _median([x[1] for x in v]))
+           for name, v in rounds.items()}
+    for name, (p50, p99) in med.items():
+        print(f"| {name} | {p50:.2f} | {p99:.2f} |")
+    ours, base = med["semsearch"], med["lancedb"]
+    print(f"| ratio semsearch / lancedb | {ours[0] / base[0]:.2f} | {ours[1] / base[1]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
