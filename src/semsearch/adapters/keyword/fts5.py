@@ -280,14 +280,13 @@ class Fts5KeywordIndex:
         with self._write() as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('generation', ?)",
                        (int(generation),))
-        with self._lock:
+        with self._lock, self._changing():  # a failed COMMIT may roll the writes back
             try:
                 self._db.execute("COMMIT")
             except sqlite3.Error as e:
                 raise self._failed(e, pending=True) from e
             if self._in_memory:
-                with self._changing():
-                    self._persist()
+                self._persist()
 
     def search(self, query: str, k: int, allowed: set[int] | None = None,
                title_weight: float | None = None) -> list[tuple[int, float]]:
