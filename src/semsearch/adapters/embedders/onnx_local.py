@@ -192,6 +192,26 @@ MODEL_ID = DEFAULT_MODEL.id
 WEIGHTS_PACKAGE = DEFAULT_MODEL.weights_package
 
 
+# CPU features the int8 kernels can use: onnxruntime's MLAS picks AMX (Intel Sapphire Rapids
+# and later) or AVX512-VNNI / AVX-VNNI (AMD Zen 4+, Intel Ice Lake+) itself at run time;
+# recorded by the benchmarks, since the same build runs on both kinds of machine.
+INT8_FEATURES = ("amx_tile", "amx_int8", "amx_bf16", "avx512_vnni", "avx_vnni", "avx512_bf16")
+
+
+def cpu_features(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """Which of ``INT8_FEATURES`` this CPU has, read from the kernel's flags (detected, never
+    assumed: some machines here are Intel with AMX, others AMD with VNNI only); empty where
+    /proc/cpuinfo is missing (macOS, Windows)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split()) & frozenset(INT8_FEATURES)
+    return frozenset()
+
+
 def local_model(name: str = "") -> LocalModel:
     """The local model called ``name`` ('' = the default)."""
     if not name:
