@@ -142,6 +142,17 @@ class ServerProcess:
         raise RuntimeError(f"server at {self.url} did not become ready in {timeout:.0f} s:\n"
                            f"{self.log.read_text(errors='replace')[-2000:]}")
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, all threads) the server process has used: what a
+        request costs, whatever else the machine runs (unlike its latency)."""
+        if self.proc is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:  # not Linux
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self, timeout: float = 30.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -360,6 +371,7 @@ def compare(args: argparse.Namespace, docs: Sequence[Document], queries: Sequenc
     loads = {"high": args.clients, "low": 1}
     totals = {(side, load): (Results(), [0.0]) for side in SIDES for load in loads}
     busy = {key: 0.0 for key in totals}  # model seconds (see _model_seconds)
+    cpu = {key: 0.0 for key in totals}  # server CPU seconds (--server-process)
     with tempfile.TemporaryDirectory(prefix="semsearch-load-") as tmp:
         servers: dict[str, Server | ServerProcess] = {}
         try:
@@ -386,6 +398,9 @@ def compare(args: argparse.Namespace, docs: Sequence[Document], queries: Sequenc
                 for load, clients in loads.items():
                     for side in order:
                         seconds = args.seconds if load == "high" else args.low_seconds
+                        server = servers[side]
+                        cpu_before = server.cpu_seconds() \
+                            if isinstance(server, ServerProcess) else 0.0
                         model_before = _model_seconds(servers[side])
                         res, elapsed = run_load(servers[side].url, clients, seconds, queries,
                                                 args.embed_share, args.max_requests,
@@ -396,6 +411,8 @@ def compare(args: argparse.Namespace, docs: Sequence[Document], queries: Sequenc
                         total.merge(res)
                         spent[0] += elapsed
                         busy[(side, load)] += model
+                        if isinstance(server, ServerProcess):
+                            cpu[(side, load)] += server.cpu_seconds() - cpu_before
                         print(f"round {r + 1}/{args.rounds} {load} load ({clients} clients) "
                               f"batching {side}: {_rate(res, elapsed, EMBED):.1f} /embed req/s, "
                               f"{_rate(res, elapsed, SEARCH):.1f} /search req/s"
@@ -419,8 +436,12 @@ def compare(args: argparse.Namespace, docs: Sequence[Document], queries: Sequenc
             print(f"\n### {load} load ({clients} client{'s' if clients > 1 else ''}), "
                   f"batching {side}\n")
             print(table(res, spent[0]))
+            requests = sum(len(v) for v in res.latencies.values())
             if not args.server_process:
                 print(f"\nmodel calls: {busy[(side, load)]:.1f} s in {spent[0]:.1f} s")
+            elif requests:
+                print(f"\nserver CPU: {cpu[(side, load)]:.1f} s, "
+                      f"{cpu[(side, load)] / requests * 1000:.2f} ms per request")
     if counters is not None and counters.batches:
         print(f"\nbatcher: {counters.requests} requests ({counters.texts} texts) in "
               f"{counters.batches} model calls, {counters.requests / counters.batches:.2f} "
@@ -438,6 +459,11 @@ def compare(args: argparse.Namespace, docs: Sequence[Document], queries: Sequenc
             if p99_off == p99_off and p99_off > 0:
                 ratio_rows.append(f"| {load} load {endpoint} p99 | "
                                   f"{_p99(on, endpoint) / p99_off:.2f} |")
+        n_on = sum(len(v) for v in on.latencies.values())
+        n_off = sum(len(v) for v in off.latencies.values())
+        if args.server_process and n_on and n_off and cpu[("off", load)] > 0:
+            ratio_rows.append(f"| {load} load server CPU per request | "
+                              f"{cpu[('on', load)] / n_on / (cpu[('off', load)] / n_off):.2f} |")
     print("\n" + "\n".join(ratio_rows))
     failed = False
     for key, (res, _) in totals.items():
