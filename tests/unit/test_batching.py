@@ -236,3 +236,18 @@ def test_real_model_concurrent_callers_match_unbatched_vectors(
 def test_bad_settings_are_refused(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         BatchingEmbedder(FakeEmbedder(), **kw)  # type: ignore[arg-type]
+
+
+def test_a_callers_meter_keeps_a_short_tail_and_right_deltas() -> None:
+    batcher = BatchingEmbedder(FakeEmbedder(), wait_ms=0, max_texts=8)
+    try:
+        meter = batcher.meter
+        assert batcher.meter is meter  # one per thread, kept
+        for i in range(2500):
+            before = meter.snapshot()
+            batcher.embed([f"text {i}"], Q)
+            assert len(meter.latencies_since(before)) == 1
+            assert meter.snapshot().minus(before).items == 1
+        assert len(meter._latencies) <= 2000
+    finally:
+        batcher.close()

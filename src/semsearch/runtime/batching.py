@@ -62,6 +62,25 @@ class _Request:
         self.done.set()
 
 
+class _CallerMeter(ProviderMeter):
+    """A calling thread's meter: read only as deltas around one call, so it keeps a short
+    tail of latencies (a server's 40 worker threads each keeping the default 100,000 would
+    hold hundreds of MB)."""
+
+    keep = 1000
+
+    def record_call(self, items: int, tokens: int, seconds: float) -> None:
+        with self._lock:
+            self.calls += 1
+            self.items += items
+            self.tokens += tokens
+            self._latencies.append(seconds * 1000)
+            if len(self._latencies) > 2 * self.keep:
+                cut = len(self._latencies) - self.keep
+                del self._latencies[:cut]
+                self._dropped += cut
+
+
 _STOP = object()  # put on the queue by close(): the worker serves what is before it and ends
 
 
@@ -130,7 +149,7 @@ class BatchingEmbedder:
         calls). Callers read it before and after a call, in their own thread."""
         meter: ProviderMeter | None = getattr(self._local, "meter", None)
         if meter is None:
-            meter = self._local.meter = ProviderMeter()
+            meter = self._local.meter = _CallerMeter()
         return meter
 
     @meter.setter
