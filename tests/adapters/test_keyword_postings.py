@@ -50,6 +50,9 @@ def factory() -> Factory:
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory
          ) -> Iterator[tuple[Fts5KeywordIndex, list[str], list[str]]]:
+    if not (contract.SCIFACT / "corpus.jsonl").exists():
+        pytest.fail(f"these tests need the SciFact corpus at {contract.SCIFACT}",
+                    pytrace=False)
     docs, queries = contract._scifact()
     idx = Fts5KeywordIndex(tmp_path_factory.mktemp("kw-mem") / "keyword.db", memory="sync")
     for start in range(0, len(docs), 500):
