@@ -1,4 +1,5 @@
-"""Keyword search latency against LanceDB's native full-text search, same chunks, same run.
+"""Keyword (and hybrid) search latency against LanceDB's native full-text search, same chunks,
+same run.
 
     SEMSEARCH_HOME=<home with scifact indexed> python bench/keyword_latency.py \
         ../shared/data/scifact --collection scifact
@@ -9,7 +10,11 @@ native FTS index (``FTS()``: its default English analysis, stemming and stop wor
 Both sides answer the 300 SciFact test queries with k=10: semsearch through the library entry
 point the CLI and the API use (``services.search.search``, mode keyword: analysis, BM25, store
 look-ups and hit hydration), LanceDB through ``table.search(q, query_type="fts").limit(10)``
-materialised to a list. Each side runs in its own process (pyarrow and onnxruntime in one
+materialised to a list. ``--mode hybrid`` compares hybrid search instead: LanceDB gets the
+chunks' vectors too (from the embedding cache the indexing run filled) and answers
+``table.search(query_type="hybrid").vector(qv).text(q).limit(10)`` (exact vector search, its
+default RRF), both sides embedding the query with semsearch's model, the cache off.
+Each side runs in its own process (pyarrow and onnxruntime in one
 process have crashed), warmed up first (50 queries, 2 s for background work such as the
 keyword postings, then every query once); then the two alternate, round by round (the order
 flips every round), each round every query once, and the table gives each side's median
@@ -27,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def _queries(data: Path) -> list[str]:
@@ -45,14 +51,17 @@ def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def _chunks(collection: str) -> tuple[list[int], list[str]]:
-    """The collection's chunks as the keyword index sees them (title, then text)."""
+def _chunks(collection: str, vectors: bool) -> tuple[list[int], list[str], Any]:
+    """The collection's chunks as the keyword index sees them (title, then text) and, for a
+    hybrid run, their vectors (through the embedding cache the indexing run filled)."""
     from semsearch.config import Settings
+    from semsearch.core.types import InputType
     from semsearch.wiring import open_engine
 
-    engine = open_engine(Settings(cache_url="none"))
+    engine = open_engine(Settings())
     labels: list[int] = []
     texts: list[str] = []
+    embed_texts: list[str] = []
     try:
         version = engine.collection(collection).version
         for batch in engine.store.iter_chunks(version):
@@ -60,9 +69,11 @@ def _chunks(collection: str) -> tuple[list[int], list[str]]:
                 labels.append(sc.label)
                 texts.append(f"{sc.chunk.title}\n{sc.chunk.text}" if sc.chunk.title
                              else sc.chunk.text)
+                embed_texts.append(sc.chunk.embed_text)
+        vecs = engine.embedder.embed(embed_texts, InputType.PASSAGE) if vectors else None
     finally:
         engine.close()
-    return labels, texts
+    return labels, texts, vecs
 
 
 def _lance_side(args: argparse.Namespace) -> Callable[[str], object]:
@@ -70,18 +81,35 @@ def _lance_side(args: argparse.Namespace) -> Callable[[str], object]:
     import pyarrow as pa
     from lancedb.index import FTS  # type: ignore[import-not-found, unused-ignore]
 
-    labels, texts = _chunks(args.collection)
+    hybrid = args.mode == "hybrid"
+    labels, texts, vecs = _chunks(args.collection, hybrid)
+    columns: dict[str, Any] = {"label": labels, "text": texts}
+    if hybrid:
+        columns["vector"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(vecs.astype("float32").ravel()), vecs.shape[1])
     tmp = tempfile.mkdtemp(prefix="lance-kw-")
-    table = lancedb.connect(tmp).create_table(
-        "chunks", pa.table({"label": labels, "text": texts}))
+    table = lancedb.connect(tmp).create_table("chunks", pa.table(columns))
     table.create_index("text", config=FTS())
-    print(f"LanceDB {lancedb.__version__}: {len(labels)} chunks, native FTS index",
-          file=sys.stderr)
+    print(f"LanceDB {lancedb.__version__}: {len(labels)} chunks, native FTS index"
+          f"{', exact vector search, RRF' if hybrid else ''}", file=sys.stderr)
+    if not hybrid:
+        def lance(q: str) -> object:
+            return table.search(q, query_type="fts").limit(args.k).to_list()
 
-    def lance(q: str) -> object:
-        return table.search(q, query_type="fts").limit(args.k).to_list()
+        return lance
 
-    return lance
+    from semsearch.config import Settings
+    from semsearch.core.types import InputType
+    from semsearch.wiring import open_engine
+
+    embedder = open_engine(Settings(cache_url="none")).embedder  # as semsearch embeds
+
+    def lance_hybrid(q: str) -> object:
+        qv = embedder.embed([q], InputType.QUERY)[0]
+        return (table.search(query_type="hybrid").vector(qv).text(q)
+                .limit(args.k).to_list())
+
+    return lance_hybrid
 
 
 def _semsearch_side(args: argparse.Namespace) -> Callable[[str], object]:
@@ -92,9 +120,10 @@ def _semsearch_side(args: argparse.Namespace) -> Callable[[str], object]:
 
     engine = open_engine(Settings(cache_url="none"))
 
+    mode = Mode(args.mode)
+
     def ours(q: str) -> object:
-        return search(engine, args.collection,
-                      SearchRequest(q, mode=Mode.KEYWORD, k=args.k)).hits
+        return search(engine, args.collection, SearchRequest(q, mode=mode, k=args.k)).hits
 
     return ours
 
@@ -131,6 +160,8 @@ def main() -> None:
     ap.add_argument("--collection", default="scifact")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--mode", choices=["keyword", "hybrid"], default="keyword",
+                    help="hybrid: both sides embed the query with semsearch's model")
     ap.add_argument("--child", choices=["semsearch", "lancedb"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -141,7 +172,7 @@ def main() -> None:
     for name in sides:
         children[name] = subprocess.Popen(
             [sys.executable, __file__, str(args.data), "--collection", args.collection,
-             "--k", str(args.k), "--child", name],
+             "--k", str(args.k), "--mode", args.mode, "--child", name],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         ready = children[name].stdout.readline()  # type: ignore[union-attr]
         if ready.strip() != "ready":
@@ -159,7 +190,7 @@ def main() -> None:
         for child in children.values():
             child.stdin.close()  # type: ignore[union-attr]
             child.wait()
-    print(f"{len(_queries(args.data))} SciFact test queries, k={args.k}, median of "
+    print(f"{args.mode}: {len(_queries(args.data))} SciFact test queries, k={args.k}, median of "
           f"{args.rounds} alternating rounds, each side in its own process")
     print("| side | p50 ms | p99 ms |")
     print("| --- | --- | --- |")
