@@ -14,8 +14,8 @@ materialised to a list. ``--mode hybrid`` compares hybrid search instead: LanceD
 chunks' vectors too (from the embedding cache the indexing run filled) and answers
 ``table.search(query_type="hybrid").vector(qv).text(q).limit(10)`` (exact vector search, its
 default RRF), both sides embedding the query with semsearch's model, the cache off.
-Each side runs in its own process (pyarrow and onnxruntime in one
-process have crashed), warmed up first (50 queries, 2 s for background work such as the
+Each side runs in its own process (their native thread pools and
+allocators kept apart), warmed up first (50 queries, 2 s for background work such as the
 keyword postings, then every query once); then the two alternate, round by round (the order
 flips every round), each round every query once, and the table gives each side's median
 p50 / p99 over the rounds and the ratio semsearch / LanceDB, so machine noise hits both
@@ -138,9 +138,7 @@ def _timed(run: Callable[[str], object], queries: list[str]) -> list[float]:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    """A child: one side, warmed up, timing every query once per line read from stdin.
-    (Each side has its own process: LanceDB's pyarrow and onnxruntime in one process
-    crash.)"""
+    """A child: one side, warmed up, timing every query once per line read from stdin."""
     queries = _queries(args.data)
     run = _lance_side(args) if args.child == "lancedb" else _semsearch_side(args)
     _timed(run, queries[:50])  # open, load, start any background work
