@@ -262,7 +262,8 @@ class LocalOnnxEmbedder:
     """Loads lazily on the first embed call, once per instance; thread-safe."""
 
     def __init__(self, models_dir: Path, precision: str = "int8", threads: int = 0,
-                 batch_size: int = 8, max_tokens: int = 256, model: str = "") -> None:
+                 batch_size: int = 8, max_tokens: int = 256, model: str = "",
+                 workers: int = 1) -> None:
         if precision not in PRECISIONS:
             raise InputError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
         self.model = local_model(model)
@@ -272,6 +273,8 @@ class LocalOnnxEmbedder:
         self._batch_size = batch_size
         self._max_tokens = min(max_tokens, self.model.window)
         self._session: Any = None
+        self._workers = workers
+        self._pool: list[Any] = []
         self._feeds_token_types = True
         self._tokenizer: HfTokenizer | None = None
         self._lock = threading.Lock()
@@ -300,39 +303,64 @@ class LocalOnnxEmbedder:
         return self.model.graph(self._models_dir, self._precision,
                                 _weights_version(self.model))
 
+    def _new_session(self, threads: int) -> Any:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        # Spinning workers keep burning the cores after each run, starving the
+        # SQLite and numpy work that follows a query embedding: hybrid p50 16 ms
+        # with spinning, ~9 ms without (bench/query_latency.py).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(self.model_path()), opts,
+                                    providers=["CPUExecutionProvider"])
+
     def _load(self) -> Any:
         with self._lock:
             if self._session is None:
-                import onnxruntime as ort
-
-                opts = ort.SessionOptions()
-                opts.intra_op_num_threads = self._threads or (os.cpu_count() or 1)
-                opts.inter_op_num_threads = 1
-                # Spinning workers keep burning the cores after each run, starving the
-                # SQLite and numpy work that follows a query embedding: hybrid p50 16 ms
-                # with spinning, ~9 ms without (bench/query_latency.py).
-                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                session = ort.InferenceSession(
-                    str(self.model_path()), opts, providers=["CPUExecutionProvider"])
+                session = self._new_session(self._threads or (os.cpu_count() or 1))
                 self._feeds_token_types = "token_type_ids" in {
                     i.name for i in session.get_inputs()}
                 self._session = session
             return self._session
+
+    def _bulk_sessions(self) -> list[Any]:
+        """The sessions a many-batch call (an ingest) spreads its batches over: with
+        ``workers`` > 1, that many sessions of threads/workers intra-op threads each, made
+        on the first such call (a query never pays for them). Independent single-thread
+        workers need no barrier between the threads of each operator, so a core taken by
+        another process stalls one worker instead of every step of every batch."""
+        threads = self._threads or (os.cpu_count() or 1)
+        workers = min(self._workers, threads)
+        if workers <= 1:
+            return [self._load()]
+        self._load()
+        with self._lock:
+            if not self._pool:
+                self._pool = [self._new_session(max(1, threads // workers))
+                              for _ in range(workers)]
+            return self._pool
 
     def embed(self, texts: Sequence[str], input_type: InputType = InputType.PASSAGE) -> Vectors:
         """Mean-pooled, L2-normalized vectors in the order given."""
         return mean_pooled(self._load, self.tokenizer, self.meter, texts,
                            dimension=self.model.dimension, batch_size=self._batch_size,
                            output=self.model.hidden_output,
-                           token_types=lambda: self._feeds_token_types)
+                           token_types=lambda: self._feeds_token_types,
+                           bulk=self._bulk_sessions)
 
 
 def mean_pooled(load: Callable[[], Any], tokenizer: HfTokenizer, meter: ProviderMeter,
                 texts: Sequence[str], *, dimension: int, batch_size: int, output: str,
-                pad_id: int = 0, token_types: Callable[[], bool] = lambda: False) -> Vectors:
+                pad_id: int = 0, token_types: Callable[[], bool] = lambda: False,
+                bulk: Callable[[], list[Any]] | None = None) -> Vectors:
     """Mean-pooled, L2-normalized vectors of a transformer graph, in the order given: texts
     sorted by length and batched, each batch padded to its own longest member (shared by
-    the default model and the mpnet re-ranker, which differ only in graph and padding)."""
+    the default model and the mpnet re-ranker, which differ only in graph and padding).
+    ``bulk`` gives the sessions a call of several batches spreads them over (one thread per
+    session, each taking the next batch); a batch holds the same texts either way, so the
+    vectors are the same."""
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
             raise InputError(f"text #{i} is empty; nothing to embed")
@@ -342,8 +370,10 @@ def mean_pooled(load: Callable[[], Any], tokenizer: HfTokenizer, meter: Provider
     session = load()
     encoded = tokenizer.encode_for_model(texts)
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    feeds_types = token_types()
+
+    def run(sess: Any, idx: list[int]) -> None:
         width = max(len(encoded[i]) for i in idx)
         ids = np.full((len(idx), width), pad_id, dtype=np.int64)
         mask = np.zeros((len(idx), width), dtype=np.int64)
@@ -352,12 +382,47 @@ def mean_pooled(load: Callable[[], Any], tokenizer: HfTokenizer, meter: Provider
             mask[row, :len(encoded[i])] = 1
         started = time.perf_counter()
         feed = {"input_ids": ids, "attention_mask": mask}
-        if token_types():
+        if feeds_types:
             feed["token_type_ids"] = np.zeros_like(ids)
-        hidden = session.run([output], feed)[0]
+        hidden = sess.run([output], feed)[0]
         meter.record_call(len(idx), int(mask.sum()), time.perf_counter() - started)
         m = mask[..., None].astype(np.float32)
         pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
         pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
         out[idx] = pooled
+
+    sessions = bulk() if bulk is not None and len(batches) > 2 else [session]
+    _spread(batches, [functools.partial(run, s) for s in sessions])
     return out
+
+
+def _spread(batches: list[list[int]], runners: list[Callable[[list[int]], None]]) -> None:
+    """Run every batch on one of ``runners``, one thread each, each taking the next batch
+    as it finishes one (a worker slowed by another process takes fewer). onnxruntime
+    releases the GIL while it runs, so the workers run at once. One runner: in this thread."""
+    if len(runners) == 1:
+        for idx in batches:
+            runners[0](idx)
+        return
+    pending = iter(batches)
+    take = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work(run: Callable[[list[int]], None]) -> None:
+        while not errors:
+            with take:
+                idx = next(pending, None)
+            if idx is None:
+                return
+            try:
+                run(idx)
+            except BaseException as exc:  # re-raised in the caller's thread
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(r,), daemon=True) for r in runners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
