@@ -6,7 +6,8 @@ same thread count, in one run (the machine is noisy: only the ratios mean anythi
 
 Variants: ours int8 and fp32, each with length-bucketed batches (the default) and with
 batches in corpus order (what sorting saves),
-and batch 8 vs 32; the shipped dynamo export as is."""
+batch 8 vs 32 vs 4, and the thread layout for bulk calls: one session of --threads threads
+vs --threads sessions of one thread each (``workers``), each taking the next batch."""
 
 from __future__ import annotations
 
@@ -81,6 +82,13 @@ def main() -> None:
     big = LocalOnnxEmbedder(models, precision="int8", threads=args.threads, batch_size=32)
     results["semsearch int8, length-bucketed, batch 32"] = timed(
         lambda: big.embed(texts, InputType.PASSAGE), args.repeats)
+    small = LocalOnnxEmbedder(models, precision="int8", threads=args.threads, batch_size=4)
+    results["semsearch int8, length-bucketed, batch 4"] = timed(
+        lambda: small.embed(texts, InputType.PASSAGE), args.repeats)
+    spread = LocalOnnxEmbedder(models, precision="int8", threads=args.threads,
+                               workers=args.threads)
+    results[f"semsearch int8, batch 8, {args.threads} sessions x 1 thread"] = timed(
+        lambda: spread.embed(texts, InputType.PASSAGE), args.repeats)
     # Same model, batches in corpus order: what bucketing saves in padding.
     order = np.argsort([len(t) for t in texts])
     shuffled = [texts[i] for i in np.random.default_rng(0).permutation(order)]
