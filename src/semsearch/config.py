@@ -177,6 +177,12 @@ class Settings(BaseSettings):
     api_max_text_chars: int = Field(default=100_000, ge=1,
                                     description="characters per text in /embed and queries")
     api_max_body_bytes: int = Field(default=20_000_000, ge=1024, description="request body")
+    batch_wait_ms: float = Field(default=2.0, ge=0, le=1000, description="HTTP service: how "
+                                 "long gathered embedding calls wait for more requests "
+                                 "(only under concurrent load); 0 = take what is queued")
+    batch_max_texts: int = Field(default=64, ge=0, le=100_000, description="HTTP service: "
+                                 "texts per gathered embedding call; a larger request goes "
+                                 "alone; 0 = batching off")
     host: str = Field(default="127.0.0.1", description="semsearch serve: bind address")
     port: int = Field(default=8000, ge=0, le=65535, description="semsearch serve: port")
     no_progress: bool = Field(default=False, description="CLI: draw no progress bars")
