@@ -1,7 +1,8 @@
 """The embedded backend's derived indexes: one folder per collection version under
 ``<home>/indexes/<name>``, holding the dense index (float32 rows, an int8 usearch graph,
-a change log) and the BM25 index (an SQLite FTS5 file), with a ``.lock`` file that serializes savers and rebuilders
-of several processes (``serve --workers N``, a CLI beside a server)."""
+a change log) and the BM25 index (an SQLite FTS5 file), with a ``.lock`` file that
+serializes savers and rebuilders of several processes (``serve --workers N``, a CLI
+beside a server)."""
 
 from __future__ import annotations
 
