@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -56,6 +56,7 @@ class ProviderMeter:
     _latencies: list[float] = field(default_factory=list, repr=False)
     _dropped: int = 0  # latencies trimmed from the front of _latencies
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    keep: ClassVar[int | None] = None  # latencies kept; None: _KEEP_LATENCIES
 
     def record_call(self, items: int, tokens: int, seconds: float) -> None:
         with self._lock:
@@ -63,8 +64,9 @@ class ProviderMeter:
             self.items += items
             self.tokens += tokens
             self._latencies.append(seconds * 1000)
-            if len(self._latencies) > 2 * _KEEP_LATENCIES:
-                cut = len(self._latencies) - _KEEP_LATENCIES
+            keep = _KEEP_LATENCIES if self.keep is None else self.keep
+            if len(self._latencies) > 2 * keep:
+                cut = len(self._latencies) - keep
                 del self._latencies[:cut]
                 self._dropped += cut
 

@@ -69,17 +69,6 @@ class _CallerMeter(ProviderMeter):
 
     keep = 1000
 
-    def record_call(self, items: int, tokens: int, seconds: float) -> None:
-        with self._lock:
-            self.calls += 1
-            self.items += items
-            self.tokens += tokens
-            self._latencies.append(seconds * 1000)
-            if len(self._latencies) > 2 * self.keep:
-                cut = len(self._latencies) - self.keep
-                del self._latencies[:cut]
-                self._dropped += cut
-
 
 _STOP = object()  # put on the queue by close(): the worker serves what is before it and ends
 
