@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,19 @@ SAMPLE_QUERIES = [
 ]
 
 
+def wait_ready(url: str, alive: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``/readyz`` until it answers 200 (True), the server dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 class Server:
     """uvicorn serving ``create_app(settings)`` on a free loopback port, in a thread."""
 
@@ -89,14 +102,8 @@ class Server:
 
     def start(self, timeout: float = 180.0) -> Server:
         self.thread.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.thread.is_alive():
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        if wait_ready(self.url, self.thread.is_alive, timeout):
+            return self
         self.stop()
         raise RuntimeError(f"server at {self.url} did not become ready in {timeout:.0f} s")
 
@@ -130,14 +137,9 @@ class ServerProcess:
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-c", SERVE, str(self.port)],
                                          env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        proc = self.proc
+        if wait_ready(self.url, lambda: proc.poll() is None, timeout):
+            return self
         self.stop()
         raise RuntimeError(f"server at {self.url} did not become ready in {timeout:.0f} s:\n"
                            f"{self.log.read_text(errors='replace')[-2000:]}")
