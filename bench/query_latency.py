@@ -7,7 +7,9 @@ Each mode runs every test query once with a cold query cache (the embedding cach
 bypassed for queries by giving this process an empty cache), so dense and hybrid times
 include embedding the query.
 
-``--baseline-src DIR --baseline-home DIR`` measures another checkout of semsearch (its
+``--baseline-env KEY=VALUE`` alone measures this checkout against itself with other settings
+(``SEMSEARCH_BLAS_THREADS=0``: numpy's own BLAS threads). ``--baseline-src DIR
+--baseline-home DIR`` measures another checkout of semsearch (its
 ``src`` folder, e.g. a ``git worktree`` of an earlier commit, with the collection indexed
 into its own home) in the same run: the two alternate, round by round, each in its own
 process, and the table gives each one's median over the rounds and the ratio current /
@@ -69,8 +71,9 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def _child(src: Path | None, home: Path | None, args: argparse.Namespace) -> dict[str, Any]:
-    env = dict(os.environ)
+def _child(src: Path | None, home: Path | None, args: argparse.Namespace,
+           extra: dict[str, str] | None = None) -> dict[str, Any]:
+    env = {**os.environ, **(extra or {})}
     if src is not None:
         env["PYTHONPATH"] = str(src)
     if home is not None:
@@ -88,6 +91,10 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--baseline-src", type=Path, help="another checkout's src/ to compare")
     ap.add_argument("--baseline-home", type=Path, help="SEMSEARCH_HOME for the baseline")
+    ap.add_argument("--baseline-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="a variable set only for the baseline (repeatable); without "
+                         "--baseline-src the baseline is this checkout with these settings, "
+                         "e.g. SEMSEARCH_BLAS_THREADS=0")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -95,7 +102,10 @@ def main() -> None:
         lat = measure(args.data, args.collection, args.k)
         print(json.dumps({m: [_pct(v, 50), _pct(v, 99)] for m, v in lat.items()}))
         return
-    if args.baseline_src is None:
+    if any("=" not in kv for kv in args.baseline_env):
+        ap.error("--baseline-env takes KEY=VALUE")
+    base_env = dict(kv.split("=", 1) for kv in args.baseline_env)
+    if args.baseline_src is None and not base_env:
         lat = measure(args.data, args.collection, args.k)
         print(f"k={args.k}, query embedding included for dense/hybrid")
         print("| mode | p50 ms | p99 ms |")
@@ -106,9 +116,10 @@ def main() -> None:
     here = Path(__file__).resolve().parents[1] / "src"
     runs: dict[str, list[dict[str, Any]]] = {"current": [], "baseline": []}
     for r in range(args.rounds):
-        order = [("current", here, None), ("baseline", args.baseline_src, args.baseline_home)]
-        for name, src, home in order if r % 2 == 0 else order[::-1]:
-            runs[name].append(_child(src, home, args))
+        order = [("current", here, None, {}),
+                 ("baseline", args.baseline_src or here, args.baseline_home, base_env)]
+        for name, src, home, extra in order if r % 2 == 0 else order[::-1]:
+            runs[name].append(_child(src, home, args, extra))
             print(f"round {r + 1}/{args.rounds}: {name} done", file=sys.stderr)
     print(f"k={args.k}, query embedding included for dense/hybrid; median of {args.rounds} "
           "alternating rounds, each round every test query once per mode")

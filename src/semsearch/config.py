@@ -66,6 +66,9 @@ class Settings(BaseSettings):
                                            description="USD per million tokens, for cost")
     embedder_precision: str = Field(default="int8", description="local model: int8 or fp32")
     embedder_threads: int = Field(default=0, ge=0, description="onnxruntime threads; 0 = cores")
+    blas_threads: int = Field(default=1, ge=0, le=1024, description="threads numpy's BLAS "
+                              "may use once an engine opens (searches' small products "
+                              "lose to a second thread); 0 = numpy's own choice")
     embed_batch_size: int = Field(default=8, ge=1, le=1024,
                                   description="texts per model call; 4-8 measured fastest")
     ray_actors: int = Field(default=2, ge=1, le=4096, description="--executor ray: "

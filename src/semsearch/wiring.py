@@ -30,6 +30,7 @@ from semsearch.ports import (
     SyncSource,
     Telemetry,
 )
+from semsearch.runtime.blas import limit_blas_threads
 from semsearch.runtime.embedding import CachedEmbedder
 from semsearch.runtime.engine import Engine
 
@@ -503,6 +504,7 @@ def open_engine(settings: Settings | None = None, executor: str = "local") -> En
 
     settings = settings or Settings()
     check_executor(executor)  # a bad value fails before anything opens
+    limit_blas_threads(settings.blas_threads)
     settings.home.mkdir(parents=True, exist_ok=True)
     telemetry = make_telemetry(settings)  # a bad endpoint fails before anything opens
     store: Store | None = None

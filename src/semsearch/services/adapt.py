@@ -40,6 +40,7 @@ from semsearch.core.adapter import (
 from semsearch.core.types import InputType, Mode
 from semsearch.errors import InputError, SemsearchError
 from semsearch.runtime.adaptation import AdaptedCachedEmbedder
+from semsearch.runtime.blas import all_blas_threads
 from semsearch.runtime.embedding import CachedEmbedder
 from semsearch.runtime.engine import Engine
 from semsearch.runtime.indexes import doc_vector
@@ -192,7 +193,8 @@ def adapt(engine: Engine, collection: str, train: Path, *, split: str = "train",
     base = base_embedder(engine, collection)
     data = training_data(engine, collection, train, split, base, exclude=gate_texts)
     cfg = config or AdapterConfig()
-    weight, report = train_linear_adapter(data.queries, data.positives, data.docs, cfg)
+    with all_blas_threads():  # large dense products, no searches to compete with
+        weight, report = train_linear_adapter(data.queries, data.positives, data.docs, cfg)
     report.excluded = data.excluded
     adapter = LinearAdapter(weight=weight, base=base.identity.key(), meta={
         "collection": collection, "train": str(train), "split": split,
