@@ -2,8 +2,12 @@
 
 A server embeds many small requests at once (``/embed``, ``/v1/embeddings`` and every search's
 query). Called side by side, each runs the model on its own few texts and they fight over
-the cores; one call with all their texts costs much less than the sum (the model pads each
-of its own length-sorted batches, and one run of 8 texts costs about as much as two of 1).
+the cores. Gathered, they run one after another without that contention, and a remote API
+gets one request instead of many. What gathering does not buy on a CPU: the local model's
+cost is its padded tokens (~0.1 ms each, ~0.2 ms per call beyond them, on 2 AMD EPYC
+cores), so a call of 8 texts costs about what 8 calls of 1 cost, and only if the embedder
+does not pad the short texts to the long ones (``plan_batches``; bench/batching_ceiling.py
+measures the ceiling).
 ``BatchingEmbedder`` wraps an embedder with the same interface: a caller puts its texts on a
 queue and waits; one worker thread takes what is waiting (up to ``max_texts``), waits at most
 ``wait_ms`` after the first request for more (as TEI and Infinity do), groups the texts by
