@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     blas_threads: int = Field(default=1, ge=0, le=1024, description="threads numpy's BLAS "
                               "may use once an engine opens (searches' small products "
                               "lose to a second thread); 0 = numpy's own choice")
+    embedder_workers: int = Field(default=1, ge=1, le=64, description="local model: "
+                                  "sessions a call of several batches spreads them over, "
+                                  "sharing the threads; 1 = one session")
     embed_batch_size: int = Field(default=8, ge=1, le=1024,
                                   description="texts per model call; 4-8 measured fastest")
     ray_actors: int = Field(default=2, ge=1, le=4096, description="--executor ray: "

@@ -53,7 +53,8 @@ def _local_embedder(settings: Settings) -> Embedder:
                              threads=settings.embedder_threads,
                              batch_size=settings.embed_batch_size,
                              max_tokens=settings.chunk_max_tokens,
-                             model=settings.embedder_model)
+                             model=settings.embedder_model,
+                             workers=settings.embedder_workers)
 
 
 def _openai_embedder(settings: Settings) -> Embedder:

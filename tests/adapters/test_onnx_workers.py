@@ -46,3 +46,11 @@ def test_a_failing_batch_raises_in_the_caller() -> None:
     done.clear()
     _spread([[i] for i in range(20)], [ok, ok])
     assert sorted(done) == list(range(20))  # every batch once
+
+
+def test_the_workers_setting_reaches_the_local_embedder(tmp_path: Path) -> None:
+    from semsearch.config import Settings
+    from semsearch.wiring import make_embedder
+
+    embedder = make_embedder(Settings(home=tmp_path, embedder_workers=2))
+    assert isinstance(embedder, LocalOnnxEmbedder) and embedder._workers == 2
