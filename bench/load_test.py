@@ -382,10 +382,14 @@ def compare(args: argparse.Namespace, docs: Sequence[Document], queries: Sequenc
                 extra: dict[str, Any] = {"batch_max_texts": 0} if side == "off" else {
                     "batch_wait_ms": args.wait_ms, "batch_max_texts": args.max_texts}
                 make: Server | ServerProcess
+                if args.baseline_src is not None and side == "off":
+                    extra = {}  # the earlier checkout with its own defaults
                 if args.server_process:
                     env = {"SEMSEARCH_HOME": str(home),
                            "SEMSEARCH_EMBEDDER_THREADS": str(args.threads),
                            **{f"SEMSEARCH_{k.upper()}": str(v) for k, v in extra.items()}}
+                    if args.baseline_src is not None and side == "off":
+                        env["PYTHONPATH"] = str(args.baseline_src.resolve())
                     make = ServerProcess(env, Path(tmp) / f"{side}.log")
                 else:
                     os.environ["SEMSEARCH_HOME"] = str(home)
@@ -426,6 +430,9 @@ def compare(args: argparse.Namespace, docs: Sequence[Document], queries: Sequenc
             for server in servers.values():
                 server.stop()
 
+    if args.baseline_src is not None:
+        print(f"\n'batching off' below is the baseline checkout {args.baseline_src} with its "
+              "own defaults; 'on' is this checkout with its defaults")
     print(f"\n{args.rounds} rounds, alternating; {args.embed_share:.0%} POST /embed "
           f"(1-{args.embed_texts} texts) / "
           f"{1 - args.embed_share:.0%} GET /search (hybrid, k=10); high load {args.clients} "
@@ -502,6 +509,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="--compare: run each server in its own process (`semsearch serve`), "
                          "not in threads of this one: the clients' Python work no longer "
                          "competes with the server's for one GIL")
+    ap.add_argument("--baseline-src", type=Path, default=None,
+                    help="--compare --server-process: the 'off' side is this other checkout's "
+                         "src/ (e.g. a git worktree of an earlier commit) with its defaults, "
+                         "instead of this checkout with batching off")
     ap.add_argument("--low-seconds", type=float, default=10.0,
                     help="--compare: seconds of the one-client (low load) run per round")
     ap.add_argument("--wait-ms", type=float, default=Settings.model_fields[
@@ -513,6 +524,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             and args.embed_texts >= 1):
         ap.error("need --clients >= 1, --seconds > 0, 0 <= --embed-share <= 1 and "
                  "--embed-texts >= 1")
+    if args.baseline_src is not None and not (args.compare and args.server_process and
+                                              (args.baseline_src / "semsearch").is_dir()):
+        ap.error("--baseline-src needs --compare --server-process and a src/ folder holding "
+                 "semsearch/")
     if args.compare and not (args.rounds >= 1 and args.low_seconds > 0 and args.max_texts >= 2
                              and args.wait_ms >= 0):
         ap.error("--compare needs --rounds >= 1, --low-seconds > 0, --max-texts >= 2 and "

@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 
 from semsearch.core.chunking import chunk_document
-from semsearch.core.types import Document, InputType
+from semsearch.core.types import Chunk, Document, InputType
 from semsearch.core.unicode import require_unicode, shown
 from semsearch.errors import InputError
 from semsearch.ports import ChunkPayload, DocumentWrite, LedgerUpdate, Span, Vectors, WriteResult
@@ -86,6 +86,25 @@ class Batch:
     upserts: Sequence[Document] = ()
     deletes: Sequence[str] = ()
     refused: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Planned:
+    """A batch validated, diffed against the store and chunked (``BatchWriter.plan``)."""
+
+    todo: list[Document]  # new or changed: to embed
+    chunks: list[list[Chunk]]  # todo's chunks, in order
+    hashes: dict[str, str]
+    present: dict[str, str]  # id -> content hash already stored
+    deletes: list[str]
+    rejected: dict[str, str]
+    rejects: list[tuple[str, str]]  # to count, in order
+    gone: list[str]
+    unchanged: int
+
+    def ids(self) -> set[str]:
+        """Every id whose stored state this plan read."""
+        return set(self.hashes) | set(self.deletes) | set(self.gone) | set(self.rejected)
 
 
 @dataclass
@@ -161,12 +180,14 @@ class BatchWriter:
         return self._tel.span("semsearch.write_batch", attrs)
 
     # -- prepare: everything but the write --------------------------------------------------
-    def prepare(self, batch: Batch) -> Prepared:
+    def plan(self, batch: Batch) -> Planned:
+        """Validate, diff against the store and chunk: all of ``prepare`` but the model call,
+        and no side effect (counts are applied by ``finish``), so an ingest can plan the
+        next batch on another thread while this one is embedded."""
         for doc_id in batch.deletes:
             require_unicode(doc_id, f"document {shown(doc_id)!r}: its id")
         rejected = dict(batch.refused)
-        for key, reason in batch.refused.items():
-            self.counts.reject(key, reason)
+        rejects = list(batch.refused.items())
         candidates: list[Document] = []
         max_chars = self._engine.settings.max_text_chars
         for doc in batch.upserts:
@@ -181,7 +202,7 @@ class BatchWriter:
                 key = shown(doc.id) if isinstance(doc.id, str) and doc.id.strip() \
                     else "<no id>"
                 rejected[key] = str(exc)
-                self.counts.reject(key, str(exc))
+                rejects.append((key, str(exc)))
                 continue
             candidates.append(doc)
         present = self._store.content_hashes(
@@ -190,24 +211,43 @@ class BatchWriter:
         gone = [i for i in batch.deletes if i not in present]
         hashes = {d.id: d.content_hash() for d in candidates}
         todo = [d for d in candidates if present.get(d.id) != hashes[d.id]]
-        self.counts.unchanged += len(candidates) - len(todo)
-        self.counts.deleted += len(deletes)
-        writes, vectors = self._embed(todo, hashes, rejected)
+        return Planned(todo, self._chunk(todo), hashes, present, deletes, rejected, rejects,
+                       gone, unchanged=len(candidates) - len(todo))
+
+    def finish(self, planned: Planned) -> Prepared:
+        """Count what ``plan`` found and embed its chunks."""
+        for key, reason in planned.rejects:
+            self.counts.reject(key, reason)
+        self.counts.unchanged += planned.unchanged
+        self.counts.deleted += len(planned.deletes)
+        rejected, present, deletes = planned.rejected, planned.present, list(planned.deletes)
+        writes, vectors = self._embed(planned.todo, planned.hashes, rejected, planned.chunks)
         self.counts.changed += sum(1 for w in writes if w.document.id in present)
         self.counts.new += sum(1 for w in writes if w.document.id not in present)
         if self._remove_rejected:
             # Indexed before, refused now: the old content is no longer what the source
             # holds, so it leaves the index.
             deletes += [i for i in rejected if i in present and i not in deletes]
-        return Prepared(writes, vectors, deletes, rejected, gone)
+        return Prepared(writes, vectors, deletes, rejected, planned.gone)
+
+    def prepare(self, batch: Batch) -> Prepared:
+        return self.finish(self.plan(batch))
+
+    def _chunk(self, docs: list[Document]) -> list[list[Chunk]]:
+        if not docs:
+            return []
+        tokenizer = self.handle.embedder.tokenizer
+        with self._tel.span("semsearch.chunk", {**self._attrs, "semsearch.documents": len(docs)}):
+            return [chunk_document(d, tokenizer, self._chunker) for d in docs]
 
     def _embed(self, docs: list[Document], hashes: Mapping[str, str],
-               rejected: dict[str, str]) -> tuple[list[DocumentWrite], Vectors | None]:
+               rejected: dict[str, str], chunk_lists: list[list[Chunk]] | None = None,
+               ) -> tuple[list[DocumentWrite], Vectors | None]:
         if not docs:
             return [], None
         embedder = self.handle.embedder
-        with self._tel.span("semsearch.chunk", {**self._attrs, "semsearch.documents": len(docs)}):
-            chunk_lists = [chunk_document(d, embedder.tokenizer, self._chunker) for d in docs]
+        if chunk_lists is None:
+            chunk_lists = self._chunk(docs)
         texts = [c.embed_text for cl in chunk_lists for c in cl]
         try:
             with self._tel.span("semsearch.embed", {**self._attrs, "semsearch.texts": len(texts)}):

@@ -9,8 +9,10 @@ collection it created removes that collection again."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +23,7 @@ from semsearch.core.types import Document
 from semsearch.ports import CollectionInfo
 from semsearch.runtime.engine import Engine
 from semsearch.runtime.naming import validate_name as validate_name
-from semsearch.runtime.writer import Batch, BatchWriter, Failpoints, WriteCounts
+from semsearch.runtime.writer import Batch, BatchWriter, Failpoints, Planned, WriteCounts
 from semsearch.runtime.writer import validate_document as validate_document
 
 
@@ -98,6 +100,83 @@ def _batches(docs: Iterable[Document], size: int,
         yield list(batch.values())
 
 
+class _Ahead:
+    """One batch whose plan (validate, diff, chunk) runs on the planner thread while the
+    batch before it is written. Its span opens when the plan starts, in a context of its
+    own, so the plan's spans and the write's (on this thread, later) share the batch's
+    span as parent."""
+
+    def __init__(self, writer: BatchWriter, docs: list[Document],
+                 planner: ThreadPoolExecutor) -> None:
+        self.writer, self.batch = writer, Batch(upserts=docs)
+        self.before: set[str] = set()  # ids the previous batch writes: a plan reading them
+        self._ctx = contextvars.copy_context()
+        self._span = writer.span(self.batch)
+        self._ctx.run(self._span.__enter__)
+        self._open = True
+        self._future: Future[Planned] = planner.submit(self._ctx.run, writer.plan, self.batch)
+
+    def write(self) -> None:
+        """Finish and commit the batch (planning it again if its plan read ids the batch
+        before it wrote: that read came before the write)."""
+        try:
+            planned = self._future.result()
+            self._ctx.run(self._write, planned)
+        except BaseException as exc:
+            self.close(exc)
+            raise
+        self.close()
+
+    def _write(self, planned: Planned) -> None:
+        if planned.ids() & self.before:
+            planned = self.writer.plan(self.batch)
+        self.writer.commit(self.writer.finish(planned))
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """End the batch's span (once; an abandoned plan is waited for first)."""
+        if self._open:
+            self._open = False
+            with contextlib.suppress(BaseException):
+                self._future.exception()  # the plan no longer runs in the context
+            self._ctx.run(self._span.__exit__, type(exc) if exc else None, exc,
+                          exc.__traceback__ if exc else None)
+
+
+def _planned_ahead(writer: BatchWriter, batches: Iterable[list[Document]]) -> Iterator[_Ahead]:
+    """The batches, each one's plan started on a second thread while the one before it is
+    embedded and committed: chunking and tokenizing overlap the model (which releases the
+    GIL) instead of running between its calls. A plan reads the store before the previous
+    commit, so when the two batches share an id it is planned again after it. The source is
+    read one batch ahead too; its error comes after the batch before it is written."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="semsearch-plan") as planner:
+        previous: _Ahead | None = None
+        source = iter(batches)
+        try:
+            while True:
+                try:
+                    docs = next(source)
+                except StopIteration:
+                    break
+                except BaseException:  # a bad source line: what came before is written first
+                    if previous is not None:
+                        ready, previous = previous, None
+                        yield ready
+                    raise
+                ahead = _Ahead(writer, docs, planner)
+                if previous is not None:
+                    ahead.before = {d.id for d in previous.batch.upserts}
+                    ready, previous = previous, ahead
+                    yield ready
+                else:
+                    previous = ahead
+            if previous is not None:
+                ready, previous = previous, None
+                yield ready
+        finally:
+            if previous is not None:  # the run stopped before this batch's turn
+                previous.close()
+
+
 def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *,
                     batch_size: int = 256, skip_invalid: bool = False, create: bool = True,
                     on_progress: Callable[[int], None] | None = None) -> IndexReport:
@@ -113,11 +192,11 @@ def index_documents(engine: Engine, collection: str, docs: Iterable[Document], *
     writer = BatchWriter(handle, counts, invalid="reject" if skip_invalid else "raise",
                          failpoints=Failpoints(engine.settings.failpoints))
     try:
-        for batch in _batches(docs, batch_size, counts):
-            report.documents += len(batch)
-            writer.write(Batch(upserts=batch))
+        for ahead in _planned_ahead(writer, _batches(docs, batch_size, counts)):
+            report.documents += len(ahead.batch.upserts)
+            ahead.write()
             if on_progress is not None:
-                on_progress(len(batch))
+                on_progress(len(ahead.batch.upserts))
     except BaseException as exc:
         report.status = f"failed: {exc}"[:500]
         if handle.created and writer.generation == handle.info.generation:
