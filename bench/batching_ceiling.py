@@ -12,7 +12,9 @@ texts of ``--gather`` consecutive requests go in one call (sorted by length and 
 ``SEMSEARCH_EMBED_BATCH_SIZE`` batches, as the server's batcher does), as if every request
 found the others already queued. Rounds alternate the two sides on the same texts; the
 ratio alone / gathered is an upper bound on batching's throughput gain for the model's share
-of the work (HTTP, JSON and search work do not shrink with batching)."""
+of the work (HTTP, JSON and search work do not shrink with batching). Each side also runs
+with fixed runs of the batch size (how the embedder cut length-sorted texts before
+``plan_batches``), the baseline for the padding it saves."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -62,7 +65,11 @@ def main() -> int:
         embedder = make_embedder(settings)
         embedder.embed(["warm up"])
         tokenizer = embedder.tokenizer
-        cpu: dict[str, list[float]] = {"alone": [], "gathered": []}
+        from semsearch.adapters.embedders import onnx_local
+
+        plans = {"planned": onnx_local.plan_batches, "fixed": _fixed_runs}
+        cpu: dict[str, list[float]] = {f"{side} {plan}": [] for side in ("alone", "gathered")
+                                       for plan in plans}
         texts_total = tokens_total = 0
         for r in range(args.rounds):
             reqs = requests(r, args.requests, words, queries, args.embed_texts)
@@ -72,26 +79,41 @@ def main() -> int:
             calls = {"alone": reqs,
                      "gathered": [[t for req in reqs[i:i + args.gather] for t in req]
                                   for i in range(0, len(reqs), args.gather)]}
-            order = ["alone", "gathered"] if r % 2 == 0 else ["gathered", "alone"]
-            for side in order:
+            order = list(cpu) if r % 2 == 0 else list(cpu)[::-1]
+            for key in order:
+                side, plan = key.split()
+                onnx_local.plan_batches = plans[plan]  # type: ignore[assignment]
                 started = time.process_time()
                 for call in calls[side]:
                     embedder.embed(call)
-                cpu[side].append((time.process_time() - started) * 1000 / len(texts))
-            print(f"round {r + 1}/{args.rounds}: alone {cpu['alone'][-1]:.3f}, gathered "
-                  f"{cpu['gathered'][-1]:.3f} ms CPU per text", file=sys.stderr)
+                cpu[key].append((time.process_time() - started) * 1000 / len(texts))
+            onnx_local.plan_batches = plans["planned"]
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+                f"{key} {v[-1]:.3f}" for key, v in cpu.items()) + " ms CPU per text",
+                file=sys.stderr)
 
-    alone, gathered = statistics.median(cpu["alone"]), statistics.median(cpu["gathered"])
+    med = {key: statistics.median(v) for key, v in cpu.items()}
     print(f"{args.rounds} rounds x {args.requests} requests of load_test.py's mix "
           f"({texts_total / (args.rounds * args.requests):.2f} texts and "
           f"{tokens_total / texts_total:.1f} tokens per text on average); model on one "
           f"thread, batch size {settings.embed_batch_size}; medians:\n")
-    print("| calls | model CPU ms per text |")
-    print("| --- | ---: |")
-    print(f"| one per request (no batching) | {alone:.3f} |")
-    print(f"| {args.gather} requests per call (ideal batching) | {gathered:.3f} |")
-    print(f"\nceiling of batching's gain on the model's share: {alone / gathered:.2f}x")
+    print("| calls | fixed runs ms/text | plan_batches ms/text | fixed / planned |")
+    print("| --- | ---: | ---: | ---: |")
+    for side, label in (("alone", "one per request (no batching)"),
+                        ("gathered", f"{args.gather} requests per call (ideal batching)")):
+        fixed, planned = med[f"{side} fixed"], med[f"{side} planned"]
+        print(f"| {label} | {fixed:.3f} | {planned:.3f} | {fixed / planned:.2f} |")
+    print(f"\nceiling of batching's gain on the model's share: "
+          f"{med['alone planned'] / med['gathered planned']:.2f}x with plan_batches, "
+          f"{med['alone fixed'] / med['gathered fixed']:.2f}x with fixed runs; "
+          f"today against fixed runs without batching: "
+          f"{med['alone fixed'] / med['gathered planned']:.2f}x")
     return 0
+
+
+def _fixed_runs(lengths: Sequence[int], batch_size: int, call_tokens: int = 0) -> list[int]:
+    """Cut ends of runs of ``batch_size`` (the embedder's batches before plan_batches)."""
+    return [*range(batch_size, len(lengths), batch_size), len(lengths)] if lengths else []
 
 
 if __name__ == "__main__":
