@@ -5,6 +5,7 @@ taken when the log or the dead rows grow, and two processes on one folder never 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +254,52 @@ def test_background_compaction_on_a_big_index(tmp_path: Path,
     again = LocalVectorIndex(folder, DIM, **ANN)
     assert again.generation == 3 and len(again) == 100
     assert top(again, unit(1, seed=15)[0], 1) == [7]
+
+
+@pytest.mark.parametrize("rewrite", [False, True], ids=["snapshot", "rewrite"])
+def test_searches_go_on_while_a_background_compaction_writes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rewrite: bool) -> None:
+    """The snapshot's files take long (slowed here); searches answer meanwhile from the old
+    epoch, a writer waits for the snapshot, and both end up on disk."""
+    monkeypatch.setattr(local_module, "BACKGROUND_MIN", 0)
+    real_write = local_module._write_durable
+
+    def slow_write(*args: Any) -> None:
+        time.sleep(0.3)
+        real_write(*args)
+
+    folder = tmp_path / "vec"
+    index = LocalVectorIndex(folder, DIM, **ANN, compact_changes=5, compact_dead=0.01,
+                             compact_dead_min=1 if rewrite else 10**9)
+    vecs = unit(300)
+    model = dict(enumerate(vecs))
+    index.add(list(range(300)), vecs)
+    index.save(1)
+    monkeypatch.setattr(local_module, "_write_durable", slow_write)
+    changed = unit(6, seed=30)
+    index.add(list(range(6)), changed)
+    model.update(zip(range(6), changed, strict=True))
+    index.save(2)  # starts the compaction on its thread
+    compactor = index._compactor
+    assert compactor is not None and compactor.is_alive()
+    slowest = 0.0
+    while compactor.is_alive():
+        q = unit(1, seed=int(time.monotonic() * 1000) % 997)[0]
+        t = time.monotonic()
+        got = top(index, q)
+        slowest = max(slowest, time.monotonic() - t)
+        assert len(set(got) & set(exact(model, q, 10))) >= 8
+        if slowest > 0 and not compactor.is_alive():
+            break
+    assert slowest < 0.25  # the compaction takes > 1 s: searches did not wait for it
+    index.add([7], unit(1, seed=31))  # writers wait for it, then go on
+    model[7] = unit(1, seed=31)[0]
+    index.save(3)
+    index.wait_compaction(30)
+    again = LocalVectorIndex(folder, DIM, **ANN)
+    assert again.generation == 3 and len(again) == 300
+    for label in (0, 5, 7, 100):
+        assert top(again, model[label], 1) == [label]
 
 
 def test_two_processes_on_one_folder_never_mix(

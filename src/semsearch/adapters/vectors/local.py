@@ -166,7 +166,11 @@ class LocalVectorIndex:
         self.compact_dead = compact_dead
         self.compact_dead_min = compact_dead_min
         self.background = background
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the in-memory state: searches hold it briefly
+        # Held by whatever changes the contents (add, remove, clear, save, compaction),
+        # before _lock: a background snapshot holds only this while it writes its files,
+        # so searches go on and take _lock only for the switch to the new epoch.
+        self._writing = threading.RLock()
         self._compactor: threading.Thread | None = None
         self._reset()
         self._load()
@@ -398,7 +402,7 @@ class LocalVectorIndex:
         if batch is None:
             return
         labs, vecs = batch
-        with self._lock:
+        with self._writing, self._lock:
             old = self._lookup(labs)
             rows = self._append_rows(vecs)
             self._row_label[old[old != DEAD]] = DEAD
@@ -417,7 +421,7 @@ class LocalVectorIndex:
     def remove(self, labels: Iterable[int]) -> None:
         """Hide labels at once: their rows turn dead, the graph drops them."""
         labs = np.unique(np.fromiter((int(x) for x in labels), np.int64))
-        with self._lock:
+        with self._writing, self._lock:
             if len(labs) == 0 or self._n == 0:
                 return
             rows = self._lookup(labs)
@@ -435,7 +439,7 @@ class LocalVectorIndex:
 
     def clear(self) -> None:
         """Empty the in-memory index (files stay until the next ``save``); generation -> -1."""
-        with self._lock:
+        with self._writing, self._lock:
             self._reset()
 
     # -- search ---------------------------------------------------------------------------
@@ -547,7 +551,7 @@ class LocalVectorIndex:
         (first save, after ``clear``, another process saved meanwhile) write a snapshot. A
         failed write (a full disk) leaves the previous save whole, cuts back what it wrote
         and raises naming the folder; the contents in memory stay for the next save."""
-        with self._lock:
+        with self._writing, self._lock:
             if self._n >= self.ann_threshold and self._n > 0:
                 self._ensure_graph()
             try:
@@ -614,11 +618,14 @@ class LocalVectorIndex:
         self._disk.log_end += len(records)
         self._dirty.clear()
 
-    def _snapshot(self, generation: int, *, rewrite: bool) -> None:
-        """Write a new epoch beside the current one, manifest last, then drop the old files.
-        ``rewrite`` copies the live rows into a new float32 file (dropping dead ones);
-        otherwise pending rows are appended to the current file, which the new epoch
-        shares. Caller holds ``self._lock`` and the directory lock."""
+    def _snapshot(self, generation: int, *, rewrite: bool,
+                  switch: contextlib.AbstractContextManager[object] | None = None) -> None:
+        """Write a new epoch beside the current one, manifest last, switch memory to it,
+        then drop the old files. ``rewrite`` copies the live rows into a new float32 file
+        (dropping dead ones); otherwise pending rows are appended to the current file, which
+        the new epoch shares. Caller holds ``self._writing`` and the directory lock, and
+        ``self._lock`` unless it passes it as ``switch``: then searches run on the old epoch
+        while the files are written, and ``switch`` is held only for the switch."""
         epoch = uuid.uuid4().hex[:16]
         try:
             f32_size = self._path(self._f32).stat().st_size
@@ -666,20 +673,22 @@ class LocalVectorIndex:
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
             raise
+        # Only now, with the snapshot committed, does memory switch to it; the old files
+        # go after, so no search opens a file by a name that is gone.
+        with switch or contextlib.nullcontext():
+            if rewrite:
+                self._row_label = np.empty(len(labels), np.int64)
+                self._row_label[new_rows] = labels
+                self._rows = self._file_rows = len(labels)
+                self._pend = np.empty((0, self._dim), np.float32)
+                self._mm = None
+                self._f32 = f32
+            self._base_labels, self._base_rows = labels, new_rows
+            self._delta, self._delta_sorted, self._dirty = {}, None, set()
+            self._disk = _Disk(epoch, vector_log.HEADER.size, files)
+            if self._file_rows:
+                self._reader()
         self._drop_files(previous, set(files.values()) | {"manifest.json", ".lock"})
-        # Only now, with the snapshot committed, does memory switch to it.
-        if rewrite:
-            self._row_label = np.empty(len(labels), np.int64)
-            self._row_label[new_rows] = labels
-            self._rows = self._file_rows = len(labels)
-            self._pend = np.empty((0, self._dim), np.float32)
-            self._mm = None
-            self._f32 = f32
-        self._base_labels, self._base_rows = labels, new_rows
-        self._delta, self._delta_sorted, self._dirty = {}, None, set()
-        self._disk = _Disk(epoch, vector_log.HEADER.size, files)
-        if self._file_rows:
-            self._reader()
 
     def _write_rows(self, path: Path, rows: Labels) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -733,15 +742,20 @@ class LocalVectorIndex:
         self._compactor.start()
 
     def _compact_in_step(self, rewrite: bool) -> None:
-        """A snapshot of what is saved, if we are still in step with the disk. A failure is
-        logged: the log stays valid, the next save tries again."""
-        with self._lock:
-            if self._generation < 0 or self._dirty or self._rows > self._file_rows:
-                return  # unsaved changes: the next save decides
+        """A snapshot of what is saved, if we are still in step with the disk. Writers wait
+        meanwhile; searches do not (they are held only for the switch to the new epoch). A
+        failure is logged: the log stays valid, the next save tries again."""
+        with self._writing:
+            with self._lock:
+                if self._generation < 0 or self._dirty or self._rows > self._file_rows:
+                    return  # unsaved changes: the next save decides
+                generation = self._generation
+                if self._file_rows:
+                    self._reader()  # opened here, not raced by a search's lazy open
             try:
                 with locks.flock(self._path(".lock")):
                     if self._in_step():
-                        self._snapshot(self._generation, rewrite=rewrite)
+                        self._snapshot(generation, rewrite=rewrite, switch=self._lock)
             except (OSError, RuntimeError) as exc:
                 log.warning("compacting %s failed (%s); the change log stays valid",
                             self._dir, exc)
@@ -757,7 +771,7 @@ class LocalVectorIndex:
         graph is rebuilt from the live vectors only when tombstones are a tenth of it:
         results are the same, float32 rescoring makes the scores exact either way."""
         self.wait_compaction()
-        with self._lock:
+        with self._writing, self._lock:
             if self._graph is not None and self._graph_removed > 0.1 * max(len(self._graph), 1):
                 self._graph = None
                 self._ensure_graph()
