@@ -328,25 +328,41 @@ def test_clear_empties_and_forgets_the_generation(make: Callable[..., VectorInde
     assert labels_of(again.search(vecs[1], 5)) == [100]
 
 
-def test_compact_keeps_results_and_generation(make: Callable[..., VectorIndex]) -> None:
+def test_compact_keeps_results_and_generation(make: Callable[..., VectorIndex],
+                                             backend: VectorBackend) -> None:
     rng = np.random.default_rng(8)
     vecs = unit(rng, 500)
     index = make()
     index.add(list(range(500)), vecs)
     index.save(1)
     index.remove(range(0, 500, 2))
-    index.add([1000, 1001], unit(rng, 2))
+    extra = unit(rng, 2)
+    index.add([1000, 1001], extra)
     index.save(2)
     queries = unit(rng, 10)
     before = [index.search(q, 10) for q in queries]
+    stored = {**dict(enumerate(vecs)), 1000: extra[0], 1001: extra[1]}
     index.compact()
     assert index.deleted == 0
     assert index.generation == 2
     assert len(index) == 252
-    for q, want in zip(queries, before, strict=True):
-        assert_same_hits(index.search(q, 10), want)
     again = make()
     assert again.generation == 2 and len(again) == 252
+    if backend.approximate:
+        # A compaction may rebuild the graph, and a new graph over random 32-d vectors finds
+        # a slightly different top 10 (recall against the old answers 0.95-1.0 over 40
+        # runs); real vectors are held to RECALL_AT_10 by the SciFact test below. Each hit's
+        # score is still its exact similarity.
+        for found in (index, again):
+            got = [found.search(q, 10) for q in queries]
+            assert recall([labels_of(g) for g in got], [labels_of(w) for w in before]) >= 0.9
+            for q, hits in zip(queries, got, strict=True):
+                for label, score in hits:
+                    assert score == pytest.approx(float(stored[label] @ q),
+                                                  abs=backend.score_atol)
+        return
+    for q, want in zip(queries, before, strict=True):
+        assert_same_hits(index.search(q, 10), want)
     for q, want in zip(queries, before, strict=True):
         assert_same_hits(again.search(q, 10), want)
 
