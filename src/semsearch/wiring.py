@@ -240,7 +240,7 @@ def with_executor(settings: Settings, embedder: Embedder, executor: str) -> Embe
     per_call = settings.embed_batch_size  # groups align with the model's own batches
     group = -(-settings.ray_batch_size // per_call) * per_call
     options = RayOptions(address="" if address == "ray" else address,
-                         actors=settings.ray_actors, group_size=group,
+                         actors=settings.ray_actors, group_size=group, batch_size=per_call,
                          actor_cpus=settings.ray_actor_cpus,
                          max_retries=settings.ray_max_retries,
                          failpoints=settings.failpoints, marker_dir=str(settings.home))

@@ -406,26 +406,28 @@ CALL_TOKENS = 2
 def plan_batches(lengths: Sequence[int], batch_size: int,
                  call_tokens: int = CALL_TOKENS) -> list[int]:
     """Where to cut texts sorted by token count (ascending) into batches of at most
-    ``batch_size``: the cut ends that minimize padded tokens plus ``call_tokens`` per call.
+    ``batch_size``: the end of each batch.
 
     Why not fixed runs of ``batch_size``: on a CPU a call costs what its padded tokens cost
     (each row is as long as the batch's longest), so a batch of a 10-token and a 40-token
     text costs 80 tokens for 50 real ones. A request's or a gathered group's texts vary in
-    length, and fixed runs padded them by ~1.5x on bench/load_test.py's mix. A long sorted
-    run (an ingest) gets full batches anyway: neighbours differ by a token or two."""
-    n = len(lengths)
-    best = [0] * (n + 1)  # best[i]: cost of the first i texts
-    cut = [0] * (n + 1)  # cut[i]: where the last batch of the first i texts starts
-    for i in range(1, n + 1):
-        width = lengths[i - 1]  # the longest of any batch ending at i
-        best[i], cut[i] = min((best[j] + call_tokens + (i - j) * width, j)
-                              for j in range(max(0, i - batch_size), i))
-    ends = []
-    i = n
-    while i > 0:
-        ends.append(i)
-        i = cut[i]
-    return ends[::-1]
+    length, and fixed runs padded them by ~1.5x on bench/load_test.py's mix. Left to right,
+    a batch takes the next text unless it is full or the padding that text adds to the
+    batch's rows costs more than a new call (``call_tokens``). A long sorted run (an ingest)
+    still gets full batches: neighbours differ by a token or two. Each cut depends only on
+    the texts since the one before, so a run of texts that starts at a cut is cut the same
+    way on its own: the Ray executor sends such runs to its actors and their model sees the
+    batches it would see here (int8 vectors depend on their batch)."""
+    ends: list[int] = []
+    start = 0
+    for i in range(1, len(lengths)):
+        rows = i - start
+        if rows >= batch_size or rows * (lengths[i] - lengths[i - 1]) > call_tokens:
+            ends.append(i)
+            start = i
+    if lengths:
+        ends.append(len(lengths))
+    return ends
 
 
 def _spread(batches: list[list[int]], runners: list[Callable[[list[int]], None]]) -> None:

@@ -7,9 +7,10 @@ in input order, to the same writer, ledger, atomic batches and counters as in-pr
 
 Each call is one Ray Data job: ``map_batches`` over a fixed pool of actors, each of which
 builds the configured embedder once from a picklable factory (the settings) and keeps it.
-The texts travel as groups cut from the texts sorted by token length, each group a multiple
-of the model's own batch: the model then sees exactly the batches it sees in-process, so the
-vectors are the in-process ones bit for bit (int8's per-batch activation scales included).
+The texts travel as groups cut from the texts sorted by token length, each group ending
+where one of the model's own batches ends (``plan_batches``): the model then sees exactly
+the batches it sees in-process, so the vectors are the in-process ones bit for bit (int8's
+per-batch activation scales included).
 
 A crashed actor (a killed process, a lost node) is restarted and its call retried up to
 ``max_retries`` times; past that, or on any error other than a refused input, the run fails
@@ -32,6 +33,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from semsearch.adapters.embedders.onnx_local import plan_batches
 from semsearch.core.metering import ProviderMeter
 from semsearch.core.types import EmbedderIdentity, InputType
 from semsearch.errors import BackendError, InputError
@@ -46,7 +48,8 @@ class RayOptions:
 
     address: str = ""
     actors: int = 2
-    group_size: int = 256  # texts per actor call, a multiple of the model's batch
+    group_size: int = 256  # texts per actor call (at least; groups end where batches end)
+    batch_size: int = 8  # the local model's batch (SEMSEARCH_EMBED_BATCH_SIZE)
     actor_cpus: float = 1.0
     max_retries: int = 3
     failpoints: str = ""  # tests only: ray_actor_crash=N, ray_actor_crash_from=N
@@ -136,12 +139,18 @@ class RayExecutorEmbedder:
 
     def _groups(self, texts: Sequence[str]) -> list[list[int]]:
         """Indexes of ``texts`` by group: sorted by the model's token count (stable, as the
-        local model sorts its input), then cut every ``group_size``."""
+        local model sorts its input), then cut where the model's own batches end
+        (``plan_batches``) once a group holds ``group_size`` texts."""
         tokenizer, window = self.tokenizer, self.identity.max_tokens
-        order = sorted(range(len(texts)),
-                       key=lambda i: min(tokenizer.count_tokens(texts[i]) + 2, window))
-        size = self._options.group_size
-        return [order[s:s + size] for s in range(0, len(order), size)]
+        lengths = [min(tokenizer.count_tokens(t) + 2, window) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        groups: list[list[int]] = []
+        start = 0
+        for end in plan_batches([lengths[i] for i in order], self._options.batch_size):
+            if end - start >= self._options.group_size or end == len(order):
+                groups.append(order[start:end])
+                start = end
+        return groups
 
     def _record(self, calls: int, items: int, tokens: int, latencies_ms: list[float]) -> None:
         """Move a model's metering into this meter: the same calls, items, tokens and
