@@ -55,11 +55,13 @@ def test_the_setting_chooses_the_limit_and_zero_leaves_numpy_alone(tmp_path: Pat
     assert _probe(tmp_path / "zero", SEMSEARCH_BLAS_THREADS="0")["opened"] == 2
 
 
-def test_a_negative_setting_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("variable", "value"), [("SEMSEARCH_BLAS_THREADS", "-1"),
+                                                  ("SEMSEARCH_EMBEDDER_WORKERS", "0")])
+def test_a_bad_thread_setting_is_refused_with_a_clear_error(tmp_path: Path, variable: str,
+                                                           value: str) -> None:
     run = subprocess.run([sys.executable, "-m", "semsearch", "collections"],
                          capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "SEMSEARCH_HOME": str(tmp_path),
-                              "SEMSEARCH_BLAS_THREADS": "-1"})
+                         env={**os.environ, "SEMSEARCH_HOME": str(tmp_path), variable: value})
     assert run.returncode != 0
     assert "Traceback" not in run.stderr
-    assert "blas_threads" in run.stderr.lower() or "blas" in run.stderr.lower()
+    assert variable.removeprefix("SEMSEARCH_").lower() in run.stderr.lower()
