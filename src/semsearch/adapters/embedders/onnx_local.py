@@ -398,8 +398,9 @@ def mean_pooled(load: Callable[[], Any], tokenizer: HfTokenizer, meter: Provider
     return out
 
 
-# What one model call costs beyond its tokens, in tokens: measured on 2 cores (AMD EPYC,
-# int8, bench/batching_ceiling.py) a call costs ~0.1 ms per padded token and ~0.2 ms more.
+# What one model call costs beyond its tokens, in tokens: on 2 cores (AMD EPYC, int8) a call
+# costs ~0.093 ms per padded token; a one-row call ~0.2 ms more than its tokens, a call of
+# many rows almost nothing more (bench/RESULTS.md, "Padding").
 CALL_TOKENS = 2
 
 
