@@ -116,7 +116,10 @@ class Server:
 # `semsearch serve` (one worker) as a separate process, loading onnxruntime before anything
 # imports usearch (see main).
 SERVE = ("import sys, onnxruntime, uvicorn; uvicorn.run('semsearch.api.app:create_app', "
-         "factory=True, host='127.0.0.1', port=int(sys.argv[1]), log_level='warning')")
+         "factory=True, host='127.0.0.1', port=int(sys.argv[1]), log_level='warning'{})")
+# What uvicorn picks by itself without uvloop and httptools installed (before semsearch
+# declared them): --baseline-http h11 gives an earlier checkout the server it had.
+PLAIN_HTTP = ", loop='asyncio', http='h11'"
 
 
 class ServerProcess:
@@ -125,7 +128,8 @@ class ServerProcess:
 
     app = None  # nothing to inspect in this process
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, plain_http: bool = False) -> None:
+        self.serve = SERVE.format(PLAIN_HTTP if plain_http else "")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -135,7 +139,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 180.0) -> ServerProcess:
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-c", SERVE, str(self.port)],
+            self.proc = subprocess.Popen([sys.executable, "-c", self.serve, str(self.port)],
                                          env=self.env, stdout=out, stderr=subprocess.STDOUT)
         proc = self.proc
         if wait_ready(self.url, lambda: proc.poll() is None, timeout):
@@ -390,7 +394,8 @@ def compare(args: argparse.Namespace, docs: Sequence[Document], queries: Sequenc
                            **{f"SEMSEARCH_{k.upper()}": str(v) for k, v in extra.items()}}
                     if args.baseline_src is not None and side == "off":
                         env["PYTHONPATH"] = str(args.baseline_src.resolve())
-                    make = ServerProcess(env, Path(tmp) / f"{side}.log")
+                    make = ServerProcess(env, Path(tmp) / f"{side}.log", plain_http=(
+                        side == "off" and args.baseline_http == "h11"))
                 else:
                     os.environ["SEMSEARCH_HOME"] = str(home)
                     make = Server(Settings(home=home, embedder_threads=args.threads, **extra))
@@ -513,6 +518,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="--compare --server-process: the 'off' side is this other checkout's "
                          "src/ (e.g. a git worktree of an earlier commit) with its defaults, "
                          "instead of this checkout with batching off")
+    ap.add_argument("--baseline-http", choices=("auto", "h11"), default="auto",
+                    help="--baseline-src: 'h11' serves the earlier checkout on asyncio and h11, "
+                         "what uvicorn chose before semsearch depended on uvloop and httptools")
     ap.add_argument("--low-seconds", type=float, default=10.0,
                     help="--compare: seconds of the one-client (low load) run per round")
     ap.add_argument("--wait-ms", type=float, default=Settings.model_fields[

@@ -460,6 +460,10 @@ class KeyStorage(Protocol):
         """For messages: 'file /path/api_keys.json', 'table semsearch_api_keys at ...'."""
         ...
 
+    # True when ``version`` only looks at this machine (a file's stat), so a server may call
+    # it on its event loop; False when it may wait on a network (a database).
+    local: bool
+
     def version(self) -> object:
         """Cheap, and different whenever the keys changed: checked on every request."""
         ...

@@ -18,6 +18,8 @@ from semsearch.errors import InputError
 class FileKeyStorage:
     """``KeyStorage`` over ``{"keys": [...]}`` in one file, replaced atomically on change."""
 
+    local = True  # version() is one stat
+
     def __init__(self, path: Path) -> None:
         self.path = path
 

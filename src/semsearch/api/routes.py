@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from semsearch.api.auth import Principal, require
 from semsearch.api.errors import ApiError
@@ -42,7 +43,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter(responses=ERRORS)
 
 
-def engine_of(request: Request) -> Engine:
+async def engine_of(request: Request) -> Engine:
+    """Async: it reads memory only, and a dependency run in the thread pool costs a
+    hand-over each way on every request."""
     state = state_of(request)
     engine = state.engine
     if engine is None or not state.ready:
@@ -59,11 +62,18 @@ _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey"
                         description="the same API key, in the X-API-Key header")
 
 
-def principal_of(request: Request,
-                 bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-                 x_api_key: Annotated[str | None, Depends(_api_key)]) -> Principal:
+async def principal_of(request: Request,
+                       bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+                       x_api_key: Annotated[str | None, Depends(_api_key)]) -> Principal:
+    """On the event loop when the keys are a file (a stat): a dependency run in the thread
+    pool costs a hand-over each way on every request. Keys in a database are checked in
+    the pool, so a database that does not answer holds up this request, not the server."""
     presented = bearer.credentials.strip() if bearer is not None else x_api_key
-    principal: Principal = state_of(request).keys.authenticate(presented)
+    keys = state_of(request).keys
+    if keys.storage.local:
+        principal: Principal = keys.authenticate(presented)
+    else:
+        principal = await run_in_threadpool(keys.authenticate, presented)
     return principal
 
 

@@ -40,6 +40,8 @@ FROM {TABLE}"""
 class PgKeyStorage:
     """``KeyStorage`` over the ``semsearch_api_keys`` table."""
 
+    local = False  # version() may wait on the database
+
     def __init__(self, db: Database, *, version_ttl: float = 1.0, owns_db: bool = False) -> None:
         self._db = db
         self._owns_db = owns_db
