@@ -189,6 +189,8 @@ class Settings(BaseSettings):
     batch_max_texts: int = Field(default=64, ge=0, le=100_000, description="HTTP service: "
                                  "texts per gathered embedding call; a larger request goes "
                                  "alone; 0 = batching off")
+    batch_workers: int = Field(default=0, ge=0, le=64, description="HTTP service: gathered "
+                               "embedding calls in flight at once; 0 = one per core")
     host: str = Field(default="127.0.0.1", description="semsearch serve: bind address")
     port: int = Field(default=8000, ge=0, le=65535, description="semsearch serve: port")
     no_progress: bool = Field(default=False, description="CLI: draw no progress bars")

@@ -54,3 +54,30 @@ def test_the_workers_setting_reaches_the_local_embedder(tmp_path: Path) -> None:
 
     embedder = make_embedder(Settings(home=tmp_path, embedder_workers=2))
     assert isinstance(embedder, LocalOnnxEmbedder) and embedder._workers == 2
+
+
+def test_calls_in_flight_at_once_each_take_a_session_of_their_own(
+        models_dir: Path, embedder: LocalOnnxEmbedder) -> None:
+    import threading
+
+    texts = [f"question {i} about {w}" for i, w in enumerate(["soil", "bread", "tyres"] * 4)]
+    # each alone, as the calls below embed them (an int8 vector depends on its batch)
+    ref = np.vstack([embedder.embed([t], InputType.QUERY) for t in texts])
+    spread = LocalOnnxEmbedder(models_dir, threads=2, workers=2)
+    spread._calls = 1  # as if another call were running: this one takes a pool session
+    np.testing.assert_allclose(spread.embed(texts[:1], InputType.QUERY), ref[:1], atol=1e-6)
+    assert len(spread._pool) == 2 and spread._calls == 1
+    spread._calls = 0
+    got: dict[int, np.ndarray] = {}
+
+    def call(i: int) -> None:
+        for _ in range(5):
+            got[i] = spread.embed([texts[i]], InputType.QUERY)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert spread._calls == 0 and len(got) == len(texts)
+    np.testing.assert_allclose(np.vstack([got[i] for i in range(len(texts))]), ref, atol=1e-6)

@@ -132,16 +132,31 @@ def test_batching_off_and_a_prompt_shutdown(tmp_path: Path, models_dir: Path) ->
     finally:
         srv.stop()
     on = LiveServer(Settings(home=make_home(tmp_path / "on", models_dir), embedder_threads=2,
-                             batch_wait_ms=5)).start()
+                             batch_wait_ms=5, batch_workers=2)).start()
     engine = state_of(on.app).engine
     assert engine is not None and engine.batcher is not None
     batcher = engine.batcher
+    assert len(batcher._workers) == 2  # two calls in flight, each on a one-thread session
+    model = batcher.inner
+    assert isinstance(model, LocalOnnxEmbedder) and model._workers == 2
     started = time.perf_counter()
     on.stop()
     assert not on.thread.is_alive() and time.perf_counter() - started < 30
-    assert not batcher._worker.is_alive()  # the engine closed it
+    assert not any(w.is_alive() for w in batcher._workers)  # the engine closed it
 
 
 @pytest.fixture(scope="module")
 def live(live_factory: Callable[..., LiveServer]) -> LiveServer:
     return live_factory(batch_wait_ms=2)
+
+
+def test_the_server_gives_each_call_in_flight_a_session_of_its_own(tmp_path: Path) -> None:
+    from semsearch.api.app import served_settings
+
+    default = Settings(home=tmp_path)
+    assert served_settings(default, 2).embedder_workers == 2
+    assert served_settings(default, 1).embedder_workers == 1  # one call at a time
+    chosen = Settings(home=tmp_path, embedder_workers=1)  # as SEMSEARCH_EMBEDDER_WORKERS=1
+    assert served_settings(chosen, 2).embedder_workers == 1
+    off = Settings(home=tmp_path, batch_max_texts=0)
+    assert served_settings(off, 2).embedder_workers == 1

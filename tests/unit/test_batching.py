@@ -188,6 +188,45 @@ def test_each_caller_is_metered_for_its_own_share() -> None:
     assert sum(s.tokens for s in stats) == spent.tokens - first_call_tokens
 
 
+class OverlapEmbedder(FakeEmbedder):
+    """The fake embedder, whose calls each wait, after recording their cost, until
+    ``parties`` calls are inside at once: it returns only if that many run in parallel."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.inside = threading.Barrier(parties)
+        self.entered = threading.Event()
+
+    def embed(self, texts: Sequence[str], input_type: InputType = P) -> Vectors:
+        out = super().embed(texts, input_type)
+        self.entered.set()
+        self.inside.wait(10)  # BrokenBarrierError: the calls did not overlap
+        return out
+
+
+def test_workers_run_calls_at_once_each_metered_for_its_own() -> None:
+    inner = OverlapEmbedder(parties=2)
+    batcher = BatchingEmbedder(inner, wait_ms=0, max_texts=64, workers=2)
+    cached = CachedEmbedder(batcher, NullEmbeddingCache())
+    asks = [["one two three"], ["four five", "six seven eight nine"]]
+    stats = [EmbedStats(), EmbedStats()]
+    try:
+        first, first_threads = in_threads([lambda: cached.embed(asks[0], Q, stats[0])])
+        assert inner.entered.wait(10)  # the first call is in the model: the second is apart
+        second, threads = in_threads([lambda: cached.embed(asks[1], Q, stats[1])])
+        join(first_threads + threads)
+    finally:
+        batcher.close()
+    for texts, got in zip(asks, first + second, strict=True):
+        assert not isinstance(got, Exception), got
+        np.testing.assert_allclose(got, FakeEmbedder().embed(texts, Q), atol=1e-6)
+    # Each call recorded its cost while the other was running: a delta of the embedder's
+    # meter would bill both calls' 9 tokens to each.
+    assert [(s.provider_calls, s.embedded, s.tokens) for s in stats] == [(1, 1, 3), (1, 2, 6)]
+    assert batcher.counters.batches == 2
+    assert not any(w.is_alive() for w in batcher._workers)
+
+
 def test_close_serves_what_is_queued_and_later_calls_still_work() -> None:
     inner = GatedEmbedder()
     batcher = BatchingEmbedder(inner, wait_ms=0, max_texts=64)
@@ -199,7 +238,7 @@ def test_close_serves_what_is_queued_and_later_calls_still_work() -> None:
     inner.gate.set()
     join([*threads, closing])
     assert all(isinstance(o, np.ndarray) and o.shape == (1, 384) for o in out), out
-    assert not batcher._worker.is_alive()
+    assert not any(w.is_alive() for w in batcher._workers)
     assert batcher.embed(["after close"], Q).shape == (1, 384)  # straight to the model
     started = time.perf_counter()
     batcher.close()  # again: a no-op
@@ -232,7 +271,7 @@ def test_real_model_concurrent_callers_match_unbatched_vectors(
     assert batcher.counters.batches < len(texts)  # some callers shared a call
 
 
-@pytest.mark.parametrize("kw", [{"wait_ms": -1}, {"max_texts": 0}])
+@pytest.mark.parametrize("kw", [{"wait_ms": -1}, {"max_texts": 0}, {"workers": 0}])
 def test_bad_settings_are_refused(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         BatchingEmbedder(FakeEmbedder(), **kw)  # type: ignore[arg-type]

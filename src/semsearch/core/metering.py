@@ -4,7 +4,10 @@ keeps the cumulative sums per collection."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -42,6 +45,11 @@ class MeterSnapshot:
 # meter neither grows forever nor makes each snapshot cost O(history).
 _KEEP_LATENCIES = 100_000
 
+# (meter, sink) pairs: while a block runs under ``ProviderMeter.collecting``, what that meter
+# records in this context is recorded in the sink too.
+_SINKS: ContextVar[tuple[tuple[ProviderMeter, ProviderMeter], ...]] = ContextVar(
+    "semsearch_meter_sinks", default=())
+
 
 @dataclass
 class ProviderMeter:
@@ -59,6 +67,9 @@ class ProviderMeter:
     keep: ClassVar[int | None] = None  # latencies kept; None: _KEEP_LATENCIES
 
     def record_call(self, items: int, tokens: int, seconds: float) -> None:
+        for meter, sink in _SINKS.get():
+            if meter is self:
+                sink.record_call(items, tokens, seconds)
         with self._lock:
             self.calls += 1
             self.items += items
@@ -71,10 +82,26 @@ class ProviderMeter:
                 self._dropped += cut
 
     def add(self, *, truncated: int = 0, retries: int = 0, errors: int = 0) -> None:
+        for meter, sink in _SINKS.get():
+            if meter is self:
+                sink.add(truncated=truncated, retries=retries, errors=errors)
         with self._lock:
             self.truncated += truncated
             self.retries += retries
             self.errors += errors
+
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[ProviderMeter]:
+        """A meter of what this one records inside the block, in this context (and in
+        threads run with a copy of it): one call's own cost even while other threads call
+        the same embedder, where a delta of this meter would count their calls too (a
+        server's batcher runs one call per core at once)."""
+        sink = ProviderMeter()
+        token = _SINKS.set((*_SINKS.get(), (self, sink)))
+        try:
+            yield sink
+        finally:
+            _SINKS.reset(token)
 
     def snapshot(self) -> MeterSnapshot:
         with self._lock:

@@ -9,9 +9,15 @@ cores), so a call of 8 texts costs about what 8 calls of 1 cost, and only if the
 does not pad the short texts to the long ones (``plan_batches``; bench/batching_ceiling.py
 measures the ceiling).
 ``BatchingEmbedder`` wraps an embedder with the same interface: a caller puts its texts on a
-queue and waits; one worker thread takes what is waiting (up to ``max_texts``), waits at most
+queue and waits; a worker thread takes what is waiting (up to ``max_texts``), waits at most
 ``wait_ms`` after the first request for more (as TEI and Infinity do), groups the texts by
 input type, runs the model once per group and hands each caller its rows.
+
+``workers`` such threads take turns at the queue (a server uses one per core). With one, every
+model call waited for the one before, and the one call in flight did not fill the machine:
+its operators split over the cores wait for each other at every step, and the request
+threads' Python work holds the GIL in between. Two calls in flight kept both cores busy:
+/embed throughput with 8 clients rose ~15-20 % (bench/RESULTS.md, "the HTTP path").
 
 It sits *under* the cache (``CachedEmbedder(BatchingEmbedder(model), cache)``): lookups stay
 per request and only the texts the cache misses are gathered.
@@ -27,7 +33,7 @@ per request and only the texts the cache misses are gathered.
   ``meter`` is the calling thread's own: the worker gives each caller its share of the shared
   call (its texts, its part of the tokens, the call's latency), not everyone's counts. The
   wrapped embedder's own meter still counts every real model call.
-- ``close`` serves what is queued, then stops the worker; later calls go straight to the
+- ``close`` serves what is queued, then stops the workers; later calls go straight to the
   model, so a request racing the shutdown is answered rather than left waiting."""
 
 from __future__ import annotations
@@ -109,11 +115,14 @@ class BatchingEmbedder:
 
     ``wait_ms``: how long the worker waits for more requests after the first of a batch
     (only while traffic is concurrent; 0: never wait, take only what is already queued).
-    ``max_texts``: texts in one gathered call; a request with more goes straight through."""
+    ``max_texts``: texts in one gathered call; a request with more goes straight through.
+    ``workers``: model calls in flight at once, each gathering its own batch."""
 
-    def __init__(self, inner: Embedder, *, wait_ms: float = 2.0, max_texts: int = 64) -> None:
-        if wait_ms < 0 or max_texts < 1:
-            raise ValueError(f"need wait_ms >= 0 and max_texts >= 1, got {wait_ms}, {max_texts}")
+    def __init__(self, inner: Embedder, *, wait_ms: float = 2.0, max_texts: int = 64,
+                 workers: int = 1) -> None:
+        if wait_ms < 0 or max_texts < 1 or workers < 1:
+            raise ValueError("need wait_ms >= 0, max_texts >= 1 and workers >= 1, got "
+                             f"{wait_ms}, {max_texts}, {workers}")
         self.inner = inner
         self.wait_s = wait_ms / 1000
         self.max_texts = max_texts
@@ -123,9 +132,10 @@ class BatchingEmbedder:
         self._lock = threading.Lock()  # orders submissions against close()
         self._closed = False
         self._crowded = False  # the last batch gathered several requests: worth waiting
-        self._worker = threading.Thread(target=self._run, name="semsearch-batcher",
-                                        daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._run, name=f"semsearch-batcher-{i}",
+                                          daemon=True) for i in range(workers)]
+        for worker in self._workers:
+            worker.start()
 
     # -- the Embedder interface ----------------------------------------------------------
     @property
@@ -168,13 +178,16 @@ class BatchingEmbedder:
         return req.vectors
 
     def close(self, timeout: float = 30.0) -> None:
-        """Serve what is queued, stop the worker (idempotent). Calls made afterwards embed
+        """Serve what is queued, stop the workers (idempotent). Calls made afterwards embed
         directly."""
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._queue.put(_STOP)
-        self._worker.join(timeout)
+                for _ in self._workers:  # each worker ends at the first it takes
+                    self._queue.put(_STOP)
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
 
     # -- callers' side -------------------------------------------------------------------
     def _direct(self, texts: list[str], input_type: InputType) -> Vectors:
@@ -279,15 +292,15 @@ class BatchingEmbedder:
 
     def _call(self, texts: list[str], input_type: InputType,
               ) -> tuple[Vectors, MeterSnapshot, float]:
-        """One call of the wrapped embedder, with what it cost (its meter's delta: only this
-        worker and over-large requests call it, so the delta is this call's own)."""
-        meter = self.inner.meter
-        before = meter.snapshot()
+        """One call of the wrapped embedder, with what it cost: what its meter recorded in
+        this call's context, not a delta of the meter (another worker's call may run at
+        the same time)."""
         started = time.perf_counter()
-        vectors = self.inner.embed(texts, input_type)
+        with self.inner.meter.collecting() as used:
+            vectors = self.inner.embed(texts, input_type)
         seconds = time.perf_counter() - started
         dim = self.inner.identity.dimension
         if vectors.shape != (len(texts), dim):
             raise BackendError(f"embedder {self.inner.identity.model} returned shape "
                                f"{vectors.shape}, expected ({len(texts)}, {dim})")
-        return vectors, meter.snapshot().minus(before), seconds
+        return vectors, used.snapshot(), seconds

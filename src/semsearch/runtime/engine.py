@@ -243,15 +243,16 @@ class Engine:
         self.index_storage.remove(name)
 
     # -- lifecycle ---------------------------------------------------------------------
-    def batch_embeddings(self, wait_ms: float, max_texts: int) -> None:
+    def batch_embeddings(self, wait_ms: float, max_texts: int, workers: int = 1) -> None:
         """Gather concurrent callers of the configured embedder (a server's /embed,
         /v1/embeddings and search queries) into shared model calls, under the cache so only
-        misses are gathered (``runtime.batching``). ``max_texts`` 0 or 1: leave it off. A
-        server turns it on; the CLI's bulk paths batch by themselves and do not."""
+        misses are gathered (``runtime.batching``), ``workers`` calls at once. ``max_texts``
+        0 or 1: leave it off. A server turns it on; the CLI's bulk paths batch by themselves
+        and do not."""
         if max_texts <= 1 or self._batcher is not None:
             return
         batcher = BatchingEmbedder(self.embedder.embedder, wait_ms=wait_ms,
-                                   max_texts=max_texts)
+                                   max_texts=max_texts, workers=workers)
         served = copy.copy(self.embedder)  # the same cache and price, the batcher inside
         served.embedder = batcher
         self.embedder, self._batcher = served, batcher

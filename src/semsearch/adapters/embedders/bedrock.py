@@ -24,6 +24,7 @@ here and only when a Bedrock embedder is built."""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import re
@@ -226,7 +227,8 @@ class BedrockEmbedder:
             parts = [run(spans[0])]
         else:
             with ThreadPoolExecutor(min(self._concurrency, len(spans)), "bedrock") as pool:
-                futures = [pool.submit(run, s) for s in spans]
+                # each in a copy of this context: a caller collecting its metering sees it
+                futures = [pool.submit(contextvars.copy_context().run, run, s) for s in spans]
                 try:
                     parts = [f.result() for f in futures]
                 except _Skipped:

@@ -17,6 +17,7 @@ an unknown model. Keeping one copy of the rest keeps the providers' behaviour id
 
 from __future__ import annotations
 
+import contextvars
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -238,7 +239,8 @@ class HttpEmbedder:
             parts = [run(spans[0])]
         else:
             with ThreadPoolExecutor(min(self._concurrency, len(spans)), "embed") as pool:
-                futures = [pool.submit(run, s) for s in spans]
+                # each in a copy of this context: a caller collecting its metering sees it
+                futures = [pool.submit(contextvars.copy_context().run, run, s) for s in spans]
                 try:
                     parts = [f.result() for f in futures]
                 except BaseException:

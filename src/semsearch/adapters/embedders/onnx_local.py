@@ -21,6 +21,7 @@ its own longest member, not the corpus's)."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import itertools
@@ -276,6 +277,7 @@ class LocalOnnxEmbedder:
         self._session: Any = None
         self._workers = workers
         self._pool: list[Any] = []
+        self._calls = 0  # calls in flight
         self._feeds_token_types = True
         self._tokenizer: HfTokenizer | None = None
         self._lock = threading.Lock()
@@ -326,16 +328,18 @@ class LocalOnnxEmbedder:
                 self._session = session
             return self._session
 
-    def _bulk_sessions(self) -> list[Any]:
-        """The sessions a many-batch call (an ingest) spreads its batches over: with
-        ``workers`` > 1, that many sessions of threads/workers intra-op threads each, made
-        on the first such call (a query never pays for them). Independent single-thread
-        workers need no barrier between the threads of each operator, so a core taken by
-        another process stalls one worker instead of every step of every batch."""
+    def _sessions(self) -> list[Any] | None:
+        """With ``workers`` > 1, that many sessions of threads/workers intra-op threads each,
+        made on the first call that needs them (a lone query never does). A many-batch
+        call (an ingest) spreads its batches over them; a call made while another is in
+        flight (a server's concurrent requests) runs in its own thread on the first.
+        Independent single-thread runs need no barrier between the threads of each
+        operator, so a core taken by another process or call stalls one run instead of
+        every step of every batch (bench/RESULTS.md, "the HTTP path")."""
         threads = self._threads or (os.cpu_count() or 1)
         workers = min(self._workers, threads)
         if workers <= 1:
-            return [self._load()]
+            return None
         self._load()
         with self._lock:
             if not self._pool:
@@ -345,23 +349,32 @@ class LocalOnnxEmbedder:
 
     def embed(self, texts: Sequence[str], input_type: InputType = InputType.PASSAGE) -> Vectors:
         """Mean-pooled, L2-normalized vectors in the order given."""
-        return mean_pooled(self._load, self.tokenizer, self.meter, texts,
-                           dimension=self.model.dimension, batch_size=self._batch_size,
-                           output=self.model.hidden_output,
-                           token_types=lambda: self._feeds_token_types,
-                           bulk=self._bulk_sessions)
+        with self._lock:
+            self._calls += 1
+            crowded = self._calls > 1
+        try:
+            return mean_pooled(self._load, self.tokenizer, self.meter, texts,
+                               dimension=self.model.dimension, batch_size=self._batch_size,
+                               output=self.model.hidden_output,
+                               token_types=lambda: self._feeds_token_types,
+                               pool=self._sessions, crowded=crowded)
+        finally:
+            with self._lock:
+                self._calls -= 1
 
 
 def mean_pooled(load: Callable[[], Any], tokenizer: HfTokenizer, meter: ProviderMeter,
                 texts: Sequence[str], *, dimension: int, batch_size: int, output: str,
                 pad_id: int = 0, token_types: Callable[[], bool] = lambda: False,
-                bulk: Callable[[], list[Any]] | None = None) -> Vectors:
+                pool: Callable[[], list[Any] | None] | None = None,
+                crowded: bool = False) -> Vectors:
     """Mean-pooled, L2-normalized vectors of a transformer graph, in the order given: texts
     sorted by length and batched, each batch padded to its own longest member (shared by
     the default model and the mpnet re-ranker, which differ only in graph and padding).
-    ``bulk`` gives the sessions a call of several batches spreads them over (one thread per
-    session, each taking the next batch); a batch holds the same texts either way, so the
-    vectors are the same."""
+    ``pool`` gives the sessions a call of several batches spreads them over (one thread per
+    session, each taking the next batch); a ``crowded`` call (another is in flight) runs
+    its batches in this thread on the first of them; otherwise ``load``'s session runs
+    every batch. A batch holds the same texts either way, so the vectors are the same."""
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
             raise InputError(f"text #{i} is empty; nothing to embed")
@@ -393,7 +406,11 @@ def mean_pooled(load: Callable[[], Any], tokenizer: HfTokenizer, meter: Provider
         pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
         out[idx] = pooled
 
-    sessions = bulk() if bulk is not None and len(batches) > 1 else [session]
+    sessions = pool() if pool is not None and (len(batches) > 1 or crowded) else None
+    if not sessions:
+        sessions = [session]
+    elif crowded:  # one core's worth: the other calls in flight have the rest
+        sessions = sessions[:1]
     _spread(batches, [functools.partial(run, s) for s in sessions])
     return out
 
@@ -454,7 +471,9 @@ def _spread(batches: list[list[int]], runners: list[Callable[[list[int]], None]]
             except BaseException as exc:  # re-raised in the caller's thread
                 errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(r,), daemon=True) for r in runners]
+    # In copies of this context: a caller collecting its call's metering sees theirs too.
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(work, r),
+                                daemon=True) for r in runners]
     for t in threads:
         t.start()
     for t in threads:
