@@ -26,6 +26,8 @@ machine (and the GIL), so the numbers are for comparing runs, not for capacity p
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
 import random
 import signal
@@ -35,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,12 +234,70 @@ def _short_text(rng: random.Random, words: Sequence[str]) -> str:
     return " ".join(rng.choice(words) for _ in range(rng.randint(3, 12)))
 
 
+class _Answer:
+    """What client_loop reads of a response (httpx.Response's names)."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status_code, self.content = status, body
+        self.is_success = 200 <= status < 300
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class StdlibClient:
+    """One keep-alive connection through ``http.client``: a load generator that costs the
+    machine ~4x less CPU per request than httpx, so the clients take less of the cores the
+    server is measured on (--client stdlib)."""
+
+    def __init__(self, base_url: str, timeout: float) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        self.conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port,
+                                               timeout=timeout)
+
+    def __enter__(self) -> StdlibClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.close()
+
+    def _send(self, method: str, path: str, body: bytes | None) -> _Answer:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        try:
+            self.conn.request(method, path, body=body, headers=headers)
+            resp = self.conn.getresponse()
+            return _Answer(resp.status, resp.read())
+        except (OSError, http.client.HTTPException) as exc:
+            self.conn.close()  # reconnects on the next request
+            raise httpx.TransportError(f"{type(exc).__name__}: {exc}") from exc
+
+    def post(self, path: str, json: Any) -> _Answer:
+        return self._send("POST", path, _json_bytes(json))
+
+    def get(self, path: str, params: dict[str, Any]) -> _Answer:
+        return self._send("GET", f"{path}?{urllib.parse.urlencode(params)}", None)
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value).encode("utf-8")
+
+
+CLIENTS: dict[str, Callable[[str, float], Any]] = {
+    "httpx": lambda url, timeout: httpx.Client(base_url=url, timeout=timeout),
+    "stdlib": StdlibClient,
+}
+
+
 def client_loop(url: str, seed: int, queries: Sequence[str], words: Sequence[str],
                 embed_share: float, start: threading.Barrier, stop_at: list[float],
                 max_requests: int, timeout: float, out: Results,
-                embed_texts: int = 8) -> None:
+                embed_texts: int = 8, client: str = "httpx") -> None:
     rng = random.Random(seed)
-    with httpx.Client(base_url=url, timeout=timeout) as c:
+    with CLIENTS[client](url, timeout) as c:
         start.wait(timeout=60)
         deadline = stop_at[0]
         for _ in range(max_requests):
@@ -275,7 +336,7 @@ def client_loop(url: str, seed: int, queries: Sequence[str], words: Sequence[str
 
 def run_load(url: str, clients: int, seconds: float, queries: Sequence[str],
              embed_share: float, max_requests: int, timeout: float,
-             seed: int, embed_texts: int = 8) -> tuple[Results, float]:
+             seed: int, embed_texts: int = 8, client: str = "httpx") -> tuple[Results, float]:
     words = sorted({w.strip(".,;:?!()\"'") for q in queries for w in q.split()} - {""})
     start = threading.Barrier(clients + 1)
     stop_at = [float("inf")]
@@ -283,7 +344,7 @@ def run_load(url: str, clients: int, seconds: float, queries: Sequence[str],
     threads = [threading.Thread(target=client_loop, name=f"client-{i}", daemon=True,
                                 args=(url, seed + i, queries, words, embed_share, start,
                                       stop_at, max_requests, timeout, parts[i],
-                                      embed_texts))
+                                      embed_texts, client))
                for i in range(clients)]
     for th in threads:
         th.start()
@@ -416,7 +477,7 @@ def compare(args: argparse.Namespace, docs: Sequence[Document], queries: Sequenc
                         res, elapsed = run_load(servers[side].url, clients, seconds, queries,
                                                 args.embed_share, args.max_requests,
                                                 args.timeout, args.seed + 1000 * r,
-                                                args.embed_texts)
+                                                args.embed_texts, args.client)
                         model = _model_seconds(servers[side]) - model_before
                         total, spent = totals[(side, load)]
                         total.merge(res)
@@ -439,7 +500,7 @@ def compare(args: argparse.Namespace, docs: Sequence[Document], queries: Sequenc
         print(f"\n'batching off' below is the baseline checkout {args.baseline_src} with its "
               "own defaults; 'on' is this checkout with its defaults")
     print(f"\n{args.rounds} rounds, alternating; {args.embed_share:.0%} POST /embed "
-          f"(1-{args.embed_texts} texts) / "
+          f"(1-{args.embed_texts} texts, {args.client} clients) / "
           f"{1 - args.embed_share:.0%} GET /search (hybrid, k=10); high load {args.clients} "
           f"clients x {args.seconds:.0f} s, low load 1 client x {args.low_seconds:.0f} s per "
           f"side and round; batching on: wait {args.wait_ms:g} ms, max {args.max_texts} texts; "
@@ -518,6 +579,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="--compare --server-process: the 'off' side is this other checkout's "
                          "src/ (e.g. a git worktree of an earlier commit) with its defaults, "
                          "instead of this checkout with batching off")
+    ap.add_argument("--client", choices=tuple(CLIENTS), default="httpx",
+                    help="the clients' HTTP library: httpx (as before), or stdlib's http.client, "
+                         "which leaves more of the machine to the server")
     ap.add_argument("--baseline-http", choices=("auto", "h11"), default="auto",
                     help="--baseline-src: 'h11' serves the earlier checkout on asyncio and h11, "
                          "what uvicorn chose before semsearch depended on uvloop and httptools")
@@ -561,7 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 c.get("/search", params={"q": queries[0], "collection": COLLECTION})
             res, elapsed = run_load(server.url, args.clients, args.seconds, queries,
                                     args.embed_share, args.max_requests, args.timeout,
-                                    args.seed, args.embed_texts)
+                                    args.seed, args.embed_texts, args.client)
         finally:
             server.stop()
 
