@@ -330,12 +330,13 @@ class LocalOnnxEmbedder:
 
     def _sessions(self) -> list[Any] | None:
         """With ``workers`` > 1, that many sessions of threads/workers intra-op threads each,
-        made on the first call that needs them (a lone query never does). A many-batch
-        call (an ingest) spreads its batches over them; a call made while another is in
-        flight (a server's concurrent requests) runs in its own thread on the first.
+        made on the first call, which every call then runs on: a many-batch call (an ingest)
+        spreads its batches over them; a call made while another is in flight (a server's
+        concurrent requests), or of one batch, runs in its own thread on the first.
         Independent single-thread runs need no barrier between the threads of each
         operator, so a core taken by another process or call stalls one run instead of
-        every step of every batch (bench/RESULTS.md, "the HTTP path")."""
+        every step of every batch; and a batch of a few short texts gains less from a second
+        thread than the hand-over costs (bench/RESULTS.md, "the HTTP path")."""
         threads = self._threads or (os.cpu_count() or 1)
         workers = min(self._workers, threads)
         if workers <= 1:
@@ -371,10 +372,11 @@ def mean_pooled(load: Callable[[], Any], tokenizer: HfTokenizer, meter: Provider
     """Mean-pooled, L2-normalized vectors of a transformer graph, in the order given: texts
     sorted by length and batched, each batch padded to its own longest member (shared by
     the default model and the mpnet re-ranker, which differ only in graph and padding).
-    ``pool`` gives the sessions a call of several batches spreads them over (one thread per
-    session, each taking the next batch); a ``crowded`` call (another is in flight) runs
-    its batches in this thread on the first of them; otherwise ``load``'s session runs
-    every batch. A batch holds the same texts either way, so the vectors are the same."""
+    ``pool``, when it gives sessions, runs every batch on them: a call of several batches
+    spreads them over all (one thread per session, each taking the next batch), a
+    ``crowded`` call (another is in flight) runs them in this thread on the first, as does
+    a call of one batch; without it ``load``'s session runs every batch. A batch holds the
+    same texts either way, so the vectors are the same."""
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
             raise InputError(f"text #{i} is empty; nothing to embed")
@@ -406,7 +408,7 @@ def mean_pooled(load: Callable[[], Any], tokenizer: HfTokenizer, meter: Provider
         pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
         out[idx] = pooled
 
-    sessions = pool() if pool is not None and (len(batches) > 1 or crowded) else None
+    sessions = pool() if pool is not None else None
     if not sessions:
         sessions = [session]
     elif crowded:  # one core's worth: the other calls in flight have the rest
