@@ -271,6 +271,10 @@ def make_cache(settings: Settings) -> EmbeddingCache:
         # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute.db
         rest = rest[1:] if rest.startswith("/") else rest
     cache = factory(settings, rest)
+    if scheme != "none" and settings.cache_write_delay_ms > 0:
+        from semsearch.adapters.caches.write_behind import WriteBehindCache
+
+        cache = WriteBehindCache(cache, delay=settings.cache_write_delay_ms / 1000)
     if scheme != "none" and settings.cache_lru_size > 0:
         from semsearch.adapters.caches.lru import LruEmbeddingCache
 

@@ -33,6 +33,7 @@ import redis
 from semsearch.adapters.caches.lru import LruEmbeddingCache
 from semsearch.adapters.caches.redis_cache import RedisEmbeddingCache, redact_url
 from semsearch.adapters.caches.sqlite import NullEmbeddingCache, SqliteEmbeddingCache
+from semsearch.adapters.caches.write_behind import WriteBehindCache
 from semsearch.core.metering import CacheMeter
 from semsearch.errors import BackendError
 from semsearch.ports import EmbeddingCache, Vectors
@@ -323,11 +324,18 @@ def _lru(inner: Make) -> Make:
     return lambda request, folder: LruEmbeddingCache(inner(request, folder), max_items=1000)
 
 
+def _behind(inner: Make) -> Make:
+    return lambda request, folder: WriteBehindCache(inner(request, folder), delay=0.01)
+
+
 BACKENDS = [
     pytest.param(CacheBackend(_sqlite), id="sqlite"),
     pytest.param(CacheBackend(_redis), id="redis", marks=pytest.mark.redis),
     pytest.param(CacheBackend(_lru(_sqlite)), id="lru-sqlite"),
     pytest.param(CacheBackend(_lru(_redis)), id="lru-redis", marks=pytest.mark.redis),
+    pytest.param(CacheBackend(_behind(_sqlite)), id="behind-sqlite"),
+    pytest.param(CacheBackend(_lru(_behind(_sqlite))), id="lru-behind-sqlite"),  # the server's
+    pytest.param(CacheBackend(_behind(_redis)), id="behind-redis", marks=pytest.mark.redis),
     pytest.param(CacheBackend(lambda r, f: NullEmbeddingCache(), stores=False), id="null"),
 ]
 
@@ -412,6 +420,98 @@ def test_lru_contract_with_small_capacity(tmp_path: Path) -> None:
         assert len(cache) <= 16
     finally:
         cache.close()
+
+
+# -- write-behind -------------------------------------------------------------------------------
+
+class RecordingCache:
+    """An in-memory inner cache that records each put_many call (and can be made to fail)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.items: dict[str, Vectors] = {}
+        self.puts: list[int] = []
+        self.fail = fail
+        self.closed = False
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Vectors]:
+        return {k: self.items[k] for k in keys if k in self.items}
+
+    def put_many(self, items: Mapping[str, Vectors]) -> None:
+        if self.fail:
+            raise RuntimeError("the cache's server went away")
+        self.puts.append(len(items))
+        self.items.update(items)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_write_behind_gathers_many_writes_into_one_and_reads_its_own() -> None:
+    inner = RecordingCache()
+    cache = WriteBehindCache(inner, delay=0.2)
+    try:
+        for i in range(20):  # twenty requests' writes within the delay
+            cache.put_many({key(i): vec(i)})
+        got = cache.get_many([key(3), key(99)])  # pending: answered before the write
+        assert set(got) == {key(3)} and np.array_equal(got[key(3)], vec(3))
+        deadline = time.monotonic() + 10
+        while sum(inner.puts) < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sum(inner.puts) == 20 and len(inner.puts) <= 2  # not one write per request
+        assert np.array_equal(cache.get_many([key(7)])[key(7)], vec(7))  # now from inner
+    finally:
+        cache.close()
+
+
+def test_write_behind_close_writes_what_is_pending_then_closes_the_inner() -> None:
+    inner = RecordingCache()
+    cache = WriteBehindCache(inner, delay=30)  # the flusher would wait far longer
+    cache.put_many({key(i): vec(i) for i in range(5)})
+    assert inner.items == {}
+    started = time.monotonic()
+    cache.close()
+    assert time.monotonic() - started < 5  # close does not wait out the delay
+    assert set(inner.items) == {key(i) for i in range(5)} and inner.closed
+    cache.put_many({key(9): vec(9)})  # after close: written through
+    assert key(9) in inner.items
+
+
+def test_write_behind_writes_through_when_too_much_is_pending() -> None:
+    inner = RecordingCache()
+    cache = WriteBehindCache(inner, delay=30, max_pending=10)
+    try:
+        cache.put_many({key(i): vec(i) for i in range(8)})  # pending
+        cache.put_many({key(i): vec(i) for i in range(8, 20)})  # over the bound: now
+        assert inner.puts == [12] and len(inner.items) == 12
+    finally:
+        cache.close()
+    assert len(inner.items) == 20
+
+
+def test_write_behind_survives_a_failing_cache(caplog: pytest.LogCaptureFixture) -> None:
+    inner = RecordingCache(fail=True)
+    cache = WriteBehindCache(inner, delay=0.01)
+    try:
+        with caplog.at_level(logging.ERROR, logger=LOGGER):
+            cache.put_many({key(1): vec(1)})
+            deadline = time.monotonic() + 10
+            while not caplog.records and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert "could not store 1 vectors" in caplog.text
+        inner.fail = False
+        cache.put_many({key(2): vec(2)})  # the flusher lives on
+        deadline = time.monotonic() + 10
+        while key(2) not in inner.items and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert key(2) in inner.items
+    finally:
+        cache.close()
+
+
+@pytest.mark.parametrize("kw", [{"delay": 0}, {"delay": -1}, {"max_pending": 0}])
+def test_write_behind_bad_settings_are_refused(kw: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        WriteBehindCache(RecordingCache(), **kw)  # type: ignore[arg-type]
 
 
 # -- Redis --------------------------------------------------------------------------------------
@@ -843,6 +943,7 @@ def test_sqlite_on_a_full_disk_serves_hits_and_resumes_storing_when_space_is_fre
 import logging
 import numpy as np
 from semsearch.adapters.caches.sqlite import NullEmbeddingCache, SqliteEmbeddingCache
+from semsearch.adapters.caches.write_behind import WriteBehindCache
 warnings = []
 handler = logging.Handler()
 handler.emit = lambda record: warnings.append(record.getMessage())
