@@ -4,6 +4,11 @@
     python bench/load_test.py --seconds 30
     python bench/load_test.py --corpus ../shared/data/scifact --clients 8 --seconds 60
     python bench/load_test.py --compare --seconds 20 --rounds 3  # batching off vs on
+    python bench/load_test.py --compare --server-process --baseline-src /tmp/old/src \
+        --baseline-http h11                                      # an earlier checkout vs this
+    python bench/load_test.py --compare --server-process \
+        --baseline-env SEMSEARCH_CACHE_WRITE_DELAY_MS=0          # one setting's worth
+    ... --client stdlib                                          # lighter clients than httpx
 
 ``--compare`` measures dynamic batching (``runtime.batching``) before and after in one run:
 two servers on the same corpus, one with SEMSEARCH_BATCH_MAX_TEXTS=0 (off) and one with
@@ -449,12 +454,16 @@ def compare(args: argparse.Namespace, docs: Sequence[Document], queries: Sequenc
                 make: Server | ServerProcess
                 if args.baseline_src is not None and side == "off":
                     extra = {}  # the earlier checkout with its own defaults
+                elif args.baseline_env and side == "off":
+                    extra = {"batch_wait_ms": args.wait_ms, "batch_max_texts": args.max_texts}
                 if args.server_process:
                     env = {"SEMSEARCH_HOME": str(home),
                            "SEMSEARCH_EMBEDDER_THREADS": str(args.threads),
                            **{f"SEMSEARCH_{k.upper()}": str(v) for k, v in extra.items()}}
                     if args.baseline_src is not None and side == "off":
                         env["PYTHONPATH"] = str(args.baseline_src.resolve())
+                    if side == "off":
+                        env.update(args.baseline_env)  # this checkout with other settings
                     make = ServerProcess(env, Path(tmp) / f"{side}.log", plain_http=(
                         side == "off" and args.baseline_http == "h11"))
                 else:
@@ -496,6 +505,10 @@ def compare(args: argparse.Namespace, docs: Sequence[Document], queries: Sequenc
             for server in servers.values():
                 server.stop()
 
+    if args.baseline_env:
+        print("\n'batching off' below is this checkout with "
+              + " ".join(f"{k}={v}" for k, v in args.baseline_env.items())
+              + "; 'on' is this checkout with its defaults")
     if args.baseline_src is not None:
         print(f"\n'batching off' below is the baseline checkout {args.baseline_src} with its "
               "own defaults; 'on' is this checkout with its defaults")
@@ -582,6 +595,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--client", choices=tuple(CLIENTS), default="httpx",
                     help="the clients' HTTP library: httpx (as before), or stdlib's http.client, "
                          "which leaves more of the machine to the server")
+    ap.add_argument("--baseline-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="--compare --server-process: the 'off' side is this checkout with "
+                         "batching on and these environment variables (repeatable), e.g. "
+                         "SEMSEARCH_CACHE_WRITE_DELAY_MS=0: one setting's worth, in one run")
     ap.add_argument("--baseline-http", choices=("auto", "h11"), default="auto",
                     help="--baseline-src: 'h11' serves the earlier checkout on asyncio and h11, "
                          "what uvicorn chose before semsearch depended on uvloop and httptools")
@@ -596,6 +613,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             and args.embed_texts >= 1):
         ap.error("need --clients >= 1, --seconds > 0, 0 <= --embed-share <= 1 and "
                  "--embed-texts >= 1")
+    pairs = [item.partition("=") for item in args.baseline_env]
+    if any(not k or not sep for k, sep, _ in pairs):
+        ap.error("--baseline-env takes KEY=VALUE")
+    args.baseline_env = {k: v for k, _, v in pairs}
+    if args.baseline_env and (args.baseline_src is not None or not args.server_process
+                              or not args.compare):
+        ap.error("--baseline-env needs --compare --server-process and no --baseline-src")
     if args.baseline_src is not None and not (args.compare and args.server_process and
                                               (args.baseline_src / "semsearch").is_dir()):
         ap.error("--baseline-src needs --compare --server-process and a src/ folder holding "

@@ -16,8 +16,8 @@ input type, runs the model once per group and hands each caller its rows.
 ``workers`` such threads take turns at the queue (a server uses one per core). With one, every
 model call waited for the one before, and the one call in flight did not fill the machine:
 its operators split over the cores wait for each other at every step, and the request
-threads' Python work holds the GIL in between. Two calls in flight kept both cores busy:
-/embed throughput with 8 clients rose ~15-20 % (bench/RESULTS.md, "the HTTP path").
+threads' Python work holds the GIL in between. Two calls in flight, each on a one-thread
+session, keep both cores busy (bench/RESULTS.md, "the HTTP path").
 
 It sits *under* the cache (``CachedEmbedder(BatchingEmbedder(model), cache)``): lookups stay
 per request and only the texts the cache misses are gathered.
