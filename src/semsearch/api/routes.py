@@ -193,8 +193,8 @@ def json_response(content: dict[str, Any]) -> Response:
     """``content`` as JSON, written by orjson, numpy arrays included: give vectors as
     float64 (``wide``) for the same numbers ``vectors.tolist()`` gave through FastAPI
     (float32 values printed as the doubles they are), without validating and encoding every
-    float in Python, which cost an /embed of 8 texts ~0.5 ms of the GIL (bench/RESULTS.md,
-    "the HTTP path")."""
+    float in Python: pydantic's validation and dump were ~4 % of the server's GIL-holding
+    samples under load (py-spy --gil; bench/RESULTS.md, "the HTTP path")."""
     return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
                     media_type="application/json")
 

@@ -2,9 +2,10 @@
 
 A server puts the vectors of every request that missed the cache, one small write each:
 with SQLite, a transaction per request, each holding the cache's lock against the next
-request's lookup. Measured with 8 clients on 2 cores, skipping those writes altogether
-served 1.10x the /embed requests (bench/RESULTS.md, "the HTTP path"); gathered here, they
-cost one transaction per ``delay`` instead.
+request's lookup (with Redis, a round trip in the request). Gathered here, they cost one
+write per ``delay`` instead. Measured with 8 clients on 2 cores: no writes at all served
+1.10x the /embed requests, gathering them 1.00-1.08x (bench/RESULTS.md, "the HTTP
+path").
 
 - ``put_many`` returns at once; the vectors are pending until the flusher writes them, at
   most ``delay`` seconds later, all pending in one call of the inner cache.
