@@ -191,18 +191,16 @@ class BatchingEmbedder:
 
     # -- callers' side -------------------------------------------------------------------
     def _direct(self, texts: list[str], input_type: InputType) -> Vectors:
-        """Embed in the calling thread (too large to gather, or closed). Its meter share is
-        the wrapped meter's delta, which a concurrent shared call can inflate: the same
-        approximation every caller had before batching."""
+        """Embed in the calling thread (too large to gather, or closed), billed what the
+        wrapped meter recorded for this call alone."""
         with self._lock:
             self.counters.bypassed += 1
-        meter = self.inner.meter
-        before = meter.snapshot()
         started = time.perf_counter()
-        try:
-            return self.inner.embed(texts, input_type)
-        finally:
-            self._record(meter.snapshot().minus(before), time.perf_counter() - started)
+        with self.inner.meter.collecting() as used:
+            try:
+                return self.inner.embed(texts, input_type)
+            finally:
+                self._record(used.snapshot(), time.perf_counter() - started)
 
     def _record(self, usage: MeterSnapshot, seconds: float) -> None:
         mine = self.meter
