@@ -93,7 +93,7 @@ class Settings(BaseSettings):
                                 description="in-process LRU entries in front of the cache")
     cache_write_delay_ms: float = Field(default=0, ge=0, le=10_000, description="gather "
                                         "cache writes on a background thread for up to this "
-                                        "long; 0 = write in the caller (the server: 50)")
+                                        "long; 0 = write in the caller")
     chunk_max_tokens: int = Field(default=256, ge=16, le=512)
     chunk_overlap_tokens: int = Field(default=32, ge=0)
     chunk_strategy: str = Field(default="sentence")

@@ -1,11 +1,13 @@
-"""Writes to an embedding cache gathered on a background thread (the server's).
+"""Writes to an embedding cache gathered on a background thread
+(SEMSEARCH_CACHE_WRITE_DELAY_MS; off by default).
 
 A server puts the vectors of every request that missed the cache, one small write each:
 with SQLite, a transaction per request, each holding the cache's lock against the next
 request's lookup (with Redis, a round trip in the request). Gathered here, they cost one
-write per ``delay`` instead. Measured with 8 clients on 2 cores: no writes at all served
-1.10x the /embed requests, gathering them 1.00-1.08x (bench/RESULTS.md, "the HTTP
-path").
+write per ``delay`` instead. Measured with 8 clients on 2 cores and SQLite: no writes at
+all served 1.10x the /embed requests, gathering them 0.96-1.08x in three runs - not enough
+to turn it on by default; a cache across a network (Redis) saves a round trip per request,
+which was not measured (bench/RESULTS.md, "the HTTP path").
 
 - ``put_many`` returns at once; the vectors are pending until the flusher writes them, at
   most ``delay`` seconds later, all pending in one call of the inner cache.
