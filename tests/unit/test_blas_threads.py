@@ -56,7 +56,9 @@ def test_the_setting_chooses_the_limit_and_zero_leaves_numpy_alone(tmp_path: Pat
 
 
 @pytest.mark.parametrize(("variable", "value"), [("SEMSEARCH_BLAS_THREADS", "-1"),
-                                                  ("SEMSEARCH_EMBEDDER_WORKERS", "0")])
+                                                  ("SEMSEARCH_EMBEDDER_WORKERS", "0"),
+                                                  ("SEMSEARCH_BATCH_WORKERS", "-1"),
+                                                  ("SEMSEARCH_CACHE_WRITE_DELAY_MS", "-5")])
 def test_a_bad_thread_setting_is_refused_with_a_clear_error(tmp_path: Path, variable: str,
                                                            value: str) -> None:
     run = subprocess.run([sys.executable, "-m", "semsearch", "collections"],
