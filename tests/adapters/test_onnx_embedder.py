@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semsearch.adapters.embedders.onnx_local import LocalOnnxEmbedder
+from semsearch.adapters.embedders.onnx_local import LocalOnnxEmbedder, open_session
 from semsearch.core.types import InputType
 from semsearch.errors import InputError
 from tests.conftest import DATA
@@ -89,6 +89,31 @@ def test_matches_fp32_sentence_transformers(
     overlap = _overlap_at_10(got["abstracts"], got["claims"], reference["abstracts"][1],
                              reference["claims"][1])
     assert overlap >= min_overlap, overlap
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_sessions_run_the_standard_layer_norms(models_dir: Path, tmp_path: Path,
+                                               precision: str) -> None:
+    """The residual LayerNorms stay standard ops in the graph onnxruntime runs: its
+    SkipLayerNormalization kernel was 6x slower on an Intel Xeon (onnx_graph._residual_norm).
+    Left to its default optimizations onnxruntime fuses them back, which is what UNFUSED
+    turns off; if that half ever fails, onnxruntime stopped fusing and UNFUSED can go."""
+    import onnx
+    import onnxruntime as ort
+
+    graph = LocalOnnxEmbedder(models_dir, precision=precision).model_path()
+
+    def ops(path: Path) -> list[str]:
+        return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+    assert "SkipLayerNormalization" not in ops(graph)
+    open_session(graph, 1, save_optimized=tmp_path / "ours.onnx")
+    ours = ops(tmp_path / "ours.onnx")
+    assert "SkipLayerNormalization" not in ours and ours.count("LayerNormalization") == 12
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "default.onnx")
+    ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+    assert ops(tmp_path / "default.onnx").count("SkipLayerNormalization") == 12
 
 
 def test_loads_lazily_and_once(models_dir: Path) -> None:

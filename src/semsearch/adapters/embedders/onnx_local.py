@@ -45,7 +45,7 @@ from semsearch.errors import BackendError, InputError
 from semsearch.ports import Vectors
 
 PRECISIONS = ("int8", "fp32")
-GRAPH_VERSION = "3"  # bump when onnx_graph changes what it emits (3: true fp32 weights)
+GRAPH_VERSION = "4"  # bump when onnx_graph changes what it emits (4: standard LayerNorms)
 L3_GRAPH_VERSION = "1"  # bump when the int8 recipe for paraphrase-MiniLM-L3-v2 changes
 # Dynamic int8 on these two MatMuls alone cost cosine 0.964 (min 0.936) against fp32; with
 # them kept in fp32 the rest quantize to 0.9989 (min 0.997), 1.3-1.5x faster (bench/RESULTS.md).
@@ -194,6 +194,13 @@ MODEL_ID = DEFAULT_MODEL.id
 WEIGHTS_PACKAGE = DEFAULT_MODEL.weights_package
 
 
+# onnxruntime fusions the local embedder's sessions leave out: SkipLayerNormalization (what
+# SkipLayerNormFusion makes of Add + LayerNormalization) took 6x the time of the standard ops
+# on an Intel Xeon with onnxruntime 1.32 and 30 % of the int8 model's time; on an AMD EPYC the
+# two were within 4 % (onnx_graph._residual_norm; bench/RESULTS.md, "the model's LayerNorms").
+UNFUSED = ["SkipLayerNormFusion"]
+
+
 # CPU features the int8 kernels can use: onnxruntime's MLAS picks AMX (Intel Sapphire Rapids
 # and later) or AVX512-VNNI / AVX-VNNI (AMD Zen 4+, Intel Ice Lake+) itself at run time;
 # recorded by the benchmarks, since the same build runs on both kinds of machine.
@@ -307,17 +314,7 @@ class LocalOnnxEmbedder:
                                 _weights_version(self.model))
 
     def _new_session(self, threads: int) -> Any:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        # Spinning workers keep burning the cores after each run, starving the
-        # SQLite and numpy work that follows a query embedding: hybrid p50 16 ms
-        # with spinning, ~9 ms without (bench/query_latency.py).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(str(self.model_path()), opts,
-                                    providers=["CPUExecutionProvider"])
+        return open_session(self.model_path(), threads)
 
     def _load(self) -> Any:
         with self._lock:
@@ -362,6 +359,26 @@ class LocalOnnxEmbedder:
         finally:
             with self._lock:
                 self._calls -= 1
+
+
+def open_session(graph: Path, threads: int, save_optimized: Path | None = None) -> Any:
+    """An onnxruntime session as the local embedder runs its graphs: ``threads`` intra-op
+    threads that sleep between runs, and without the fusions in ``UNFUSED``.
+    ``save_optimized`` also writes the graph onnxruntime runs after its own rewrites, to
+    see which kernels a session really uses."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # Spinning workers keep burning the cores after each run, starving the SQLite and numpy
+    # work that follows a query embedding: hybrid p50 16 ms with spinning, ~9 ms without
+    # (bench/query_latency.py).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if save_optimized is not None:
+        opts.optimized_model_filepath = str(save_optimized)
+    return ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=UNFUSED)
 
 
 def mean_pooled(load: Callable[[], Any], tokenizer: HfTokenizer, meter: ProviderMeter,
