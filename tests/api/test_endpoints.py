@@ -225,6 +225,35 @@ def test_search_takes_q_or_query_on_both_methods(live: LiveServer) -> None:
                 "the query is missing: send it as 'query' (or 'q')")
 
 
+def test_search_answers_are_the_declared_schema_with_any_metadata(live: LiveServer) -> None:
+    """/search writes its JSON itself (orjson), not through the response model: the answer
+    must still be a SearchResponse, with ranks and scores as floats, and metadata orjson
+    cannot write (an integer past 64 bits) must come back as sent, not as a 500."""
+    from semsearch.api.schemas import SearchResponse
+
+    big = 2**70 + 1
+    meta = {"big": big, "ratio": 0.1, "tags": ["a", "é"], "nested": {"n": None}}
+    with live.client() as c:
+        assert c.post("/collections", json={"name": "schema"}).status_code == 201
+        r = c.post("/collections/schema/documents", json={"documents": [
+            {"id": "big", "text": "sourdough starter feeding schedule", "metadata": meta},
+            {"id": "plain", "text": "a starter for sourdough bread", "metadata": {"n": 1}}]})
+        assert r.status_code == 200, r.text
+        for mode in ("hybrid", "dense", "keyword"):
+            r = c.get("/search", params={"q": "sourdough starter", "collection": "schema",
+                                         "k": 5, "mode": mode})
+            assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+            body = r.json()
+            SearchResponse.model_validate(body)  # the declared schema, field for field
+            assert set(body) == {"hits", "total", "timings_ms", "version"}
+            hit = next(h for h in body["hits"] if h["doc_id"] == "big")
+            assert hit["metadata"] == meta and hit["metadata"]["big"] == big
+            assert all(isinstance(h["score"], float) for h in body["hits"])
+            for h in body["hits"]:
+                for part in h["components"].values():
+                    assert isinstance(part["rank"], float) and isinstance(part["score"], float)
+
+
 class _Refs(HTMLParser):
     """Every URL a page makes the browser load: src, href, and url(...) in inline CSS."""
 

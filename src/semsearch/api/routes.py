@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
+import pydantic_core
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -195,8 +196,11 @@ def json_response(content: dict[str, Any]) -> Response:
     (float32 values printed as the doubles they are), without validating and encoding every
     float in Python: pydantic's validation and dump were ~4 % of the server's GIL-holding
     samples under load (py-spy --gil; bench/RESULTS.md, "the HTTP path")."""
-    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
-                    media_type="application/json")
+    try:
+        body = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError:  # what orjson cannot write (an integer past 64 bits in metadata)
+        body = pydantic_core.to_json(content, inf_nan_mode="null")
+    return Response(body, media_type="application/json")
 
 
 def wide(vectors: np.ndarray) -> np.ndarray:
@@ -260,7 +264,12 @@ def openai_embeddings(body: OpenAIEmbeddingsRequest, request: Request, engine: E
                           "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
-def _search(request: Request, engine: Engine, who: Principal, body: SearchBody) -> SearchResponse:
+def _search(request: Request, engine: Engine, who: Principal, body: SearchBody) -> Response:
+    """The search as SearchResponse's JSON, written by orjson from the hits' own values:
+    built as a SearchResponse, each hit was validated once into the model and again by
+    FastAPI's response check before being dumped, ~5 % of the server's GIL-holding samples
+    under load (bench/RESULTS.md, "the HTTP path"). The numbers are those SearchResponse
+    gave (ranks and scores as floats)."""
     from semsearch.services.search import SearchRequest, search
 
     require(who, body.collection, "read")
@@ -278,10 +287,15 @@ def _search(request: Request, engine: Engine, who: Principal, body: SearchBody) 
                         plus_ids=tuple(body.plus_ids), minus_ids=tuple(body.minus_ids))
     result = search(engine, body.collection, req)
     _metrics(request).observe_stages(result.timings, body.mode)
-    hits = [h.to_dict() for h in result.hits]
-    return SearchResponse(hits=hits, total=len(hits),  # type: ignore[arg-type]
-                          timings_ms={k: round(v * 1000, 3) for k, v in result.timings.items()},
-                          version=result.version)
+    hits = [{"doc_id": h.doc_id, "chunk_id": h.chunk_id, "score": float(h.score),
+             "components": {k: {"rank": float(v.rank), "score": float(v.score)}
+                            for k, v in h.components.items()},
+             "text": h.text, "title": h.title, "metadata": dict(h.metadata)}
+            for h in result.hits]
+    return json_response({"hits": hits, "total": len(hits),
+                          "timings_ms": {k: round(v * 1000, 3)
+                                         for k, v in result.timings.items()},
+                          "version": result.version})
 
 
 @router.get("/search", response_model=SearchResponse, tags=["search"])
@@ -293,7 +307,7 @@ def search_get(request: Request, engine: EngineDep, who: Who, collection: str,
                k: Annotated[int, Query(ge=1, le=1000)] = 10, mode: ModeName = "hybrid",
                fusion: FusionName | None = None,
                mmr: Annotated[float | None, Query(ge=0, le=1)] = None,
-               rerank: Annotated[int | None, Query(ge=0, le=1000)] = None) -> SearchResponse:
+               rerank: Annotated[int | None, Query(ge=0, le=1000)] = None) -> Response:
     """Search a collection (filters, weights and vector arithmetic: use POST /search)."""
     if (q is None) == (query is None):
         raise ApiError(422, "invalid_request", QUERY_NAMES[0] if q is not None else
@@ -305,7 +319,7 @@ def search_get(request: Request, engine: EngineDep, who: Who, collection: str,
 
 @router.post("/search", response_model=SearchResponse, tags=["search"])
 def search_post(body: SearchBody, request: Request, engine: EngineDep,
-                who: Who) -> SearchResponse:
+                who: Who) -> Response:
     """Search with metadata filters, fusion method and weights."""
     return _search(request, engine, who, body)
 
