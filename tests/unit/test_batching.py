@@ -108,6 +108,35 @@ def test_concurrent_callers_get_their_own_rows_from_one_call() -> None:
     assert (c.requests, c.largest, c.retried, c.bypassed) == (12, 11, 0, 0)
 
 
+class SymmetricGated(GatedEmbedder):
+    """The gated fake declaring what it is: it embeds queries and passages alike."""
+
+    symmetric = True
+
+
+def test_a_symmetric_embedder_gets_one_call_for_queries_and_passages_together(
+        embedder: LocalOnnxEmbedder) -> None:
+    # The declaration must be true of the local model: the same text, the same vector.
+    assert embedder.symmetric
+    both = ["a short query", "a passage about gardens and compost, somewhat longer"]
+    assert np.array_equal(embedder.embed(both, Q), embedder.embed(both, P))
+    inner = SymmetricGated()
+    batcher = BatchingEmbedder(inner, wait_ms=0, max_texts=64)
+    asks = [([f"caller {i} text {j}" for j in range(1 + i % 3)], Q if i % 2 else P)
+            for i in range(6)]
+    asks.append((["caller 1 text 0"], P))  # the same text as a query and as a passage
+    try:
+        _, out = queue_behind_held_call(
+            inner, batcher, [lambda t=t, it=it: batcher.embed(t, it) for t, it in asks])
+    finally:
+        batcher.close()
+    for (texts, input_type), got in zip(asks, out, strict=True):
+        assert not isinstance(got, Exception), got
+        np.testing.assert_allclose(got, FakeEmbedder().embed(texts, input_type), atol=1e-6)
+    assert len(inner.calls) == 2  # the first call alone, then everything gathered in one
+    assert len(inner.calls[1][0]) == len({t for texts, _ in asks for t in texts})
+
+
 def test_bad_input_fails_only_its_caller() -> None:
     inner = GatedEmbedder()
     batcher = BatchingEmbedder(inner, wait_ms=0, max_texts=64)

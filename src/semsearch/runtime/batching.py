@@ -11,7 +11,9 @@ measures the ceiling).
 ``BatchingEmbedder`` wraps an embedder with the same interface: a caller puts its texts on a
 queue and waits; a worker thread takes what is waiting (up to ``max_texts``), waits at most
 ``wait_ms`` after the first request for more (as TEI and Infinity do), groups the texts by
-input type, runs the model once per group and hands each caller its rows.
+input type (all in one group for an embedder that declares ``symmetric = True``: one that
+embeds queries and passages alike, as the local models do), runs the model once per group and
+hands each caller its rows.
 
 ``workers`` such threads take turns at the queue (a server uses one per core). With one, every
 model call waited for the one before, and the one call in flight did not fill the machine:
@@ -251,6 +253,9 @@ class BatchingEmbedder:
             c.texts += sum(len(r.texts) for r in batch)
             c.largest = max(c.largest, len(batch))
             c.most_texts = max(c.most_texts, sum(len(r.texts) for r in batch))
+        if getattr(self.inner, "symmetric", False):  # one call whatever each asked for
+            self._serve_group(batch[0].input_type, batch)
+            return
         groups: dict[InputType, list[_Request]] = {}
         for req in batch:
             groups.setdefault(req.input_type, []).append(req)

@@ -270,6 +270,10 @@ def _weights_version(model: LocalModel) -> str:
 class LocalOnnxEmbedder:
     """Loads lazily on the first embed call, once per instance; thread-safe."""
 
+    # Queries and passages are embedded alike (no prefixes): a batcher may run both kinds
+    # in one call (runtime.batching).
+    symmetric = True
+
     def __init__(self, models_dir: Path, precision: str = "int8", threads: int = 0,
                  batch_size: int = 8, max_tokens: int = 256, model: str = "",
                  workers: int = 1) -> None:
