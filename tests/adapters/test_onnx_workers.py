@@ -27,6 +27,7 @@ def test_two_workers_give_the_same_vectors(models_dir: Path,
     assert spread._pool == []  # made on the first call
     spread.embed(["one query"], InputType.QUERY)
     assert len(spread._pool) == 2
+    assert spread._session is None  # no session of all the threads beside the pool
     got = spread.embed(texts)
     np.testing.assert_allclose(got, embedder.embed(texts), atol=1e-6)
     assert spread.meter.snapshot().items == len(texts) + 1

@@ -342,11 +342,12 @@ class LocalOnnxEmbedder:
         workers = min(self._workers, threads)
         if workers <= 1:
             return None
-        self._load()
-        with self._lock:
+        with self._lock:  # no session of all the threads as well: it would sit unused
             if not self._pool:
-                self._pool = [self._new_session(max(1, threads // workers))
-                              for _ in range(workers)]
+                pool = [self._new_session(max(1, threads // workers)) for _ in range(workers)]
+                self._feeds_token_types = "token_type_ids" in {
+                    i.name for i in pool[0].get_inputs()}
+                self._pool = pool
             return self._pool
 
     def embed(self, texts: Sequence[str], input_type: InputType = InputType.PASSAGE) -> Vectors:
@@ -404,7 +405,11 @@ def mean_pooled(load: Callable[[], Any], tokenizer: HfTokenizer, meter: Provider
     out = np.zeros((len(texts), dimension), dtype=np.float32)
     if not texts:
         return out
-    session = load()
+    sessions = pool() if pool is not None else None
+    if not sessions:
+        sessions = [load()]
+    elif crowded:  # one core's worth: the other calls in flight have the rest
+        sessions = sessions[:1]
     encoded = tokenizer.encode_for_model(texts)
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     cuts = plan_batches([len(encoded[i]) for i in order], batch_size)
@@ -429,11 +434,6 @@ def mean_pooled(load: Callable[[], Any], tokenizer: HfTokenizer, meter: Provider
         pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
         out[idx] = pooled
 
-    sessions = pool() if pool is not None else None
-    if not sessions:
-        sessions = [session]
-    elif crowded:  # one core's worth: the other calls in flight have the rest
-        sessions = sessions[:1]
     _spread(batches, [functools.partial(run, s) for s in sessions])
     return out
 
