@@ -474,8 +474,10 @@ def plan_batches(lengths: Sequence[int], batch_size: int,
 def _spread(batches: list[list[int]], runners: list[Callable[[list[int]], None]]) -> None:
     """Run every batch on one of ``runners``, one thread each, each taking the next batch
     as it finishes one (a worker slowed by another process takes fewer). onnxruntime
-    releases the GIL while it runs, so the workers run at once. One runner: in this thread."""
-    if len(runners) == 1:
+    releases the GIL while it runs, so the workers run at once. No more runners than
+    batches; one: in this thread (a lone query starts no thread)."""
+    runners = runners[:len(batches)]
+    if len(runners) <= 1:
         for idx in batches:
             runners[0](idx)
         return
