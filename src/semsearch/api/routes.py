@@ -287,15 +287,20 @@ def _search(request: Request, engine: Engine, who: Principal, body: SearchBody) 
                         plus_ids=tuple(body.plus_ids), minus_ids=tuple(body.minus_ids))
     result = search(engine, body.collection, req)
     _metrics(request).observe_stages(result.timings, body.mode)
-    hits = [{"doc_id": h.doc_id, "chunk_id": h.chunk_id, "score": float(h.score),
-             "components": {k: {"rank": float(v.rank), "score": float(v.score)}
-                            for k, v in h.components.items()},
-             "text": h.text, "title": h.title, "metadata": dict(h.metadata)}
-            for h in result.hits]
+    hits = [_as_floats(h.to_dict()) for h in result.hits]
     return json_response({"hits": hits, "total": len(hits),
                           "timings_ms": {k: round(v * 1000, 3)
                                          for k, v in result.timings.items()},
                           "version": result.version})
+
+
+def _as_floats(hit: dict[str, Any]) -> dict[str, Any]:
+    """A hit's numbers as HitOut declares them (floats), as Python
+    floats: orjson writes a numpy float32 with fewer digits than pydantic did."""
+    hit["score"] = float(hit["score"])
+    for part in hit["components"].values():
+        part["rank"], part["score"] = float(part["rank"]), float(part["score"])
+    return hit
 
 
 @router.get("/search", response_model=SearchResponse, tags=["search"])

@@ -324,8 +324,7 @@ class LocalOnnxEmbedder:
         with self._lock:
             if self._session is None:
                 session = self._new_session(self._threads or (os.cpu_count() or 1))
-                self._feeds_token_types = "token_type_ids" in {
-                    i.name for i in session.get_inputs()}
+                self._feeds_token_types = _takes_token_types(session)
                 self._session = session
             return self._session
 
@@ -345,8 +344,7 @@ class LocalOnnxEmbedder:
         with self._lock:  # no session of all the threads as well: it would sit unused
             if not self._pool:
                 pool = [self._new_session(max(1, threads // workers)) for _ in range(workers)]
-                self._feeds_token_types = "token_type_ids" in {
-                    i.name for i in pool[0].get_inputs()}
+                self._feeds_token_types = _takes_token_types(pool[0])
                 self._pool = pool
             return self._pool
 
@@ -364,6 +362,10 @@ class LocalOnnxEmbedder:
         finally:
             with self._lock:
                 self._calls -= 1
+
+
+def _takes_token_types(session: Any) -> bool:
+    return "token_type_ids" in {i.name for i in session.get_inputs()}
 
 
 def open_session(graph: Path, threads: int, save_optimized: Path | None = None) -> Any:
