@@ -36,7 +36,9 @@ Vectors = npt.NDArray[np.float32]
 class Embedder(Protocol):
     """Embeds a batch. Implementations batch internally (callers pass any size), declare
     what changes their vector space in ``identity``, and record every model/API call in
-    ``meter`` (calls, items, tokens, latency) so runs can be metered and priced."""
+    ``meter`` (calls, items, tokens, latency) so runs can be metered and priced. One that
+    embeds queries and passages alike may say so with a class attribute ``symmetric =
+    True`` (optional; read with getattr): a batcher then gives both kinds one call."""
 
     meter: ProviderMeter
 
